@@ -1,0 +1,308 @@
+"""SQLAlchemy models of the status store.
+
+Every row that has a lifecycle carries ``state`` and ``version``; only
+``db.transition`` changes them (compare-and-set on both).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from schemas.states import (
+    ATTEMPT,
+    BATCH,
+    CARD,
+    CERTIFICATE,
+    TEMP_CARD,
+    USER,
+    CredentialKind,
+    Machine,
+)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores naive values)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the status store")
+        return value.astimezone(dt.UTC)
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dt.datetime: UTCDateTime()}
+
+
+class Stateful:
+    """Mixin for rows with a lifecycle; ``machine`` names the table that governs them."""
+
+    id: Mapped[int]
+    state: Mapped[str] = mapped_column(String(32), index=True)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    @property
+    def machine(self) -> Machine:
+        raise NotImplementedError
+
+
+class User(Stateful, Base):
+    """A card holder."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(254), unique=True)
+    external_id: Mapped[str | None] = mapped_column(String(128), unique=True)
+    first_name: Mapped[str] = mapped_column(String(100))
+    last_name: Mapped[str] = mapped_column(String(100))
+    upn: Mapped[str] = mapped_column(String(254))
+    organization: Mapped[str] = mapped_column(String(200))
+    org_unit: Mapped[str] = mapped_column(String(200))
+    title: Mapped[str | None] = mapped_column(String(100))
+    country: Mapped[str | None] = mapped_column(String(2))
+    username: Mapped[str | None] = mapped_column(String(100))
+    identifier: Mapped[str | None] = mapped_column(String(100))
+    photo_path: Mapped[str | None] = mapped_column(String(500))
+
+    credentials: Mapped[list[Credential]] = relationship(back_populates="user")
+
+    @property
+    def machine(self) -> Machine:
+        return USER
+
+    @property
+    def display_name(self) -> str:
+        return f"{self.first_name} {self.last_name}"
+
+
+class BatchOrder(Stateful, Base):
+    """One imported file (or API batch) of card requests."""
+
+    __tablename__ = "batch_orders"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    source_sha256: Mapped[str | None] = mapped_column(String(64), unique=True)
+    requested_by: Mapped[str] = mapped_column(String(100))
+    approved_by: Mapped[str | None] = mapped_column(String(100))
+    card_count: Mapped[int] = mapped_column(Integer, default=0)
+    rejected_rows: Mapped[int] = mapped_column(Integer, default=0)
+
+    credentials: Mapped[list[Credential]] = relationship(back_populates="batch")
+
+    @property
+    def machine(self) -> Machine:
+        return BATCH
+
+
+class Credential(Stateful, Base):
+    """A card or a temporary card, from request to the end of its life.
+
+    Secrets (PIN, PUK, admin key, escrowed private key) are stored sealed by
+    ``db.secrets.SecretBox``; they are never readable from this row without the master key.
+    """
+
+    __tablename__ = "credentials"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), default=CredentialKind.CARD)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)
+    batch_id: Mapped[int | None] = mapped_column(ForeignKey("batch_orders.id"), index=True)
+    line: Mapped[str] = mapped_column(String(32), default="default")
+    requested_by: Mapped[str] = mapped_column(String(100))
+    card_number: Mapped[str | None] = mapped_column(String(32), unique=True)
+    valid_from: Mapped[dt.datetime | None]
+    valid_until: Mapped[dt.datetime | None]
+    attempt_count: Mapped[int] = mapped_column(Integer, default=0)
+    pin_sealed: Mapped[str | None] = mapped_column(Text)
+    puk_sealed: Mapped[str | None] = mapped_column(Text)
+    admin_key_sealed: Mapped[str | None] = mapped_column(Text)
+    escrow_key_sealed: Mapped[str | None] = mapped_column(Text)
+    pin_letter_path: Mapped[str | None] = mapped_column(String(500))
+    faces_path: Mapped[str | None] = mapped_column(String(500))
+
+    user: Mapped[User | None] = relationship(back_populates="credentials")
+    batch: Mapped[BatchOrder | None] = relationship(back_populates="credentials")
+
+    @property
+    def machine(self) -> Machine:
+        return TEMP_CARD if self.kind == CredentialKind.TEMP_CARD else CARD
+
+
+class ProductionAttempt(Stateful, Base):
+    """One blank card fed into a station for a credential: succeeded or spoiled."""
+
+    __tablename__ = "production_attempts"
+    __table_args__ = (
+        UniqueConstraint("credential_id", "number"),
+        # At most one live attempt per credential: a second claim is impossible.
+        Index(
+            "uq_live_attempt_per_credential",
+            "credential_id",
+            unique=True,
+            sqlite_where=text("state = 'in_progress'"),
+            postgresql_where=text("state = 'in_progress'"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    credential_id: Mapped[int] = mapped_column(ForeignKey("credentials.id"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    station_id: Mapped[str] = mapped_column(String(64), index=True)
+    station_instance: Mapped[str] = mapped_column(String(64))
+    chip_serial: Mapped[str | None] = mapped_column(String(64))
+    fault: Mapped[str | None] = mapped_column(String(32))
+    fault_detail: Mapped[str | None] = mapped_column(String(500))
+    lease_expires_at: Mapped[dt.datetime] = mapped_column(index=True)
+    finished_at: Mapped[dt.datetime | None]
+
+    @property
+    def machine(self) -> Machine:
+        return ATTEMPT
+
+
+class Certificate(Stateful, Base):
+    """An issued certificate. Auth/sign certificates belong to an attempt; the escrowed
+    encryption certificate belongs to the credential (``attempt_id`` is NULL)."""
+
+    __tablename__ = "certificates"
+    __table_args__ = (
+        UniqueConstraint("attempt_id", "usage"),
+        Index(
+            "uq_escrow_cert_per_credential",
+            "credential_id",
+            "usage",
+            unique=True,
+            sqlite_where=text("attempt_id IS NULL AND state IN ('valid', 'hold')"),
+            postgresql_where=text("attempt_id IS NULL AND state IN ('valid', 'hold')"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    credential_id: Mapped[int] = mapped_column(ForeignKey("credentials.id"), index=True)
+    attempt_id: Mapped[int | None] = mapped_column(
+        ForeignKey("production_attempts.id"), index=True
+    )
+    usage: Mapped[str] = mapped_column(String(32))
+    serial: Mapped[str] = mapped_column(String(64), unique=True)
+    subject: Mapped[str] = mapped_column(String(500))
+    not_before: Mapped[dt.datetime]
+    not_after: Mapped[dt.datetime]
+    pem: Mapped[str] = mapped_column(Text)
+    revocation_reason: Mapped[str | None] = mapped_column(String(32))
+    revoked_at: Mapped[dt.datetime | None]
+
+    @property
+    def machine(self) -> Machine:
+        return CERTIFICATE
+
+
+class Station(Base):
+    """A production station as last seen by its heartbeat (operational, not audited)."""
+
+    __tablename__ = "stations"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    line: Mapped[str] = mapped_column(String(32))
+    instance: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default="idle")
+    current_credential_id: Mapped[int | None] = mapped_column(Integer)
+    started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    heartbeat_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    cards_done: Mapped[int] = mapped_column(Integer, default=0)
+    cards_spoiled: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class AuditEvent(Base):
+    """Append-only, hash-chained record of every state change."""
+
+    __tablename__ = "audit_events"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    at: Mapped[dt.datetime]
+    actor: Mapped[str] = mapped_column(String(100))
+    entity: Mapped[str] = mapped_column(String(32))
+    entity_id: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(32))
+    from_state: Mapped[str | None] = mapped_column(String(32))
+    to_state: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str | None] = mapped_column(String(500))
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+    __table_args__ = (Index("ix_audit_entity", "entity", "entity_id"),)
+
+
+class AuditHead(Base):
+    """One row: the last sequence number and hash. Locking it serialises chain appends."""
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class OutboxMessage(Base):
+    """A job message written in the transaction that made it necessary."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    queue: Mapped[str] = mapped_column(String(64))
+    actor: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[dt.datetime | None]
+    publish_count: Mapped[int] = mapped_column(Integer, default=0)
+
+    __table_args__ = (
+        Index(
+            "ix_outbox_unsent",
+            "id",
+            sqlite_where=text("sent_at IS NULL"),
+            postgresql_where=text("sent_at IS NULL"),
+        ),
+    )

@@ -1,0 +1,101 @@
+"""One error tree, grouped by how a caller reacts.
+
+- ``TransientError``: try again later (a device hiccup, a lost connection).
+- ``PermanentError``: the input or the request is wrong; retrying will not help.
+- ``ConfigurationError``: the installation is wrong; fail at start-up.
+- ``ConflictError``: the state of the world moved under the caller (``StateConflict``).
+
+Errors carry their data as attributes. None of them ever carries a secret: callers
+pass identifiers, never PINs, PUKs or keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class CardlineError(Exception):
+    """Base of every error Cardline raises on purpose."""
+
+
+class TransientError(CardlineError):
+    """Retrying later may succeed."""
+
+
+class PermanentError(CardlineError):
+    """Retrying will not help: the request or the input is wrong."""
+
+
+class ConfigurationError(CardlineError):
+    """The installation or its configuration is wrong."""
+
+
+class ConflictError(CardlineError):
+    """The state of the world is not what the caller expected."""
+
+
+class StateConflict(ConflictError):
+    """A transition was illegal from the current state, or another writer won the race.
+
+    Nothing was changed by the call that raised it.
+    """
+
+    def __init__(
+        self,
+        entity: str,
+        entity_id: object,
+        action: str,
+        current: str | None,
+        expected: Iterable[str],
+        detail: str = "",
+    ) -> None:
+        self.entity = entity
+        self.entity_id = entity_id
+        self.action = action
+        self.current = current
+        self.expected = tuple(sorted(expected))
+        self.detail = detail
+        message = (
+            f"{entity} {entity_id}: cannot {action} from state {current!r} "
+            f"(allowed from: {', '.join(self.expected) or 'nowhere'})"
+        )
+        super().__init__(f"{message}; {detail}" if detail else message)
+
+
+class ValidationFailed(PermanentError):
+    """Input was rejected; ``field`` and ``line`` say where."""
+
+    def __init__(self, reason: str, *, field: str | None = None, line: int | None = None) -> None:
+        self.reason = reason
+        self.field = field
+        self.line = line
+        where = []
+        if line is not None:
+            where.append(f"line {line}")
+        if field is not None:
+            where.append(f"field {field!r}")
+        super().__init__(f"{', '.join(where)}: {reason}" if where else reason)
+
+
+class FourEyesViolation(PermanentError):
+    """The approver of a request is the person who requested it."""
+
+    def __init__(self, who: str, what: str) -> None:
+        self.who = who
+        self.what = what
+        super().__init__(f"{who} requested {what} and may not approve it (four-eyes rule)")
+
+
+class DeviceFault(TransientError):
+    """A station device failed while producing a card.
+
+    ``kind`` is one of ``schemas.states.FaultKind``; ``code`` keeps the raw device status
+    (a CKR_* name, an SW1SW2 word, a CUPS job state) when there is one.
+    """
+
+    def __init__(self, kind: str, detail: str, *, code: str | None = None) -> None:
+        self.kind = kind
+        self.detail = detail
+        self.code = code
+        suffix = f" [{code}]" if code else ""
+        super().__init__(f"{kind}: {detail}{suffix}")

@@ -1,0 +1,91 @@
+"""Job messages: the only way stages talk to each other.
+
+Every message is written to the outbox in the transaction that makes it necessary and
+published by the relay. A message carries identifiers and public data only (a CSR is
+public); never a PIN, PUK, key or password. Each names its actor and queue, so the
+relay needs nothing but the outbox row to publish it.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from schemas.states import CertUsage
+
+PREPARE_QUEUE = "prepare"
+PKI_QUEUE = "pki"
+NOTIFY_QUEUE = "notify"
+LINE_QUEUE_PREFIX = "line."
+
+
+def line_queue(line: str) -> str:
+    """The queue a station line consumes."""
+    return f"{LINE_QUEUE_PREFIX}{line}"
+
+
+class JobMessage(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    actor: ClassVar[str]
+
+    def queue(self) -> str:
+        raise NotImplementedError
+
+
+class PrepareCard(JobMessage):
+    """Generate the card's secrets and escrow key; ask for the escrow certificate."""
+
+    actor: ClassVar[str] = "prepare"
+    type: Literal["prepare_card"] = "prepare_card"
+    credential_id: int
+
+    def queue(self) -> str:
+        return PREPARE_QUEUE
+
+
+class IssueCertificate(JobMessage):
+    """Issue one certificate for a CSR. ``attempt_id`` is None for the escrowed key."""
+
+    actor: ClassVar[str] = "pki"
+    type: Literal["issue_certificate"] = "issue_certificate"
+    credential_id: int
+    attempt_id: int | None
+    usage: CertUsage
+    csr_pem: str
+
+    def queue(self) -> str:
+        return PKI_QUEUE
+
+
+class ProduceCard(JobMessage):
+    """A card is ready: a station on ``line`` should produce it."""
+
+    actor: ClassVar[str] = "produce"
+    type: Literal["produce_card"] = "produce_card"
+    credential_id: int
+    line: str
+
+    def queue(self) -> str:
+        return line_queue(self.line)
+
+
+class SendPinLetter(JobMessage):
+    """Write (and where configured, send) the PIN letter of a produced card."""
+
+    actor: ClassVar[str] = "notify"
+    type: Literal["pin_letter"] = "pin_letter"
+    credential_id: int
+
+    def queue(self) -> str:
+        return NOTIFY_QUEUE
+
+
+PkiJob = Annotated[IssueCertificate, Field(discriminator="type")]
+NotifyJob = Annotated[SendPinLetter, Field(discriminator="type")]
+
+PREPARE_JOB: TypeAdapter[PrepareCard] = TypeAdapter(PrepareCard)
+PKI_JOB: TypeAdapter[IssueCertificate] = TypeAdapter(IssueCertificate)
+NOTIFY_JOB: TypeAdapter[SendPinLetter] = TypeAdapter(SendPinLetter)
+PRODUCE_JOB: TypeAdapter[ProduceCard] = TypeAdapter(ProduceCard)

@@ -1,0 +1,39 @@
+"""Issuance policy: the Blueprints' options that decide what a card gets."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.states import CertUsage
+
+
+class Policy(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    approval_required: bool = True
+    pin_length: int = Field(6, ge=4, le=12)
+    puk_length: int = Field(8, ge=6, le=16)
+    certificates: tuple[CertUsage, ...] = (
+        CertUsage.AUTHENTICATION,
+        CertUsage.SIGNATURE,
+        CertUsage.ENCRYPTION,
+    )
+    card_validity_days: int = Field(1095, ge=1)
+    certificate_validity_days: int = Field(1095, ge=1)
+    max_attempts: int = Field(3, ge=1, le=20)
+    cards_per_user: int = Field(2, ge=1)
+    activation_step: bool = False
+    card_key_type: Literal["ec-p256", "rsa-2048"] = "ec-p256"
+    default_line: str = Field("default", pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")
+
+    @property
+    def on_card_usages(self) -> tuple[CertUsage, ...]:
+        """Certificates whose keys the card generates itself (one set per attempt)."""
+        return tuple(u for u in self.certificates if u is not CertUsage.ENCRYPTION)
+
+    @property
+    def escrow(self) -> bool:
+        """Encryption keys are generated server-side and escrowed."""
+        return CertUsage.ENCRYPTION in self.certificates

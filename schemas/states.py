@@ -1,0 +1,257 @@
+"""States and the transition tables (DESIGN.md, "Credential states").
+
+The tables are data: ``db.transition`` enforces them and the tests generate every
+allowed and every disallowed transition from them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class CardState(StrEnum):
+    REQUESTED = "requested"
+    APPROVED = "approved"
+    READY = "ready"
+    PRODUCING = "producing"
+    ISSUED = "issued"
+    ACTIVE = "active"
+    INACTIVE = "inactive"
+    LOCKED = "locked"
+    EXPIRED = "expired"
+    REJECTED = "rejected"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+
+class TempCardState(StrEnum):
+    REQUESTED = "requested"
+    APPROVED = "approved"
+    READY = "ready"
+    PRODUCING = "producing"
+    UNASSIGNED = "unassigned"
+    ASSIGNED = "assigned"
+    LOCKED = "locked"
+    REJECTED = "rejected"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+
+class CertState(StrEnum):
+    VALID = "valid"
+    HOLD = "hold"
+    REVOKED = "revoked"
+    EXPIRED = "expired"
+
+
+class UserState(StrEnum):
+    ACTIVE = "active"
+    INACTIVE = "inactive"
+    LOCKED = "locked"
+    DELETED = "deleted"
+
+
+class AttemptState(StrEnum):
+    IN_PROGRESS = "in_progress"
+    SUCCEEDED = "succeeded"
+    SPOILED = "spoiled"
+
+
+class BatchState(StrEnum):
+    REQUESTED = "requested"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+
+
+class CredentialKind(StrEnum):
+    CARD = "card"
+    TEMP_CARD = "temp_card"
+
+
+class CertUsage(StrEnum):
+    AUTHENTICATION = "authentication"
+    SIGNATURE = "signature"
+    ENCRYPTION = "encryption"
+
+
+class FaultKind(StrEnum):
+    CHIP = "chip_failure"
+    PRINT = "print_failure"
+    JAM = "jam"
+    LEASE_EXPIRED = "lease_expired"
+    STATION_RESTART = "station_restart"
+    CERTIFICATE_TIMEOUT = "certificate_timeout"
+    LOST_RACE = "lost_race"
+
+
+class RevocationReason(StrEnum):
+    """RFC 5280 CRLReason names used by Cardline."""
+
+    UNSPECIFIED = "unspecified"
+    KEY_COMPROMISE = "key_compromise"
+    AFFILIATION_CHANGED = "affiliation_changed"
+    SUPERSEDED = "superseded"
+    CESSATION_OF_OPERATION = "cessation_of_operation"
+    CERTIFICATE_HOLD = "certificate_hold"
+    PRIVILEGE_WITHDRAWN = "privilege_withdrawn"
+
+
+@dataclass(frozen=True)
+class Edge:
+    """An action allowed from any of ``sources``, leading to ``target``."""
+
+    action: str
+    sources: frozenset[str]
+    target: str
+
+
+@dataclass(frozen=True)
+class Machine:
+    """A state machine: the states, the states a new entity may start in, the edges."""
+
+    name: str
+    states: frozenset[str]
+    initial: frozenset[str]
+    edges: tuple[Edge, ...]
+
+    def __post_init__(self) -> None:
+        seen: set[str] = set()
+        for edge in self.edges:
+            if edge.action in seen:
+                raise ValueError(f"{self.name}: action {edge.action!r} defined twice")
+            seen.add(edge.action)
+            unknown = (edge.sources | {edge.target}) - self.states
+            if unknown:
+                raise ValueError(f"{self.name}.{edge.action}: unknown states {sorted(unknown)}")
+
+    def edge(self, action: str) -> Edge:
+        for edge in self.edges:
+            if edge.action == action:
+                return edge
+        raise KeyError(f"{self.name} has no action {action!r}")
+
+    @property
+    def actions(self) -> tuple[str, ...]:
+        return tuple(edge.action for edge in self.edges)
+
+    def target(self, state: str, action: str) -> str | None:
+        """Where ``action`` leads from ``state``, or None when it is not allowed there."""
+        edge = self.edge(action)
+        return edge.target if state in edge.sources else None
+
+    def terminal_states(self) -> frozenset[str]:
+        return frozenset(s for s in self.states if not any(s in e.sources for e in self.edges))
+
+
+def _e(action: str, sources: str | tuple[str, ...], target: str) -> Edge:
+    srcs = (sources,) if isinstance(sources, str) else sources
+    return Edge(action, frozenset(srcs), target)
+
+
+C = CardState
+CARD = Machine(
+    name="card",
+    states=frozenset(C),
+    initial=frozenset({C.REQUESTED, C.APPROVED}),
+    edges=(
+        _e("approve", C.REQUESTED, C.APPROVED),
+        _e("reject", C.REQUESTED, C.REJECTED),
+        _e("postpone", C.REQUESTED, C.REQUESTED),
+        _e("cancel", (C.REQUESTED, C.APPROVED, C.READY), C.CANCELLED),
+        _e("prepare", C.APPROVED, C.READY),
+        _e("claim", C.READY, C.PRODUCING),
+        _e("complete", C.PRODUCING, C.ACTIVE),
+        _e("complete_issued", C.PRODUCING, C.ISSUED),
+        _e("fault", C.PRODUCING, C.READY),
+        _e("fail", C.PRODUCING, C.FAILED),
+        _e("activate", C.ISSUED, C.ACTIVE),
+        _e("deactivate", C.ACTIVE, C.INACTIVE),
+        _e("reactivate", C.INACTIVE, C.ACTIVE),
+        _e("lock", (C.ISSUED, C.ACTIVE, C.INACTIVE), C.LOCKED),
+        _e("renew", C.ACTIVE, C.ACTIVE),
+        _e("expire", (C.ACTIVE, C.INACTIVE, C.ISSUED), C.EXPIRED),
+    ),
+)
+
+T = TempCardState
+_T_LIVE = (T.REQUESTED, T.APPROVED, T.READY, T.UNASSIGNED, T.ASSIGNED)
+TEMP_CARD = Machine(
+    name="temp_card",
+    states=frozenset(T),
+    initial=frozenset({T.REQUESTED, T.APPROVED}),
+    edges=(
+        _e("approve", T.REQUESTED, T.APPROVED),
+        _e("reject", T.REQUESTED, T.REJECTED),
+        _e("postpone", T.REQUESTED, T.REQUESTED),
+        _e("cancel", (T.REQUESTED, T.APPROVED, T.READY), T.CANCELLED),
+        _e("prepare", T.APPROVED, T.READY),
+        _e("claim", T.READY, T.PRODUCING),
+        _e("complete", T.PRODUCING, T.UNASSIGNED),
+        _e("fault", T.PRODUCING, T.READY),
+        _e("fail", T.PRODUCING, T.FAILED),
+        _e("assign", T.UNASSIGNED, T.ASSIGNED),
+        _e("withdraw", T.ASSIGNED, T.UNASSIGNED),
+        _e("extend", T.ASSIGNED, T.ASSIGNED),
+        _e("lock", _T_LIVE, T.LOCKED),
+    ),
+)
+
+K = CertState
+CERTIFICATE = Machine(
+    name="certificate",
+    states=frozenset(K),
+    initial=frozenset({K.VALID}),
+    edges=(
+        _e("hold", K.VALID, K.HOLD),
+        _e("release", K.HOLD, K.VALID),
+        _e("revoke", (K.VALID, K.HOLD), K.REVOKED),
+        _e("expire", K.VALID, K.EXPIRED),
+    ),
+)
+
+U = UserState
+USER = Machine(
+    name="user",
+    states=frozenset(U),
+    initial=frozenset({U.ACTIVE, U.INACTIVE}),
+    edges=(
+        _e("deactivate", U.ACTIVE, U.INACTIVE),
+        _e("reactivate", U.INACTIVE, U.ACTIVE),
+        _e("lock", (U.ACTIVE, U.INACTIVE), U.LOCKED),
+        _e("delete", U.LOCKED, U.DELETED),
+    ),
+)
+
+A = AttemptState
+ATTEMPT = Machine(
+    name="attempt",
+    states=frozenset(A),
+    initial=frozenset({A.IN_PROGRESS}),
+    edges=(
+        _e("succeed", A.IN_PROGRESS, A.SUCCEEDED),
+        _e("spoil", A.IN_PROGRESS, A.SPOILED),
+    ),
+)
+
+B = BatchState
+BATCH = Machine(
+    name="batch",
+    states=frozenset(B),
+    initial=frozenset({B.REQUESTED, B.APPROVED}),
+    edges=(
+        _e("approve", B.REQUESTED, B.APPROVED),
+        _e("reject", B.REQUESTED, B.REJECTED),
+    ),
+)
+
+MACHINES: dict[str, Machine] = {
+    m.name: m for m in (CARD, TEMP_CARD, CERTIFICATE, USER, ATTEMPT, BATCH)
+}
+
+# States in which a credential still needs the production line.
+IN_PRODUCTION = frozenset({C.APPROVED, C.READY, C.PRODUCING})
+# States in which a credential counts against the per-user card limit.
+LIVE_CARD_STATES = frozenset(
+    {C.REQUESTED, C.APPROVED, C.READY, C.PRODUCING, C.ISSUED, C.ACTIVE, C.INACTIVE}
+)
