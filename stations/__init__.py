@@ -1,0 +1,1 @@
+"""Production stations: the claim/produce loop and the device drivers it runs."""

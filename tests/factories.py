@@ -1,0 +1,102 @@
+"""Rows in any state, for tests that need an entity without walking its whole life."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+
+from sqlalchemy.orm import Session
+
+from db.models import (
+    BatchOrder,
+    Certificate,
+    Credential,
+    ProductionAttempt,
+    Stateful,
+    User,
+    utcnow,
+)
+from schemas.states import CredentialKind
+
+_seq = itertools.count(1)
+
+
+def user(session: Session, state: str = "active") -> User:
+    n = next(_seq)
+    row = User(
+        state=state,
+        email=f"user{n}@example.org",
+        first_name="Ada",
+        last_name=f"Lovelace{n}",
+        upn=f"user{n}@example.org",
+        organization="Example",
+        org_unit="Engineering",
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def credential(session: Session, state: str = "requested", kind: str = "card") -> Credential:
+    row = Credential(
+        state=state,
+        kind=kind,
+        user=user(session) if kind == CredentialKind.CARD else None,
+        requested_by="tests",
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def attempt(session: Session, state: str = "in_progress") -> ProductionAttempt:
+    cred = credential(session, "producing")
+    row = ProductionAttempt(
+        state=state,
+        credential_id=cred.id,
+        number=1,
+        station_id="ST1",
+        station_instance="i1",
+        lease_expires_at=utcnow() + dt.timedelta(seconds=30),
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def certificate(session: Session, state: str = "valid") -> Certificate:
+    cred = credential(session, "active")
+    now = utcnow()
+    row = Certificate(
+        state=state,
+        credential_id=cred.id,
+        usage="authentication",
+        serial=f"{next(_seq):032x}",
+        subject="CN=test",
+        not_before=now,
+        not_after=now + dt.timedelta(days=1),
+        pem="-",
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def batch(session: Session, state: str = "requested") -> BatchOrder:
+    row = BatchOrder(state=state, name="b.csv", requested_by="alice")
+    session.add(row)
+    session.flush()
+    return row
+
+
+def entity(session: Session, machine: str, state: str) -> Stateful:
+    """A row governed by ``machine`` in ``state``."""
+    makers = {
+        "card": lambda: credential(session, state, "card"),
+        "temp_card": lambda: credential(session, state, "temp_card"),
+        "user": lambda: user(session, state),
+        "attempt": lambda: attempt(session, state),
+        "certificate": lambda: certificate(session, state),
+        "batch": lambda: batch(session, state),
+    }
+    return makers[machine]()
