@@ -17,6 +17,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+_READ_ONLY = "cardline_read_only"
 
 
 def sqlite_url(data_dir: Path) -> str:
@@ -38,7 +39,8 @@ def _configure_sqlite(engine: Engine, *, readonly: bool) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+        deferred = readonly or conn.get_execution_options().get(_READ_ONLY, False)
+        conn.exec_driver_sql("BEGIN" if deferred else "BEGIN IMMEDIATE")
 
 
 @dataclass(frozen=True)
@@ -47,11 +49,18 @@ class Store:
 
     engine: Engine
     sessions: sessionmaker[Session]
+    readers: sessionmaker[Session]
 
     @contextmanager
     def tx(self) -> Iterator[Session]:
         """One transaction: committed on success, rolled back on any exception."""
         with self.sessions.begin() as session:
+            yield session
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A read-only transaction (on SQLite it does not take the write lock)."""
+        with self.readers.begin() as session:
             yield session
 
     def dispose(self) -> None:
@@ -62,7 +71,10 @@ def open_store(url: str, *, readonly: bool = False, pool_size: int = 20) -> Stor
     """Open the store at ``url`` (any SQLAlchemy URL)."""
     kwargs: dict[str, Any] = {"future": True}
     if url.startswith("sqlite"):
-        kwargs["connect_args"] = {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+        kwargs["connect_args"] = {
+            "check_same_thread": False,
+            "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000,
+        }
         kwargs["pool_size"] = pool_size
         kwargs["max_overflow"] = pool_size
     else:
@@ -72,4 +84,10 @@ def open_store(url: str, *, readonly: bool = False, pool_size: int = 20) -> Stor
     engine = create_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
         _configure_sqlite(engine, readonly=readonly)
-    return Store(engine=engine, sessions=sessionmaker(engine, expire_on_commit=False))
+    return Store(
+        engine=engine,
+        sessions=sessionmaker(engine, expire_on_commit=False),
+        readers=sessionmaker(
+            engine.execution_options(**{_READ_ONLY: True}), expire_on_commit=False
+        ),
+    )

@@ -162,6 +162,8 @@ class Credential(Stateful, Base):
     escrow_key_sealed: Mapped[str | None] = mapped_column(Text)
     pin_letter_path: Mapped[str | None] = mapped_column(String(500))
     faces_path: Mapped[str | None] = mapped_column(String(500))
+    # When the reconciler last re-published this credential's pending job.
+    redriven_at: Mapped[dt.datetime | None]
 
     user: Mapped[User | None] = relationship(back_populates="credentials")
     batch: Mapped[BatchOrder | None] = relationship(back_populates="credentials")
@@ -222,9 +224,7 @@ class Certificate(Stateful, Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     credential_id: Mapped[int] = mapped_column(ForeignKey("credentials.id"), index=True)
-    attempt_id: Mapped[int | None] = mapped_column(
-        ForeignKey("production_attempts.id"), index=True
-    )
+    attempt_id: Mapped[int | None] = mapped_column(ForeignKey("production_attempts.id"), index=True)
     usage: Mapped[str] = mapped_column(String(32))
     serial: Mapped[str] = mapped_column(String(64), unique=True)
     subject: Mapped[str] = mapped_column(String(500))

@@ -54,6 +54,9 @@ def mark_sent(session: Session, ids: Sequence[int]) -> None:
 
 
 def unsent_count(session: Session) -> int:
-    return session.scalar(
-        select(func.count()).select_from(OutboxMessage).where(OutboxMessage.sent_at.is_(None))
-    ) or 0
+    return (
+        session.scalar(
+            select(func.count()).select_from(OutboxMessage).where(OutboxMessage.sent_at.is_(None))
+        )
+        or 0
+    )

@@ -106,3 +106,8 @@ class SecretBox:
 def random_digits(length: int) -> Secret:
     """A uniformly random numeric secret (PIN, PUK) from the OS CSPRNG."""
     return Secret("".join(str(_random.randbelow(10)) for _ in range(length)))
+
+
+def context(entity: str, entity_id: int, field: str) -> str:
+    """The associated-data label that binds a sealed value to its row and column."""
+    return f"{entity}:{entity_id}:{field}"

@@ -55,7 +55,7 @@ def transition(
     model = type(entity)
     result = session.execute(
         update(model)
-        .where(model.id == entity.id, model.state == current, model.version == version)  # type: ignore[attr-defined]  # model is a mapped subclass
+        .where(model.id == entity.id, model.state == current, model.version == version)
         .values(**values)
         .execution_options(synchronize_session=False)
     )

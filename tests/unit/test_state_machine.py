@@ -43,7 +43,12 @@ def test_allowed_transition_moves_state_bumps_version_audits_and_queues(
         version = row.version
         audits, messages = _counts(s)
         new = tr.transition(
-            s, row, action, actor="tester", reason="because", messages=[PrepareCard(credential_id=1)]
+            s,
+            row,
+            action,
+            actor="tester",
+            reason="because",
+            messages=[PrepareCard(credential_id=1)],
         )
         assert new == target
     with store.tx() as s:
@@ -96,8 +101,8 @@ def test_lost_race_raises_state_conflict_and_the_winner_stands(store):
 
 
 def test_create_refuses_a_non_initial_state(store):
-    with pytest.raises(StateConflict), store.tx() as s:
-        row = factories.Credential(state="active", kind="card", requested_by="x")
+    row = factories.Credential(state="active", kind="card", requested_by="x")
+    with store.tx() as s, pytest.raises(StateConflict):
         tr.create(s, row, actor="tester")
 
 

@@ -140,6 +140,7 @@ def upgrade() -> None:
         sa.Column("escrow_key_sealed", sa.Text(), nullable=True),
         sa.Column("pin_letter_path", sa.String(length=500), nullable=True),
         sa.Column("faces_path", sa.String(length=500), nullable=True),
+        sa.Column("redriven_at", db.models.UTCDateTime(timezone=True), nullable=True),
         sa.Column("state", sa.String(length=32), nullable=False),
         sa.Column("version", sa.Integer(), nullable=False),
         sa.Column("created_at", db.models.UTCDateTime(timezone=True), nullable=False),

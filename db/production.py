@@ -1,0 +1,248 @@
+"""Production operations on the store, shared by stations and the reconciler.
+
+Each function runs inside the caller's transaction and changes state only through
+``transition()``. Together they keep the bureau's books: every blank fed is an
+attempt row, and every attempt ends succeeded or spoiled.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from db.models import Certificate, Credential, ProductionAttempt, Station, utcnow
+from db.transition import create, transition
+from schemas.messages import ProduceCard, SendPinLetter
+from schemas.states import (
+    AttemptState,
+    CardState,
+    CertState,
+    CredentialKind,
+    RevocationReason,
+)
+
+
+def claim(
+    session: Session,
+    credential_id: int,
+    *,
+    station_id: str,
+    station_instance: str,
+    lease_s: float,
+) -> tuple[Credential, ProductionAttempt] | None:
+    """Claim a ``ready`` credential for a station: a new attempt on a new blank.
+
+    Returns None when the credential is not ``ready`` (already produced, claimed by
+    another station, cancelled): a duplicate or stale message, which is not an error.
+    """
+    cred = session.get(Credential, credential_id, with_for_update=True)
+    if cred is None or cred.state != CardState.READY:
+        return None
+    number = cred.attempt_count + 1
+    transition(
+        session,
+        cred,
+        "claim",
+        actor=f"station:{station_id}",
+        reason=f"attempt {number}",
+        changes={"attempt_count": number},
+    )
+    attempt = create(
+        session,
+        ProductionAttempt(
+            state=AttemptState.IN_PROGRESS,
+            credential_id=cred.id,
+            number=number,
+            station_id=station_id,
+            station_instance=station_instance,
+            lease_expires_at=utcnow() + dt.timedelta(seconds=lease_s),
+        ),
+        actor=f"station:{station_id}",
+    )
+    _station_update(session, station_id, status="busy", current_credential_id=cred.id)
+    return cred, attempt
+
+
+def attempt_certificates(session: Session, attempt: ProductionAttempt) -> Sequence[Certificate]:
+    stmt = select(Certificate).where(Certificate.attempt_id == attempt.id)
+    return session.scalars(stmt).all()
+
+
+def complete(
+    session: Session,
+    attempt: ProductionAttempt,
+    *,
+    chip_serial: str | None,
+    activation_step: bool,
+) -> Credential:
+    """The card left the printer good: attempt succeeded, card active (or issued)."""
+    actor = f"station:{attempt.station_id}"
+    cred = session.get(Credential, attempt.credential_id, with_for_update=True)
+    assert cred is not None  # a foreign key guarantees it
+    transition(
+        session,
+        attempt,
+        "succeed",
+        actor=actor,
+        changes={"finished_at": utcnow(), "chip_serial": chip_serial},
+    )
+    if cred.kind == CredentialKind.TEMP_CARD:
+        transition(session, cred, "complete", actor=actor)
+    else:
+        action = "complete_issued" if activation_step else "complete"
+        transition(
+            session,
+            cred,
+            action,
+            actor=actor,
+            messages=[SendPinLetter(credential_id=cred.id)],
+        )
+    _station_update(session, attempt.station_id, status="idle", current_credential_id=None, done=1)
+    return cred
+
+
+def spoil(
+    session: Session,
+    attempt: ProductionAttempt,
+    *,
+    fault: str,
+    detail: str,
+    actor: str,
+    max_attempts: int,
+) -> str:
+    """The blank is spoiled: revoke what was issued for it, and queue the card again
+    on a new blank, or fail it after ``max_attempts``. Returns the card's new state."""
+    transition(
+        session,
+        attempt,
+        "spoil",
+        actor=actor,
+        reason=fault,
+        changes={"finished_at": utcnow(), "fault": fault, "fault_detail": detail[:500]},
+    )
+    # Read the certificates after the attempt row is ours: an issuance racing with
+    # this spoil either committed before (and is revoked here) or sees the attempt
+    # spoiled and issues nothing.
+    for cert in attempt_certificates(session, attempt):
+        if cert.state in (CertState.VALID, CertState.HOLD):
+            transition(
+                session,
+                cert,
+                "revoke",
+                actor=actor,
+                reason=f"attempt spoiled: {fault}",
+                changes={
+                    "revoked_at": utcnow(),
+                    "revocation_reason": RevocationReason.CESSATION_OF_OPERATION,
+                },
+            )
+    cred = session.get(Credential, attempt.credential_id, with_for_update=True)
+    assert cred is not None  # a foreign key guarantees it
+    _station_update(
+        session, attempt.station_id, status="idle", current_credential_id=None, spoiled=1
+    )
+    if cred.state != CardState.PRODUCING:
+        return cred.state
+    if cred.attempt_count >= max_attempts:
+        return transition(
+            session,
+            cred,
+            "fail",
+            actor=actor,
+            reason=f"{cred.attempt_count} attempts spoiled; last: {fault}",
+        )
+    return transition(
+        session,
+        cred,
+        "fault",
+        actor=actor,
+        reason=fault,
+        messages=[ProduceCard(credential_id=cred.id, line=cred.line)],
+    )
+
+
+def renew_lease(session: Session, attempt_id: int, lease_s: float) -> bool:
+    """Extend a live attempt's lease; False when the attempt is no longer live."""
+    result = session.execute(
+        update(ProductionAttempt)
+        .where(
+            ProductionAttempt.id == attempt_id,
+            ProductionAttempt.state == AttemptState.IN_PROGRESS,
+        )
+        .values(lease_expires_at=utcnow() + dt.timedelta(seconds=lease_s))
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]  # CursorResult of an UPDATE
+
+
+def expired_attempts(session: Session, *, limit: int = 100) -> Sequence[ProductionAttempt]:
+    stmt = (
+        select(ProductionAttempt)
+        .where(
+            ProductionAttempt.state == AttemptState.IN_PROGRESS,
+            ProductionAttempt.lease_expires_at < utcnow(),
+        )
+        .order_by(ProductionAttempt.id)
+        .limit(limit)
+    )
+    return session.scalars(stmt).all()
+
+
+def live_attempts_of(session: Session, station_id: str) -> Sequence[ProductionAttempt]:
+    stmt = select(ProductionAttempt).where(
+        ProductionAttempt.station_id == station_id,
+        ProductionAttempt.state == AttemptState.IN_PROGRESS,
+    )
+    return session.scalars(stmt).all()
+
+
+def register_station(session: Session, station_id: str, *, line: str, instance: str) -> None:
+    """Record that a station process (``instance``) started and is idle."""
+    row = session.get(Station, station_id)
+    now = utcnow()
+    if row is None:
+        session.add(
+            Station(
+                id=station_id,
+                line=line,
+                instance=instance,
+                status="idle",
+                started_at=now,
+                heartbeat_at=now,
+            )
+        )
+        return
+    row.line, row.instance, row.status = line, instance, "idle"
+    row.started_at = row.heartbeat_at = now
+    row.current_credential_id = None
+
+
+def heartbeat(session: Session, station_id: str, *, status: str | None = None) -> None:
+    values: dict[str, object] = {"heartbeat_at": utcnow()}
+    if status is not None:
+        values["status"] = status
+    session.execute(update(Station).where(Station.id == station_id).values(**values))
+
+
+def _station_update(
+    session: Session,
+    station_id: str,
+    *,
+    status: str,
+    current_credential_id: int | None,
+    done: int = 0,
+    spoiled: int = 0,
+) -> None:
+    session.execute(
+        update(Station)
+        .where(Station.id == station_id)
+        .values(
+            status=status,
+            current_credential_id=current_credential_id,
+            heartbeat_at=utcnow(),
+            cards_done=Station.cards_done + done,
+            cards_spoiled=Station.cards_spoiled + spoiled,
+        )
+    )

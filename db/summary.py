@@ -1,0 +1,107 @@
+"""Counts that describe the line: what ``cardline status`` and the demo summary show."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from db import outbox
+from db.audit import verify_chain
+from db.models import Certificate, Credential, ProductionAttempt, Station
+from schemas.states import IN_PRODUCTION, AttemptState, CardState, CertState
+
+PIN_LETTER_STATES = (CardState.ACTIVE, CardState.ISSUED)
+
+
+def _counts(session: Session, column: Any, *where: Any) -> dict[str, int]:
+    stmt = select(column, func.count()).group_by(column)
+    for clause in where:
+        stmt = stmt.where(clause)
+    return {str(k): int(v) for k, v in session.execute(stmt).all()}
+
+
+@dataclass
+class LineSummary:
+    cards: dict[str, int]
+    attempts: dict[str, int]
+    blanks_used: int
+    certificates: dict[str, int]
+    audit_chain_ok: bool
+    audit_events: int
+    outbox_unsent: int
+    letters_pending: int
+    stations: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def in_production(self) -> int:
+        return sum(self.cards.get(s, 0) for s in IN_PRODUCTION)
+
+    @property
+    def drained(self) -> bool:
+        """No card waits for the line, no message waits to be sent, no letter is due."""
+        return self.in_production == 0 and self.outbox_unsent == 0 and self.letters_pending == 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "cards": self.cards,
+            "attempts": self.attempts,
+            "blanks_used": self.blanks_used,
+            "certificates": self.certificates,
+            "audit_chain_ok": self.audit_chain_ok,
+            "audit_events": self.audit_events,
+            "outbox_unsent": self.outbox_unsent,
+            "letters_pending": self.letters_pending,
+            "stations": self.stations,
+        }
+
+
+def progress(session: Session) -> tuple[dict[str, int], int, int]:
+    """Cheap counts for a progress bar: cards per state, unsent messages, letters due."""
+    return (
+        _counts(session, Credential.state),
+        outbox.unsent_count(session),
+        _letters_pending(session),
+    )
+
+
+def _letters_pending(session: Session) -> int:
+    stmt = (
+        select(func.count())
+        .select_from(Credential)
+        .where(Credential.state.in_(PIN_LETTER_STATES), Credential.pin_letter_path.is_(None))
+    )
+    return int(session.scalar(stmt) or 0)
+
+
+def summarise(session: Session, *, verify_audit: bool = True) -> LineSummary:
+    cards = _counts(session, Credential.state)
+    attempts = {s.value: 0 for s in (AttemptState.SUCCEEDED, AttemptState.SPOILED)}
+    attempts.update(_counts(session, ProductionAttempt.state))
+    certificates = {s.value: 0 for s in CertState}
+    certificates.update(_counts(session, Certificate.state))
+    chain = verify_chain(session) if verify_audit else None
+    stations = [
+        {
+            "id": st.id,
+            "line": st.line,
+            "status": st.status,
+            "cards_done": st.cards_done,
+            "cards_spoiled": st.cards_spoiled,
+            "heartbeat_at": st.heartbeat_at.isoformat(),
+        }
+        for st in session.scalars(select(Station).order_by(Station.id))
+    ]
+    return LineSummary(
+        cards=cards,
+        attempts=attempts,
+        blanks_used=sum(attempts.values()),
+        certificates=certificates,
+        audit_chain_ok=bool(chain and chain.ok),
+        audit_events=chain.events if chain else 0,
+        outbox_unsent=outbox.unsent_count(session),
+        letters_pending=_letters_pending(session),
+        stations=stations,
+    )

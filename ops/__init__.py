@@ -1,0 +1,1 @@
+"""Operations: the ``cardline`` CLI, configuration, logging, the embedded line, benchmarks."""

@@ -1,0 +1,184 @@
+"""``cardline demo`` and ``cardline run``: the embedded line, end to end."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ops import logging as logging_mod
+from ops.config import Settings
+from ops.line import DataPaths, EmbeddedLine, LineOptions, open_migrated
+from ops.line import Progress as LineProgress
+from ops.render import paths_table, summary_json, summary_tables
+from producers.approvals import approve_batch
+from producers.batch_import import import_batch
+from producers.generate import write_users_csv
+from schemas.errors import ConfigurationError
+
+EXAMPLE_CSV = Path(__file__).parent / "examples" / "users.csv"
+# States in which a card has left the production line for good (or for now).
+DONE_STATES = ("active", "issued", "unassigned", "failed")
+CARDLINE_MARKERS = ("cardline.db", "master.key")
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    cards: int = 100
+    input_csv: Path | None = None
+    example: bool = False
+    line: LineOptions = field(default_factory=LineOptions)
+    requester: str = "demo-requester"
+    approver: str = "demo-approver"
+
+
+def fresh_data_dir(path: Path) -> None:
+    """Empty a previous Cardline data dir; refuse to touch any other non-empty folder."""
+    if path.exists() and any(path.iterdir()):
+        if not any((path / marker).exists() for marker in CARDLINE_MARKERS):
+            raise ConfigurationError(
+                f"{path} is not empty and is not a Cardline data dir; choose another --data-dir"
+            )
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+
+
+def run_demo(settings: Settings, options: DemoOptions, *, as_json: bool, console: Console) -> int:
+    fresh_data_dir(settings.data_dir)
+    paths = DataPaths(settings.data_dir)
+    paths.make()
+    logging_mod.configure(log_file=paths.logs / "cardline.log", level=settings.log_level)
+    policy = settings.policy()
+    started = time.monotonic()
+    csv_path = _input_csv(options, paths)
+    store = open_migrated(settings)
+    report = import_batch(
+        store, csv_path, policy=policy, requested_by=options.requester, reject_dir=paths.rejects
+    )
+    if report.batch_id is None:
+        raise ConfigurationError(f"{csv_path}: no valid rows to produce")
+    if policy.approval_required:
+        approve_batch(store, report.batch_id, by=options.approver)
+    store.dispose()
+    err = Console(stderr=True)
+    err.print(
+        f"batch {report.batch_id}: {report.cards_requested} cards from {csv_path.name}"
+        f" ({len(report.rejected)} rows rejected); approved by {options.approver}; "
+        f"{options.line.stations} stations",
+        highlight=False,
+    )
+    extra_paths = {"input CSV": str(csv_path)}
+    if report.reject_report:
+        extra_paths["reject report"] = str(report.reject_report)
+    return _run(
+        settings,
+        options.line,
+        as_json=as_json,
+        console=console,
+        started=started,
+        total=report.cards_requested,
+        extra_paths=extra_paths,
+        batch_id=report.batch_id,
+    )
+
+
+def run_line(settings: Settings, options: LineOptions, *, as_json: bool, console: Console) -> int:
+    if not (settings.data_dir / "cardline.db").exists() and settings.database_url is None:
+        raise ConfigurationError(
+            f"{settings.data_dir} has no status store: run `cardline demo`"
+            " or `cardline batch import` first"
+        )
+    return _run(
+        settings,
+        options,
+        as_json=as_json,
+        console=console,
+        started=time.monotonic(),
+        total=None,
+        extra_paths={},
+        batch_id=None,
+    )
+
+
+def _input_csv(options: DemoOptions, paths: DataPaths) -> Path:
+    if options.input_csv is not None:
+        return options.input_csv
+    if options.example:
+        return EXAMPLE_CSV
+    return write_users_csv(
+        paths.root / "input" / "users.csv", options.cards, seed=options.line.seed or 0
+    )
+
+
+def _run(
+    settings: Settings,
+    options: LineOptions,
+    *,
+    as_json: bool,
+    console: Console,
+    started: float,
+    total: int | None,
+    extra_paths: dict[str, str],
+    batch_id: int | None,
+) -> int:
+    line = EmbeddedLine(settings, settings.policy(), options)
+    line.start()
+    try:
+        _drain_with_progress(line, total)
+    finally:
+        line.stop()
+    elapsed = time.monotonic() - started
+    summary = line.summary()
+    paths = _written_paths(line.paths, settings) | extra_paths
+    if as_json:
+        click_safe = summary_json(summary, elapsed_s=elapsed, batch_id=batch_id, paths=paths)
+        console.file.write(json.dumps(click_safe, sort_keys=True) + "\n")
+    else:
+        for table in summary_tables(summary, elapsed_s=elapsed):
+            console.print(table)
+        console.print(paths_table(paths))
+    consistent = summary.audit_chain_ok and summary.drained
+    return 0 if consistent else 1
+
+
+def _drain_with_progress(line: EmbeddedLine, total: int | None) -> None:
+    err = Console(stderr=True)
+    with Progress(
+        TextColumn("[bold]producing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[detail]}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=False,
+    ) as bar:
+        task = bar.add_task("cards", total=total, detail="")
+
+        def update(p: LineProgress) -> None:
+            done = sum(p.cards.get(s, 0) for s in DONE_STATES)
+            work = sum(p.cards.get(s, 0) for s in ("approved", "ready", "producing"))
+            bar.update(
+                task,
+                completed=done,
+                total=total if total is not None else done + work,
+                detail=f"producing {p.cards.get('producing', 0)}, "
+                f"failed {p.cards.get('failed', 0)}",
+            )
+
+        line.wait_drained(update)
+
+
+def _written_paths(paths: DataPaths, settings: Settings) -> dict[str, str]:
+    return {
+        "status store": settings.db_url,
+        "card faces (PNG, front/back)": str(paths.faces),
+        "printed cards (per station)": str(paths.printed),
+        "PIN letters (PDF)": str(paths.letters),
+        "CA chain": str(paths.root / "ca-chain.pem"),
+        "log (JSON lines)": str(paths.logs / "cardline.log"),
+    }

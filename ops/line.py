@@ -1,0 +1,177 @@
+"""The embedded line: relay, workers and simulated stations as threads of one process.
+
+It starts from whatever the store says (``redrive(everything=True)``): an in-process
+broker starts empty, so every pending job is published again, and each station hands
+back the card a killed run left in it. That is how ``cardline run`` resumes a crash.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dramatiq
+import structlog
+
+from db.engine import Store, open_store
+from db.migrate import upgrade
+from db.secrets import SecretBox
+from db.summary import LineSummary, progress, summarise
+from ops.config import Settings
+from schemas.policy import Policy
+from stations.runtime import Station, StationConfig
+from stations.sim import make_sim_drivers
+from workers import actors
+from workers.broker import WORKER_QUEUES, make_broker
+from workers.ca import CertificateAuthority
+from workers.context import WorkerContext
+from workers.relay import Relay, redrive
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class LineOptions:
+    stations: int = 4
+    time_scale: float = 0.01
+    fault_rate: float = 0.0
+    seed: int | None = None
+    worker_threads: int = 4
+    line: str = "default"
+    lease_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class Progress:
+    cards: dict[str, int]
+    outbox_unsent: int
+    letters_pending: int
+    elapsed_s: float
+
+
+@dataclass
+class DataPaths:
+    root: Path
+    faces: Path = field(init=False)
+    printed: Path = field(init=False)
+    letters: Path = field(init=False)
+    ca: Path = field(init=False)
+    rejects: Path = field(init=False)
+    logs: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.faces = self.root / "faces"
+        self.printed = self.root / "printed"
+        self.letters = self.root / "letters"
+        self.ca = self.root / "ca"
+        self.rejects = self.root / "rejects"
+        self.logs = self.root / "logs"
+
+    def make(self) -> None:
+        for path in (self.faces, self.printed, self.letters, self.ca, self.rejects, self.logs):
+            path.mkdir(parents=True, exist_ok=True)
+        self.letters.chmod(0o700)
+
+
+def open_migrated(settings: Settings) -> Store:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = open_store(settings.db_url)
+    upgrade(store)
+    return store
+
+
+class EmbeddedLine:
+    """Everything of a production line in one process, until ``stop()``."""
+
+    def __init__(self, settings: Settings, policy: Policy, options: LineOptions) -> None:
+        self.settings, self.policy, self.options = settings, policy, options
+        self.paths = DataPaths(settings.data_dir)
+        self.paths.make()
+        self.store = open_migrated(settings)
+        self.box: SecretBox = settings.secret_box()
+        self.broker = make_broker(settings.broker_url)
+        ca = CertificateAuthority.load_or_create(self.paths.ca, self.box)
+        (self.paths.root / "ca-chain.pem").write_text(ca.chain_pem())
+        ctx = WorkerContext(
+            store=self.store, box=self.box, policy=policy, ca=ca, letters_dir=self.paths.letters
+        )
+        actors.register(self.broker, ctx)
+        self.worker = dramatiq.Worker(
+            self.broker, queues=set(WORKER_QUEUES), worker_threads=options.worker_threads
+        )
+        self.relay = Relay(self.store, self.broker, policy)
+        self.stations = [self._station(i) for i in range(options.stations)]
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def _station(self, index: int) -> Station:
+        station_id = f"ST{index + 1}"
+        seed = None if self.options.seed is None else self.options.seed + index
+        printer, reader, token = make_sim_drivers(
+            time_scale=self.options.time_scale,
+            fault_rate=self.options.fault_rate,
+            seed=seed,
+            output_dir=self.paths.printed / station_id,
+        )
+        return Station(
+            StationConfig(
+                station_id=station_id, line=self.options.line, lease_s=self.options.lease_s
+            ),
+            printer=printer,
+            reader=reader,
+            token=token,
+            store=self.store,
+            box=self.box,
+            policy=self.policy,
+            broker=self.broker,
+            faces_dir=self.paths.faces,
+        )
+
+    def start(self) -> None:
+        redrive(self.store, self.relay.stall, everything=True)
+        self.worker.start()
+        targets: list[tuple[str, Callable[[threading.Event], None]]] = [("relay", self.relay.run)]
+        targets += [(s.config.station_id, s.run) for s in self.stations]
+        for name, target in targets:
+            thread = threading.Thread(target=target, args=(self._stop,), name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def wait_drained(
+        self,
+        on_progress: Callable[[Progress], None] | None = None,
+        *,
+        poll_s: float = 0.2,
+        timeout_s: float | None = None,
+    ) -> bool:
+        """Block until no card waits for the line; False if ``timeout_s`` ran out."""
+        start = time.monotonic()
+        quiet = 0
+        while True:
+            with self.store.read() as s:
+                cards, unsent, letters = progress(s)
+            elapsed = time.monotonic() - start
+            if on_progress:
+                on_progress(Progress(cards, unsent, letters, elapsed))
+            in_production = sum(cards.get(k, 0) for k in ("approved", "ready", "producing"))
+            # Two quiet polls in a row: a message published between reads cannot fool us.
+            quiet = quiet + 1 if (in_production == 0 and unsent == 0 and letters == 0) else 0
+            if quiet >= 2:
+                return True
+            if timeout_s is not None and elapsed > timeout_s:
+                return False
+            time.sleep(poll_s)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+        self.worker.stop(timeout=10_000)
+        self.broker.close()
+
+    def summary(self) -> LineSummary:
+        with self.store.read() as s:
+            return summarise(s)

@@ -1,0 +1,81 @@
+"""Rich tables for the line summary and the JSON object scripts read."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+from db.summary import LineSummary
+
+
+def summary_json(
+    summary: LineSummary, *, elapsed_s: float | None = None, **extra: Any
+) -> dict[str, Any]:
+    data = summary.as_dict()
+    if elapsed_s is not None:
+        data["elapsed_s"] = round(elapsed_s, 3)
+    data.update(extra)
+    return data
+
+
+def _counts_table(title: str, counts: dict[str, int]) -> Table:
+    table = Table(title=title)
+    table.add_column("state")
+    table.add_column("count", justify="right")
+    for name, count in sorted(counts.items()):
+        table.add_row(name, str(count))
+    table.add_row("[bold]total[/]", f"[bold]{sum(counts.values())}[/]")
+    return table
+
+
+def summary_tables(summary: LineSummary, *, elapsed_s: float | None = None) -> list[Table]:
+    overview = Table(title="Line")
+    overview.add_column("measure")
+    overview.add_column("value", justify="right")
+    active = summary.cards.get("active", 0)
+    rows = [
+        ("blanks used", str(summary.blanks_used)),
+        ("attempts succeeded", str(summary.attempts.get("succeeded", 0))),
+        ("attempts spoiled", str(summary.attempts.get("spoiled", 0))),
+        ("waiting for the line", str(summary.in_production)),
+        ("outbox unsent", str(summary.outbox_unsent)),
+        ("PIN letters pending", str(summary.letters_pending)),
+        ("audit events", str(summary.audit_events)),
+        ("audit chain", "verified" if summary.audit_chain_ok else "[bold red]BROKEN[/]"),
+    ]
+    if elapsed_s is not None:
+        rows.append(("elapsed", f"{elapsed_s:.1f} s"))
+        if elapsed_s > 0:
+            rows.append(("active cards per minute", f"{active / elapsed_s * 60:.0f}"))
+    for name, value in rows:
+        overview.add_row(name, value)
+    tables = [
+        _counts_table("Cards", summary.cards),
+        _counts_table("Certificates", summary.certificates),
+        overview,
+    ]
+    if summary.stations:
+        stations = Table(title="Stations")
+        for col in ("station", "line", "status", "done", "spoiled", "last heartbeat"):
+            stations.add_column(col)
+        for st in summary.stations:
+            stations.add_row(
+                st["id"],
+                st["line"],
+                st["status"],
+                str(st["cards_done"]),
+                str(st["cards_spoiled"]),
+                st["heartbeat_at"][:19],
+            )
+        tables.append(stations)
+    return tables
+
+
+def paths_table(paths: dict[str, str]) -> Table:
+    table = Table(title="What was written where")
+    table.add_column("what")
+    table.add_column("path")
+    for name, path in paths.items():
+        table.add_row(name, path)
+    return table

@@ -1,0 +1,99 @@
+"""The outbox relay publishes each row once; the reconciler repairs stalled work."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from dramatiq.brokers.stub import StubBroker
+from sqlalchemy import select, update
+
+from db import outbox, production
+from db.models import Certificate, Credential, OutboxMessage, ProductionAttempt, utcnow
+from schemas.messages import PrepareCard
+from schemas.policy import Policy
+from tests import factories
+from workers.relay import StallPolicy, expire_leases, publish_pending, redrive
+
+
+def test_relay_publishes_every_unsent_row_once_and_marks_it_sent(store):
+    broker = StubBroker()
+    with store.tx() as s:
+        for i in range(5):
+            outbox.add(s, PrepareCard(credential_id=i + 1))
+    assert publish_pending(store, broker) == 5
+    assert publish_pending(store, broker) == 0
+    assert broker.queues["prepare"].qsize() == 5
+    with store.read() as s:
+        assert all(r.sent_at is not None for r in s.scalars(select(OutboxMessage)))
+
+
+def _claimed(store, *, lease_s=30.0, attempts_before=0):
+    with store.tx() as s:
+        cred = factories.credential(s, "ready")
+        cred.attempt_count = attempts_before
+        s.flush()
+        _, attempt = production.claim(
+            s, cred.id, station_id="ST9", station_instance="x", lease_s=lease_s
+        )
+        now = utcnow()
+        s.add(
+            Certificate(
+                state="valid",
+                credential_id=cred.id,
+                attempt_id=attempt.id,
+                usage="authentication",
+                serial=f"{attempt.id:x}ab",
+                subject="CN=x",
+                not_before=now,
+                not_after=now + dt.timedelta(days=1),
+                pem="-",
+            )
+        )
+        return cred.id, attempt.id
+
+
+def _expire(store, attempt_id):
+    with store.tx() as s:
+        s.execute(
+            update(ProductionAttempt)
+            .where(ProductionAttempt.id == attempt_id)
+            .values(lease_expires_at=utcnow() - dt.timedelta(seconds=1))
+        )
+
+
+def test_an_expired_lease_spoils_the_attempt_revokes_its_certificates_and_requeues(store):
+    cid, aid = _claimed(store)
+    assert expire_leases(store, Policy()) == 0  # the lease is still good
+    _expire(store, aid)
+    assert expire_leases(store, Policy()) == 1
+    with store.read() as s:
+        assert s.get(ProductionAttempt, aid).state == "spoiled"
+        assert s.get(ProductionAttempt, aid).fault == "lease_expired"
+        assert s.get(Credential, cid).state == "ready"
+        assert {c.state for c in s.scalars(select(Certificate))} == {"revoked"}
+        produce = [m for m in s.scalars(select(OutboxMessage)) if m.actor == "produce"]
+    assert [m.payload["credential_id"] for m in produce] == [cid]
+
+
+def test_a_card_fails_once_its_last_allowed_attempt_is_spoiled(store):
+    policy = Policy(max_attempts=3)
+    cid, aid = _claimed(store, attempts_before=2)
+    _expire(store, aid)
+    expire_leases(store, policy)
+    with store.read() as s:
+        assert s.get(Credential, cid).state == "failed"
+        assert s.get(Credential, cid).attempt_count == 3
+
+
+def test_redrive_republishes_pending_work_of_a_lost_broker_through_the_outbox(store):
+    with store.tx() as s:
+        approved = factories.credential(s, "approved").id
+        ready = factories.credential(s, "ready").id
+        factories.credential(s, "requested")  # waits for a person, not for the line
+    assert redrive(store, StallPolicy()) == 0  # nothing has stalled yet
+    assert redrive(store, StallPolicy(), everything=True) == 2
+    with store.read() as s:
+        jobs = {(m.actor, m.payload["credential_id"]) for m in s.scalars(select(OutboxMessage))}
+    assert jobs == {("prepare", approved), ("produce", ready)}
+    # Re-driven just now: a second sweep does not publish the same work again at once.
+    assert redrive(store, StallPolicy(approved_s=60, ready_s=60)) == 0

@@ -1,0 +1,1 @@
+"""Workers not tied to hardware: prepare, PKI, notify, the outbox relay and reconciler."""

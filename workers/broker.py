@@ -1,0 +1,52 @@
+"""Broker set-up from a URL: ``memory://`` (in-process), ``amqp://`` or ``redis://``.
+
+Nothing connects at import time; ``make_broker`` is called by the process that needs it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dramatiq
+from dramatiq.brokers.stub import StubBroker
+from dramatiq.middleware import AgeLimit, Callbacks, Pipelines, Retries, ShutdownNotifications
+
+from schemas.errors import ConfigurationError
+from schemas.messages import NOTIFY_QUEUE, PKI_QUEUE, PREPARE_QUEUE, line_queue
+
+WORKER_QUEUES = (PREPARE_QUEUE, PKI_QUEUE, NOTIFY_QUEUE)
+
+
+def _middleware() -> list[Any]:
+    # No TimeLimit: a PKI call on an HSM may legitimately take seconds, and a killed
+    # actor thread would leave work half-done; idempotency covers redelivery instead.
+    return [
+        AgeLimit(),
+        ShutdownNotifications(),
+        Callbacks(),
+        Pipelines(),
+        Retries(max_retries=10, min_backoff=200, max_backoff=10_000),
+    ]
+
+
+def make_broker(url: str) -> dramatiq.Broker:
+    """A broker for ``url``; worker queues are declared when actors are registered."""
+    if url.startswith("memory://"):
+        return StubBroker(middleware=_middleware())
+    if url.startswith("amqp://") or url.startswith("amqps://"):
+        from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+        return RabbitmqBroker(url=url, confirm_delivery=True, middleware=_middleware())
+    if url.startswith("redis://") or url.startswith("rediss://"):
+        from dramatiq.brokers.redis import RedisBroker
+
+        return RedisBroker(url=url, middleware=_middleware())  # type: ignore[no-untyped-call]  # dramatiq leaves RedisBroker.__init__ unannotated
+    raise ConfigurationError(
+        f"CARDLINE_BROKER_URL {url!r}: expected memory://, amqp:// or redis://"
+    )
+
+
+def declare_line(broker: dramatiq.Broker, line: str) -> str:
+    queue = line_queue(line)
+    broker.declare_queue(queue)
+    return queue

@@ -1,0 +1,115 @@
+"""``pki``: issue a certificate for a CSR, once.
+
+Idempotent: the unique (attempt, usage) pair — or (credential, usage) for the escrowed
+encryption certificate — means a second delivery finds the certificate and stops.
+A certificate is never issued for an attempt that is no longer in progress.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import structlog
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from db.models import Certificate, Credential, ProductionAttempt
+from db.transition import create
+from schemas.messages import IssueCertificate
+from schemas.states import AttemptState, CertState
+from workers.ca import Holder
+from workers.context import WorkerContext
+
+log = structlog.get_logger(__name__)
+
+
+def _existing(s: Session, job: IssueCertificate) -> Certificate | None:
+    stmt = select(Certificate).where(Certificate.usage == job.usage)
+    if job.attempt_id is None:
+        stmt = stmt.where(
+            Certificate.credential_id == job.credential_id,
+            Certificate.attempt_id.is_(None),
+            Certificate.state.in_([CertState.VALID, CertState.HOLD]),
+        )
+    else:
+        stmt = stmt.where(Certificate.attempt_id == job.attempt_id)
+    return s.scalars(stmt).first()
+
+
+def _holder(cred: Credential) -> Holder:
+    user = cred.user
+    if user is None:
+        name = f"Temporary card {cred.card_number or cred.id}"
+        return Holder(
+            common_name=name,
+            email=f"temp-{cred.id}@invalid",
+            upn=f"temp-{cred.id}",
+            organization="Cardline",
+        )
+    return Holder(
+        common_name=user.display_name,
+        email=user.email,
+        upn=user.upn,
+        organization=user.organization,
+        org_unit=user.org_unit,
+        country=user.country,
+    )
+
+
+def _attempt_live(s: Session, attempt_id: int | None, *, lock: bool) -> bool:
+    if attempt_id is None:
+        return True
+    attempt = s.get(ProductionAttempt, attempt_id, with_for_update=lock)
+    return attempt is not None and attempt.state == AttemptState.IN_PROGRESS
+
+
+def issue_certificate(ctx: WorkerContext, job: IssueCertificate) -> None:
+    with ctx.store.tx() as s:
+        if _existing(s, job) is not None or not _attempt_live(s, job.attempt_id, lock=False):
+            log.info(
+                "pki.skipped",
+                credential_id=job.credential_id,
+                attempt_id=job.attempt_id,
+                usage=job.usage,
+            )
+            return
+        cred = s.get(Credential, job.credential_id)
+        if cred is None:
+            log.warning("pki.unknown_credential", credential_id=job.credential_id)
+            return
+        holder = _holder(cred)
+    # Sign outside the transaction; re-check under the attempt's row lock before storing.
+    cert = ctx.ca.issue(
+        job.csr_pem,
+        usage=job.usage,
+        holder=holder,
+        validity_days=ctx.policy.certificate_validity_days,
+    )
+    with ctx.store.tx() as s:
+        if not _attempt_live(s, job.attempt_id, lock=True) or _existing(s, job) is not None:
+            return
+        row = _row(job, cert)
+        create(s, row, actor="worker:pki", reason=f"{job.usage} certificate")
+    log.info(
+        "pki.issued",
+        credential_id=job.credential_id,
+        attempt_id=job.attempt_id,
+        usage=job.usage,
+        serial=row.serial,
+    )
+
+
+def _row(job: IssueCertificate, cert: x509.Certificate) -> Certificate:
+    return Certificate(
+        state=CertState.VALID,
+        credential_id=job.credential_id,
+        attempt_id=job.attempt_id,
+        usage=job.usage,
+        serial=f"{cert.serial_number:x}",
+        subject=cert.subject.rfc4514_string(),
+        not_before=cert.not_valid_before_utc.astimezone(dt.UTC),
+        not_after=cert.not_valid_after_utc.astimezone(dt.UTC),
+        pem=cert.public_bytes(serialization.Encoding.PEM).decode(),
+    )
