@@ -71,6 +71,35 @@ def attempt_certificates(session: Session, attempt: ProductionAttempt) -> Sequen
     return session.scalars(stmt).all()
 
 
+def credential_certificates(session: Session, credential_id: int) -> Sequence[Certificate]:
+    stmt = select(Certificate).where(Certificate.credential_id == credential_id)
+    return session.scalars(stmt).all()
+
+
+def revoke_all(
+    session: Session,
+    certificates: Sequence[Certificate],
+    *,
+    actor: str,
+    reason: str,
+    code: RevocationReason = RevocationReason.CESSATION_OF_OPERATION,
+) -> int:
+    """Revoke every certificate in the list that is still valid or on hold."""
+    revoked = 0
+    for cert in certificates:
+        if cert.state in (CertState.VALID, CertState.HOLD):
+            transition(
+                session,
+                cert,
+                "revoke",
+                actor=actor,
+                reason=reason,
+                changes={"revoked_at": utcnow(), "revocation_reason": code},
+            )
+            revoked += 1
+    return revoked
+
+
 def complete(
     session: Session,
     attempt: ProductionAttempt,
@@ -126,19 +155,12 @@ def spoil(
     # Read the certificates after the attempt row is ours: an issuance racing with
     # this spoil either committed before (and is revoked here) or sees the attempt
     # spoiled and issues nothing.
-    for cert in attempt_certificates(session, attempt):
-        if cert.state in (CertState.VALID, CertState.HOLD):
-            transition(
-                session,
-                cert,
-                "revoke",
-                actor=actor,
-                reason=f"attempt spoiled: {fault}",
-                changes={
-                    "revoked_at": utcnow(),
-                    "revocation_reason": RevocationReason.CESSATION_OF_OPERATION,
-                },
-            )
+    revoke_all(
+        session,
+        attempt_certificates(session, attempt),
+        actor=actor,
+        reason=f"attempt spoiled: {fault}",
+    )
     cred = session.get(Credential, attempt.credential_id, with_for_update=True)
     assert cred is not None  # a foreign key guarantees it
     _station_update(
@@ -147,6 +169,13 @@ def spoil(
     if cred.state != CardState.PRODUCING:
         return cred.state
     if cred.attempt_count >= max_attempts:
+        # A failed card will never carry its escrowed encryption certificate either.
+        revoke_all(
+            session,
+            credential_certificates(session, cred.id),
+            actor=actor,
+            reason="card failed",
+        )
         return transition(
             session,
             cred,

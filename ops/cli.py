@@ -93,7 +93,9 @@ def handle_errors(fn: F) -> F:
 def settings_for(data_dir: Path | None) -> Settings:
     settings = config_mod.load(data_dir)
     logging_mod.configure(
-        log_file=DataPaths(settings.data_dir).logs / "cardline.log", level=settings.log_level
+        log_file=DataPaths(settings.data_dir).logs / "cardline.log",
+        level=settings.log_level,
+        console_level="ERROR",
     )
     return settings
 
@@ -278,3 +280,7 @@ def run(
         stations=stations, fault_rate=fault_rate, time_scale=time_scale, seed=seed
     )
     sys.exit(run_line(settings, options, as_json=as_json, console=out_console))
+
+
+if __name__ == "__main__":
+    main()

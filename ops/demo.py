@@ -52,7 +52,9 @@ def run_demo(settings: Settings, options: DemoOptions, *, as_json: bool, console
     fresh_data_dir(settings.data_dir)
     paths = DataPaths(settings.data_dir)
     paths.make()
-    logging_mod.configure(log_file=paths.logs / "cardline.log", level=settings.log_level)
+    logging_mod.configure(
+        log_file=paths.logs / "cardline.log", level=settings.log_level, console_level="ERROR"
+    )
     policy = settings.policy()
     started = time.monotonic()
     csv_path = _input_csv(options, paths)
@@ -166,7 +168,7 @@ def _drain_with_progress(line: EmbeddedLine, total: int | None) -> None:
                 task,
                 completed=done,
                 total=total if total is not None else done + work,
-                detail=f"producing {p.cards.get('producing', 0)}, "
+                detail=f"at stations {p.cards.get('producing', 0)}, "
                 f"failed {p.cards.get('failed', 0)}",
             )
 

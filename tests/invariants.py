@@ -34,9 +34,11 @@ def assert_books_balance(store: Store, policy: Policy, *, expect_letters: bool =
             assert outcomes["succeeded"] == 1, f"card {card.id}: {outcomes}"
             assert card.attempt_count == outcomes["succeeded"] + outcomes["spoiled"]
             if expect_letters:
-                assert card.pin_letter_path and Path(card.pin_letter_path).is_file()
+                assert card.pin_letter_path
+                assert Path(card.pin_letter_path).is_file()
         else:
             assert outcomes == Counter({"spoiled": policy.max_attempts}), outcomes
+            assert not [c for c in certs if c.credential_id == card.id and c.state == "valid"]
     for cert in certs:
         if cert.attempt_id is not None and attempt_state[cert.attempt_id] == "spoiled":
             assert cert.state == "revoked", f"valid certificate {cert.serial} on a spoiled blank"

@@ -54,10 +54,14 @@ def test_prepare_seals_secrets_and_queues_the_escrow_certificate_and_production(
         queued = s.scalars(select(OutboxMessage)).all()
     assert cred.state == "ready"
     assert cred.card_number == card_number(cid)
-    assert len(pin) == 6 and pin.isdigit() and len(puk) == 8 and puk.isdigit()
+    assert len(pin) == 6
+    assert pin.isdigit()
+    assert len(puk) == 8
+    assert puk.isdigit()
     assert sorted(m.actor for m in queued) == ["pki", "produce"]
     for message in queued:
-        assert pin not in str(message.payload) and puk not in str(message.payload)
+        assert pin not in str(message.payload)
+        assert puk not in str(message.payload)
 
 
 def test_a_second_prepare_delivery_changes_nothing(ctx, store):
@@ -77,7 +81,8 @@ def test_card_numbers_are_sixteen_digits_and_pass_luhn():
         number = card_number(cid)
         digits = [int(d) for d in number]
         checksum = sum(digits[-1::-2]) + sum(sum(divmod(2 * d, 10)) for d in digits[-2::-2])
-        assert len(number) == 16 and checksum % 10 == 0
+        assert len(number) == 16
+        assert checksum % 10 == 0
 
 
 def _csr(common_name="test"):
@@ -149,6 +154,7 @@ def test_notify_writes_one_pin_letter_for_two_deliveries(ctx, store):
     send_pin_letter(ctx, SendPinLetter(credential_id=cid))
     with store.read() as s:
         path = s.get(Credential, cid).pin_letter_path
-    assert path is not None and path.endswith(".pdf")
+    assert path is not None
+    assert path.endswith(".pdf")
     assert list((ctx.letters_dir).iterdir()) == [ctx.letters_dir / path.split("/")[-1]]
     assert _count(store, AuditEvent) == events

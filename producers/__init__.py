@@ -1,0 +1,1 @@
+"""Producers: turn outside input (files, requests, approvals) into queued card work."""
