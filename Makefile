@@ -6,11 +6,13 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test lint unit bench clean
 
-$(BIN)/python:
-	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
-	  echo "python3-venv is missing: installing it (needs root)"; \
-	  apt-get update -qq && apt-get install -y -qq python3-venv python3-pip && \
-	  rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
+$(VENV)/.system: ops/system-deps.sh
+	@bash ops/system-deps.sh
+	@mkdir -p $(VENV) && touch $@
+
+$(BIN)/python: | $(VENV)/.system
+	@$(PYTHON) -m venv --clear $(VENV)
+	@touch $(VENV)/.system
 
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q --upgrade pip

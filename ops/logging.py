@@ -62,7 +62,8 @@ def configure(
         processors=[*SHARED_PROCESSORS, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
-        cache_logger_on_first_use=True,
+        # Not cached: tests (and re-configuration) must be able to swap the chain.
+        cache_logger_on_first_use=False,
     )
     root = logging.getLogger()
     for handler in list(root.handlers):

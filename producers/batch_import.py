@@ -12,8 +12,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import os
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from db import audit, outbox
 from db.engine import Store
+from db.files import atomic_open
 from db.models import BatchOrder, Credential, User, utcnow
 from db.transition import create
 from schemas.batch import LINE_NAME, BatchRow, describe_errors, header_columns
@@ -479,19 +478,10 @@ def write_rejects(target: Path, header: Sequence[str], rejected: Sequence[Reject
     spreadsheet shows accented names right. Readable by the owner only: it holds
     personal data.
     """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8-sig", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["line", "field", "reason", *header])
-            for row in rejected:
-                cells = [row.raw.get(name, "") for name in header]
-                writer.writerow([row.line, row.field or "", row.reason, *cells])
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(target, mode=0o600, text=True, encoding="utf-8-sig", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["line", "field", "reason", *header])
+        for row in rejected:
+            cells = [row.raw.get(name, "") for name in header]
+            writer.writerow([row.line, row.field or "", row.reason, *cells])
     return target

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
 
+from db.files import atomic_write
 from db.secrets import SecretBox
 from schemas.errors import PermanentError
 from schemas.states import CertUsage
@@ -262,7 +263,4 @@ def _create(ca_dir: Path, box: SecretBox, name: str) -> None:
 
 
 def _write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    atomic_write(path, text, mode=0o600)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import pytest
+import structlog
 from sqlalchemy import select
 
 from db.models import AuditEvent, Credential, OutboxMessage
@@ -83,6 +84,7 @@ def test_no_pin_or_puk_appears_in_logs_messages_or_audit(tmp_path, fault_rate):
         _run(line)
     finally:
         logging.getLogger().handlers.clear()
+        structlog.reset_defaults()
     with store.read() as s:
         secrets = []
         for cred in s.scalars(select(Credential)):

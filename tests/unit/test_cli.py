@@ -1,0 +1,82 @@
+"""The ``cardline`` commands as an operator uses them."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from ops.cli import main
+
+GOOD = (
+    "first_name,last_name,email,upn,organization,org_unit\n"
+    "Ada,Lovelace,ada@example.org,ada@example.org,Example,R&D\n"
+)
+BAD_ROW = "Bob,,bob@example.org,bob@example.org,Example,R&D\n"
+
+
+def _invoke(*args, env=None):
+    return CliRunner().invoke(main, [str(a) for a in args], env=env, catch_exceptions=False)
+
+
+def test_batch_import_reports_the_rejected_line_and_exits_1(tmp_path):
+    csv = tmp_path / "b.csv"
+    csv.write_text(GOOD + BAD_ROW, encoding="utf-8")
+    result = _invoke("batch", "import", csv, "--data-dir", tmp_path / "d", "--json")
+    assert result.exit_code == 1
+    report = json.loads(result.output)
+    assert report["cards_requested"] == 1
+    assert report["rejected"][0]["line"] == 3
+    assert report["rejected"][0]["field"] == "last_name"
+
+
+def test_approval_by_the_requester_is_refused_with_a_clear_error(tmp_path):
+    csv = tmp_path / "b.csv"
+    csv.write_text(GOOD, encoding="utf-8")
+    data = tmp_path / "d"
+    assert _invoke("batch", "import", csv, "--by", "alice", "--data-dir", data).exit_code == 0
+    refused = _invoke("batch", "approve", "1", "--by", "alice", "--data-dir", data)
+    assert refused.exit_code == 2
+    assert "four-eyes" in refused.output
+    approved = _invoke("batch", "approve", "1", "--by", "bob", "--data-dir", data)
+    assert approved.exit_code == 0
+    status = _invoke("status", "--json", "--data-dir", data)
+    assert json.loads(status.output.splitlines()[-1])["cards"] == {"approved": 1}
+
+
+def test_demo_json_summary_balances_and_is_the_last_line(tmp_path):
+    result = _invoke(
+        "demo",
+        "--cards",
+        "6",
+        "--stations",
+        "2",
+        "--time-scale",
+        "0",
+        "--data-dir",
+        tmp_path / "d",
+        "--json",
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output.strip().splitlines()[-1])
+    assert summary["cards"] == {"active": 6}
+    assert summary["attempts"] == {"succeeded": 6, "spoiled": 0}
+    assert summary["blanks_used"] == 6
+    assert summary["certificates"]["valid"] == 18
+    assert summary["audit_chain_ok"] is True
+    assert summary["elapsed_s"] > 0
+
+
+def test_demo_refuses_to_wipe_a_folder_that_is_not_a_cardline_data_dir(tmp_path):
+    precious = tmp_path / "thesis"
+    precious.mkdir()
+    (precious / "chapter1.tex").write_text("...")
+    result = _invoke("demo", "--cards", "1", "--data-dir", precious)
+    assert result.exit_code == 3
+    assert (precious / "chapter1.tex").exists()
+
+
+def test_run_on_an_empty_data_dir_says_what_to_do(tmp_path):
+    result = _invoke("run", "--data-dir", tmp_path / "nothing")
+    assert result.exit_code == 3
+    assert "cardline demo" in result.output
