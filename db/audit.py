@@ -37,6 +37,28 @@ def _digest(event: AuditEvent) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
+_HEAD_KEY = "cardline.audit_head"
+
+
+def _locked_head(session: Session) -> AuditHead:
+    """The chain's head row, locked for the rest of this transaction.
+
+    The first append in a transaction locks it (``FOR UPDATE`` on PostgreSQL; SQLite's
+    write lock is already held); later appends in the same transaction reuse it, since
+    no other writer can move it until this transaction ends.
+    """
+    head: AuditHead | None = session.info.get(_HEAD_KEY)
+    if head is not None and head in session:
+        return head
+    head = session.execute(
+        select(AuditHead).where(AuditHead.id == 1).with_for_update()
+    ).scalar_one_or_none()
+    if head is None:
+        raise ConfigurationError("the audit chain has no head row: run `cardline db upgrade`")
+    session.info[_HEAD_KEY] = head
+    return head
+
+
 def append(
     session: Session,
     *,
@@ -49,11 +71,7 @@ def append(
     reason: str | None = None,
 ) -> AuditEvent:
     """Append one event to the chain inside the caller's transaction."""
-    head = session.execute(
-        select(AuditHead).where(AuditHead.id == 1).with_for_update()
-    ).scalar_one_or_none()
-    if head is None:
-        raise ConfigurationError("the audit chain has no head row: run `cardline db upgrade`")
+    head = _locked_head(session)
     # Every backend stores microseconds exactly, so the hash re-computes after a round trip.
     at = utcnow()
     event = AuditEvent(

@@ -43,6 +43,13 @@ def _configure_sqlite(engine: Engine, *, readonly: bool) -> None:
         conn.exec_driver_sql("BEGIN" if deferred else "BEGIN IMMEDIATE")
 
 
+def _forget_transaction_state(session: Session, transaction: Any) -> None:
+    # Per-transaction caches (the locked audit head) must not outlive the transaction.
+    # Flushes run as subtransactions; only the outermost one's end counts.
+    if transaction.parent is None:
+        session.info.clear()
+
+
 @dataclass(frozen=True)
 class Store:
     """An engine and its session factory; ``tx()`` is one transaction."""
@@ -84,9 +91,11 @@ def open_store(url: str, *, readonly: bool = False, pool_size: int = 20) -> Stor
     engine = create_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
         _configure_sqlite(engine, readonly=readonly)
+    sessions = sessionmaker(engine, expire_on_commit=False)
+    event.listen(sessions, "after_transaction_end", _forget_transaction_state)
     return Store(
         engine=engine,
-        sessions=sessionmaker(engine, expire_on_commit=False),
+        sessions=sessions,
         readers=sessionmaker(
             engine.execution_options(**{_READ_ONLY: True}), expire_on_commit=False
         ),

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from db import outbox
 from db.audit import verify_chain
 from db.models import Certificate, Credential, ProductionAttempt, Station
+from schemas.messages import line_queue
 from schemas.states import IN_PRODUCTION, AttemptState, CardState, CertState
 
 PIN_LETTER_STATES = (CardState.ACTIVE, CardState.ISSUED)
@@ -34,6 +35,7 @@ class LineSummary:
     outbox_unsent: int
     letters_pending: int
     stations: list[dict[str, Any]] = field(default_factory=list)
+    queues: dict[str, int] = field(default_factory=dict)
 
     @property
     def in_production(self) -> int:
@@ -55,6 +57,7 @@ class LineSummary:
             "outbox_unsent": self.outbox_unsent,
             "letters_pending": self.letters_pending,
             "stations": self.stations,
+            "queues": self.queues,
         }
 
 
@@ -74,6 +77,24 @@ def _letters_pending(session: Session) -> int:
         .where(Credential.state.in_(PIN_LETTER_STATES), Credential.pin_letter_path.is_(None))
     )
     return int(session.scalar(stmt) or 0)
+
+
+def queue_depths(session: Session) -> dict[str, int]:
+    """Work waiting at each stage, from the store (the broker may be in another process):
+    ``prepare`` (approved cards), ``line.<name>`` (ready cards per line), ``outbox``."""
+    depths = {"prepare": 0, "outbox": outbox.unsent_count(session)}
+    depths["prepare"] = int(
+        session.scalar(
+            select(func.count())
+            .select_from(Credential)
+            .where(Credential.state == CardState.APPROVED)
+        )
+        or 0
+    )
+    ready = select(Credential.line, func.count()).where(Credential.state == CardState.READY)
+    for line, count in session.execute(ready.group_by(Credential.line)).all():
+        depths[line_queue(line)] = int(count)
+    return depths
 
 
 def summarise(session: Session, *, verify_audit: bool = True) -> LineSummary:
@@ -104,4 +125,5 @@ def summarise(session: Session, *, verify_audit: bool = True) -> LineSummary:
         outbox_unsent=outbox.unsent_count(session),
         letters_pending=_letters_pending(session),
         stations=stations,
+        queues=queue_depths(session),
     )

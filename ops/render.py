@@ -19,13 +19,16 @@ def summary_json(
     return data
 
 
-def _counts_table(title: str, counts: dict[str, int]) -> Table:
+def _counts_table(
+    title: str, counts: dict[str, int], *, key: str = "state", total: bool = True
+) -> Table:
     table = Table(title=title)
-    table.add_column("state")
+    table.add_column(key)
     table.add_column("count", justify="right")
     for name, count in sorted(counts.items()):
         table.add_row(name, str(count))
-    table.add_row("[bold]total[/]", f"[bold]{sum(counts.values())}[/]")
+    if total:
+        table.add_row("[bold]total[/]", f"[bold]{sum(counts.values())}[/]")
     return table
 
 
@@ -55,6 +58,8 @@ def summary_tables(summary: LineSummary, *, elapsed_s: float | None = None) -> l
         _counts_table("Certificates", summary.certificates),
         overview,
     ]
+    if summary.queues:
+        tables.append(_counts_table("Work waiting", summary.queues, key="queue", total=False))
     if summary.stations:
         stations = Table(title="Stations")
         for col in ("station", "line", "status", "done", "spoiled", "last heartbeat"):
