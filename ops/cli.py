@@ -228,6 +228,12 @@ def batch_reject(batch_id: int, approver: str, reason: str, data_dir: Path | Non
     help="Import this CSV instead of generating.",
 )
 @click.option("--example", is_flag=True, help="Import the bundled example CSV.")
+@click.option(
+    "--seed-only",
+    is_flag=True,
+    help="Only seed users and an approved batch into the configured store; "
+    "run no line (separate relay/worker/station processes produce it).",
+)
 @line_options
 @data_dir_option
 @json_option
@@ -236,6 +242,7 @@ def demo(
     cards: int,
     input_csv: Path | None,
     example: bool,
+    seed_only: bool,
     stations: int,
     fault_rate: float,
     time_scale: float,
@@ -244,8 +251,17 @@ def demo(
     as_json: bool,
 ) -> None:
     """The main job: a fresh data dir, a batch of users, approval, the line, a summary."""
-    from ops.demo import DemoOptions, run_demo
+    from ops.demo import DemoOptions, run_demo, seed_batch
 
+    if seed_only:
+        report = seed_batch(
+            settings_for(data_dir), cards=cards, input_csv=input_csv, example=example, seed=seed
+        )
+        if as_json:
+            print_json(report)
+        else:
+            click.echo(f"seeded batch {report['batch_id']}: {report['cards']} approved cards")
+        return
     options = DemoOptions(
         cards=cards,
         input_csv=input_csv,
@@ -280,6 +296,111 @@ def run(
         stations=stations, fault_rate=fault_rate, time_scale=time_scale, seed=seed
     )
     sys.exit(run_line(settings, options, as_json=as_json, console=out_console))
+
+
+# --- one process per role -------------------------------------------------------------
+
+
+@main.command()
+@click.option(
+    "--approved-stall-s",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Re-publish prepare for cards approved longer ago than this.",
+)
+@click.option(
+    "--ready-stall-s",
+    type=float,
+    default=120.0,
+    show_default=True,
+    help="Re-publish produce for cards ready longer ago than this.",
+)
+@click.option(
+    "--reconcile-s",
+    type=float,
+    default=2.0,
+    show_default=True,
+    help="How often the reconciler sweeps.",
+)
+@data_dir_option
+@handle_errors
+def relay(
+    approved_stall_s: float, ready_stall_s: float, reconcile_s: float, data_dir: Path | None
+) -> None:
+    """Outbox relay and reconciler (several may run at once)."""
+    from ops.roles import run_relay, stop_on_signals
+    from workers.relay import StallPolicy
+
+    settings = settings_for(data_dir)
+    stall = StallPolicy(
+        approved_s=approved_stall_s,
+        ready_s=ready_stall_s,
+        letter_s=approved_stall_s,
+        reconcile_s=reconcile_s,
+    )
+    run_relay(settings, stop_on_signals(), stall=stall)
+
+
+@main.command()
+@click.option(
+    "--queues",
+    default="prepare,pki,notify",
+    show_default=True,
+    help="Comma-separated worker queues to consume.",
+)
+@click.option("--threads", type=click.IntRange(1, 64), default=4, show_default=True)
+@data_dir_option
+@handle_errors
+def worker(queues: str, threads: int, data_dir: Path | None) -> None:
+    """The prepare, pki and notify actors."""
+    from ops.roles import run_worker, stop_on_signals
+
+    chosen = [q.strip() for q in queues.split(",") if q.strip()]
+    run_worker(settings_for(data_dir), stop_on_signals(), queues=chosen, threads=threads)
+
+
+@main.command()
+@click.option("--id", "station_id", required=True, help="Unique station id, e.g. ST1.")
+@click.option("--line", default="default", show_default=True)
+@click.option(
+    "--lease-s",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Lease on the card in hand, renewed by heartbeat.",
+)
+@click.option("--heartbeat-s", type=float, default=5.0, show_default=True)
+@click.option("--fault-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True)
+@click.option("--time-scale", type=click.FloatRange(min=0), default=0.01, show_default=True)
+@click.option("--seed", type=int, default=None)
+@data_dir_option
+@handle_errors
+def station(
+    station_id: str,
+    line: str,
+    lease_s: float,
+    heartbeat_s: float,
+    fault_rate: float,
+    time_scale: float,
+    seed: int | None,
+    data_dir: Path | None,
+) -> None:
+    """One station: consumes its line's queue one card at a time."""
+    from ops.roles import run_station, stop_on_signals
+    from stations.runtime import StationConfig
+
+    config = StationConfig(
+        station_id=station_id, line=line, lease_s=lease_s, heartbeat_s=heartbeat_s
+    )
+    run_station(
+        settings_for(data_dir),
+        stop_on_signals(),
+        config=config,
+        time_scale=time_scale,
+        fault_rate=fault_rate,
+        seed=seed,
+    )
 
 
 if __name__ == "__main__":

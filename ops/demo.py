@@ -89,6 +89,38 @@ def run_demo(settings: Settings, options: DemoOptions, *, as_json: bool, console
     )
 
 
+def seed_batch(
+    settings: Settings, *, cards: int, input_csv: Path | None, example: bool, seed: int | None
+) -> dict[str, object]:
+    """Import and approve one batch into the configured store; run no line."""
+    paths = DataPaths(settings.data_dir)
+    paths.make()
+    policy = settings.policy()
+    # A fresh seed per call, so seeding twice adds a second batch instead of finding the
+    # first file again.
+    seed = seed if seed is not None else time.time_ns() % 1_000_000_007
+    options = DemoOptions(
+        cards=cards, input_csv=input_csv, example=example, line=LineOptions(seed=seed)
+    )
+    csv_path = _input_csv(options, paths, name=f"users-{seed}.csv")
+    store = open_migrated(settings)
+    report = import_batch(
+        store, csv_path, policy=policy, requested_by=options.requester, reject_dir=paths.rejects
+    )
+    if report.batch_id is None:
+        raise ConfigurationError(f"{csv_path}: no valid rows to produce")
+    if policy.approval_required and not report.already_imported:
+        approve_batch(store, report.batch_id, by=options.approver)
+    store.dispose()
+    return {
+        "batch_id": report.batch_id,
+        "cards": report.cards_requested,
+        "rejected": len(report.rejected),
+        "already_imported": report.already_imported,
+        "input": str(csv_path),
+    }
+
+
 def run_line(settings: Settings, options: LineOptions, *, as_json: bool, console: Console) -> int:
     if not (settings.data_dir / "cardline.db").exists() and settings.database_url is None:
         raise ConfigurationError(
@@ -107,14 +139,12 @@ def run_line(settings: Settings, options: LineOptions, *, as_json: bool, console
     )
 
 
-def _input_csv(options: DemoOptions, paths: DataPaths) -> Path:
+def _input_csv(options: DemoOptions, paths: DataPaths, *, name: str = "users.csv") -> Path:
     if options.input_csv is not None:
         return options.input_csv
     if options.example:
         return EXAMPLE_CSV
-    return write_users_csv(
-        paths.root / "input" / "users.csv", options.cards, seed=options.line.seed or 0
-    )
+    return write_users_csv(paths.root / "input" / name, options.cards, seed=options.line.seed or 0)
 
 
 def _run(

@@ -33,8 +33,9 @@ def write_users_csv(
 ) -> Path:
     """Write a batch file of ``count`` users to ``path`` and return ``path``.
 
-    The same seed gives the same file. Emails (first.last.N@example.org, also the UPN)
-    and external ids are unique within a file; external ids also differ between seeds.
+    The same seed gives the same file. Emails (first.last.N@example.org, or
+    first.last.SEED.N for a non-zero seed; also the UPN) and external ids are unique
+    within a file and differ between seeds.
     """
     rng = random.Random(seed)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -48,7 +49,10 @@ def write_users_csv(
 
 def _user(rng: random.Random, number: int, seed: int, organization: str) -> list[str]:
     first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
-    local = f"{_ascii(first)}.{_ascii(last)}.{number}"
+    # The seed is part of the address (when not 0) so files made with different seeds
+    # never name the same person twice.
+    serial = f"{seed}.{number}" if seed else f"{number}"
+    local = f"{_ascii(first)}.{_ascii(last)}.{serial}"
     email = f"{local}@example.org"
     values = {
         "first_name": first,

@@ -9,6 +9,7 @@ spoils the attempt: the card goes to the reject bin and is queued again on a new
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import threading
 import time
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dramatiq
+import dramatiq.errors
 import structlog
 from sqlalchemy import or_, select
 
@@ -44,6 +46,7 @@ class StationConfig:
     cert_timeout_s: float = 60.0
     cert_resend_s: float = 5.0
     poll_s: float = 0.02
+    reconnect_s: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -96,7 +99,11 @@ class Station:
     # --- the loop ---------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
-        """Consume the line's queue until ``stop`` is set; finish the card in hand first."""
+        """Consume the line's queue until ``stop`` is set; finish the card in hand first.
+
+        A lost broker connection is not fatal: the station waits and reconnects, and any
+        message it held unacknowledged is redelivered (a no-op if the card moved on).
+        """
         self.start_up()
         beat = threading.Thread(
             target=self._heartbeat,
@@ -105,6 +112,19 @@ class Station:
             name=f"{self.config.station_id}-heartbeat",
         )
         beat.start()
+        try:
+            while not stop.is_set():
+                try:
+                    self._consume(stop)
+                except dramatiq.errors.ConnectionError as exc:
+                    self._log.warning("station.broker_lost", error=str(exc))
+                    stop.wait(self.config.reconnect_s)
+        finally:
+            with self.store.tx() as s:
+                production.heartbeat(s, self.config.station_id, status="offline")
+            beat.join(timeout=1)
+
+    def _consume(self, stop: threading.Event) -> None:
         queue = line_queue(self.config.line)
         self.broker.declare_queue(queue)
         consumer = self.broker.consume(queue, prefetch=1, timeout=200)
@@ -113,18 +133,22 @@ class Station:
                 message = next(consumer)
                 if message is None:
                     continue
-                try:
-                    job = PRODUCE_JOB.validate_python(message.args[0])
-                    self.produce(job.credential_id)
-                finally:
-                    # Acked whatever happened: the store, not the broker, remembers
-                    # unfinished work, and the reconciler re-drives it.
-                    consumer.ack(message)
+                self._handle(message.args[0])
+                # Acked whatever happened: the store, not the broker, remembers
+                # unfinished work, and the reconciler re-drives it.
+                consumer.ack(message)
         finally:
-            consumer.close()
-            with self.store.tx() as s:
-                production.heartbeat(s, self.config.station_id, status="offline")
-            beat.join(timeout=1)
+            with contextlib.suppress(Exception):  # the connection may be gone already
+                consumer.close()
+
+    def _handle(self, payload: dict[str, object]) -> None:
+        try:
+            job = PRODUCE_JOB.validate_python(payload)
+            self.produce(job.credential_id)
+        except Exception:
+            # A bug or a store outage: the card (if claimed) keeps its lease until it
+            # expires and the reconciler queues it again; the station carries on.
+            self._log.exception("station.produce_failed", payload=payload)
 
     def start_up(self) -> None:
         """Register, and hand back any card a previous run of this station left behind."""

@@ -58,6 +58,7 @@ class StallPolicy:
     approved_s: float = 30.0
     ready_s: float = 120.0
     letter_s: float = 30.0
+    reconcile_s: float = 2.0
 
 
 def expire_leases(store: Store, policy: Policy) -> int:
@@ -158,11 +159,10 @@ class Relay:
         *,
         stall: StallPolicy | None = None,
         poll_s: float = 0.05,
-        reconcile_s: float = 2.0,
     ) -> None:
         self.store, self.broker, self.policy = store, broker, policy
         self.stall = stall or StallPolicy()
-        self.poll_s, self.reconcile_s = poll_s, reconcile_s
+        self.poll_s = poll_s
         self.published = 0
 
     def run(self, stop: threading.Event) -> None:
@@ -175,7 +175,7 @@ class Relay:
                 if now >= next_reconcile:
                     expire_leases(self.store, self.policy)
                     redrive(self.store, self.stall)
-                    next_reconcile = now + self.reconcile_s
+                    next_reconcile = now + self.stall.reconcile_s
             except Exception:
                 # The relay must outlive a failed publish or a busy database; the rows
                 # stay unsent and are tried again on the next turn.

@@ -1,0 +1,140 @@
+"""One process per role: ``cardline relay``, ``cardline worker``, ``cardline station``.
+
+Each runs until SIGTERM or SIGINT: the relay finishes its turn, a worker finishes the
+messages in hand, a station finishes (or hands back) the card in its printer. Each is
+safe under SIGKILL: the store remembers what was unfinished and the reconciler (or the
+restarted station) repairs it.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterable
+
+import dramatiq
+import structlog
+
+from ops.config import Settings
+from ops.line import DataPaths, open_migrated
+from stations.runtime import Station, StationConfig
+from stations.sim import make_sim_drivers
+from workers import actors
+from workers.broker import WORKER_QUEUES, make_broker
+from workers.ca import CertificateAuthority
+from workers.context import WorkerContext
+from workers.relay import Relay, StallPolicy
+
+log = structlog.get_logger(__name__)
+
+
+def stop_on_signals() -> threading.Event:
+    """An event set by SIGTERM or SIGINT (the process then winds down cleanly)."""
+    stop = threading.Event()
+
+    def _handler(signum: int, _frame: object) -> None:
+        log.info("process.stopping", signal=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _handler)
+    signal.signal(signal.SIGINT, _handler)
+    return stop
+
+
+def run_relay(settings: Settings, stop: threading.Event, *, stall: StallPolicy) -> None:
+    store = open_migrated(settings)
+    broker = make_broker(settings.broker_url)
+    relay = Relay(store, broker, settings.policy(), stall=stall)
+    log.info("relay.started", broker=_safe_url(settings.broker_url))
+    try:
+        relay.run(stop)
+    finally:
+        broker.close()
+        store.dispose()
+    log.info("relay.stopped", published=relay.published)
+
+
+def worker_context(settings: Settings) -> WorkerContext:
+    paths = DataPaths(settings.data_dir)
+    paths.make()
+    store = open_migrated(settings)
+    box = settings.secret_box()
+    ca = CertificateAuthority.load_or_create(paths.ca, box)
+    return WorkerContext(
+        store=store, box=box, policy=settings.policy(), ca=ca, letters_dir=paths.letters
+    )
+
+
+def run_worker(
+    settings: Settings, stop: threading.Event, *, queues: Iterable[str], threads: int
+) -> None:
+    chosen = set(queues)
+    unknown = chosen - set(WORKER_QUEUES)
+    if unknown:
+        raise ValueError(f"unknown queues {sorted(unknown)}; choose from {WORKER_QUEUES}")
+    ctx = worker_context(settings)
+    broker = make_broker(settings.broker_url)
+    actors.register(broker, ctx)
+    worker = dramatiq.Worker(broker, queues=chosen, worker_threads=threads)
+    worker.start()
+    log.info("worker.started", queues=sorted(chosen), threads=threads)
+    stop.wait()
+    worker.stop(timeout=30_000)
+    broker.close()
+    ctx.store.dispose()
+    log.info("worker.stopped")
+
+
+def run_station(
+    settings: Settings,
+    stop: threading.Event,
+    *,
+    config: StationConfig,
+    time_scale: float,
+    fault_rate: float,
+    seed: int | None,
+) -> Station:
+    paths = DataPaths(settings.data_dir)
+    paths.make()
+    store = open_migrated(settings)
+    broker = make_broker(settings.broker_url)
+    printer, reader, token = make_sim_drivers(
+        time_scale=time_scale,
+        fault_rate=fault_rate,
+        seed=seed,
+        output_dir=paths.printed / config.station_id,
+    )
+    station = Station(
+        config,
+        printer=printer,
+        reader=reader,
+        token=token,
+        store=store,
+        box=settings.secret_box(),
+        policy=settings.policy(),
+        broker=broker,
+        faces_dir=paths.faces,
+    )
+    log.info("station.started", station=config.station_id, line=config.line)
+    try:
+        station.run(stop)
+    finally:
+        broker.close()
+        store.dispose()
+    log.info(
+        "station.stopped",
+        station=config.station_id,
+        produced=station.produced,
+        spoiled=station.spoiled,
+    )
+    return station
+
+
+def _safe_url(url: str) -> str:
+    """A broker URL without its password, for logs."""
+    scheme, sep, rest = url.partition("://")
+    if "@" not in rest:
+        return url
+    creds, _, host = rest.rpartition("@")
+    user = creds.split(":", 1)[0]
+    return f"{scheme}{sep}{user}:****@{host}"
