@@ -40,7 +40,7 @@ def _digest(event: AuditEvent) -> str:
 _HEAD_KEY = "cardline.audit_head"
 
 
-def _locked_head(session: Session) -> AuditHead:
+def lock_audit_head(session: Session) -> AuditHead:
     """The chain's head row, locked for the rest of this transaction.
 
     The first append in a transaction locks it (``FOR UPDATE`` on PostgreSQL; SQLite's
@@ -71,7 +71,7 @@ def append(
     reason: str | None = None,
 ) -> AuditEvent:
     """Append one event to the chain inside the caller's transaction."""
-    head = _locked_head(session)
+    head = lock_audit_head(session)
     # Every backend stores microseconds exactly, so the hash re-computes after a round trip.
     at = utcnow()
     event = AuditEvent(

@@ -7,14 +7,22 @@ writers serialise at the start instead of failing half-way with "database is loc
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
+
+from db.audit import lock_audit_head
+
+T = TypeVar("T")
+# PostgreSQL: deadlock detected, serialization failure, lock not available.
+TRANSIENT_SQLSTATES = frozenset({"40P01", "40001", "55P03"})
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 _READ_ONLY = "cardline_read_only"
@@ -59,9 +67,18 @@ class Store:
     readers: sessionmaker[Session]
 
     @contextmanager
-    def tx(self) -> Iterator[Session]:
-        """One transaction: committed on success, rolled back on any exception."""
+    def tx(self, *, audited: bool = True) -> Iterator[Session]:
+        """One transaction: committed on success, rolled back on any exception.
+
+        An ``audited`` transaction (the default: anything that may change a state)
+        takes the audit chain's head lock before any other lock. Every such writer
+        thus locks in the same order, which is what keeps PostgreSQL free of
+        deadlocks; writers that never audit (heartbeats, the relay) pass False and do
+        not queue behind it.
+        """
         with self.sessions.begin() as session:
+            if audited:
+                lock_audit_head(session)
             yield session
 
     @contextmanager
@@ -100,3 +117,25 @@ def open_store(url: str, *, readonly: bool = False, pool_size: int = 20) -> Stor
             engine.execution_options(**{_READ_ONLY: True}), expire_on_commit=False
         ),
     )
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A database error that a retry of the whole transaction can cure."""
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    state = getattr(exc.orig, "sqlstate", None)
+    return state in TRANSIENT_SQLSTATES or "database is locked" in str(exc.orig)
+
+
+def retry_transient(fn: Callable[[], T], *, attempts: int = 5, backoff_s: float = 0.05) -> T:
+    """Run ``fn`` (one whole transaction), again after a transient database error."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except DBAPIError as exc:
+            if attempt == attempts or not is_transient(exc):
+                raise
+            time.sleep(backoff_s * attempt)
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -23,7 +23,7 @@ import structlog
 from sqlalchemy import or_, select
 
 from db import outbox, production
-from db.engine import Store
+from db.engine import Store, retry_transient
 from db.models import Certificate, Credential, ProductionAttempt
 from db.secrets import SecretBox, context
 from schemas.errors import ConflictError, DeviceFault
@@ -120,7 +120,7 @@ class Station:
                     self._log.warning("station.broker_lost", error=str(exc))
                     stop.wait(self.config.reconnect_s)
         finally:
-            with self.store.tx() as s:
+            with self.store.tx(audited=False) as s:
                 production.heartbeat(s, self.config.station_id, status="offline")
             beat.join(timeout=1)
 
@@ -170,7 +170,7 @@ class Station:
     def _heartbeat(self, stop: threading.Event) -> None:
         while not stop.wait(self.config.heartbeat_s):
             try:
-                with self.store.tx() as s:
+                with self.store.tx(audited=False) as s:
                     production.heartbeat(s, self.config.station_id)
                     if self.current_attempt is not None:
                         production.renew_lease(s, self.current_attempt, self.config.lease_s)
@@ -201,18 +201,18 @@ class Station:
             self._close_token()
 
     def _claim(self, credential_id: int) -> CardJob | None:
-        with self.store.tx() as s:
-            claimed = production.claim(
-                s,
-                credential_id,
-                station_id=self.config.station_id,
-                station_instance=self.instance,
-                lease_s=self.config.lease_s,
-            )
-            if claimed is None:
-                return None
-            cred, attempt = claimed
-            return _card_job(cred, attempt)
+        def claim() -> CardJob | None:
+            with self.store.tx() as s:
+                claimed = production.claim(
+                    s,
+                    credential_id,
+                    station_id=self.config.station_id,
+                    station_instance=self.instance,
+                    lease_s=self.config.lease_s,
+                )
+                return None if claimed is None else _card_job(*claimed)
+
+        return retry_transient(claim)
 
     def _personalise(self, job: CardJob) -> ChipInfo:
         self.printer.feed()
@@ -282,7 +282,7 @@ class Station:
             time.sleep(self.config.poll_s)
 
     def _request(self, requests: list[IssueCertificate]) -> None:
-        with self.store.tx() as s:
+        with self.store.tx(audited=False) as s:
             outbox.add_all(s, requests)
 
     def _issued(self, job: CardJob) -> tuple[dict[CertUsage, str], bool]:
@@ -302,14 +302,17 @@ class Station:
             return {CertUsage(r.usage): r.pem for r in rows}, live
 
     def _finish(self, job: CardJob, chip: ChipInfo) -> str:
-        try:
+        def complete() -> str:
             with self.store.tx() as s:
                 attempt = s.get(ProductionAttempt, job.attempt_id, with_for_update=True)
                 assert attempt is not None
                 cred = production.complete(
                     s, attempt, chip_serial=chip.serial, activation_step=self.policy.activation_step
                 )
-                state = cred.state
+                return cred.state
+
+        try:
+            state = retry_transient(complete)
         except ConflictError as exc:
             raise LostCard from exc
         self._eject(reject=False)
@@ -325,7 +328,8 @@ class Station:
     def _spoil(self, job: CardJob, fault: str, detail: str) -> str | None:
         self._eject(reject=True)
         self.spoiled += 1
-        try:
+
+        def spoil() -> str:
             with self.store.tx() as s:
                 attempt = s.get(ProductionAttempt, job.attempt_id, with_for_update=True)
                 assert attempt is not None
@@ -337,6 +341,9 @@ class Station:
                     actor=f"station:{self.config.station_id}",
                     max_attempts=self.policy.max_attempts,
                 )
+
+        try:
+            return retry_transient(spoil)
         except ConflictError:
             return None  # the reconciler spoiled it first
 

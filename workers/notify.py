@@ -16,7 +16,7 @@ log = structlog.get_logger(__name__)
 
 
 def send_pin_letter(ctx: WorkerContext, job: SendPinLetter) -> None:
-    with ctx.store.tx() as s:
+    with ctx.store.read() as s:
         cred = s.get(Credential, job.credential_id)
         if cred is None or cred.pin_letter_path or cred.pin_sealed is None:
             log.info("notify.skipped", credential_id=job.credential_id)

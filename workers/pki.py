@@ -66,7 +66,7 @@ def _attempt_live(s: Session, attempt_id: int | None, *, lock: bool) -> bool:
 
 
 def issue_certificate(ctx: WorkerContext, job: IssueCertificate) -> None:
-    with ctx.store.tx() as s:
+    with ctx.store.read() as s:
         if _existing(s, job) is not None or not _attempt_live(s, job.attempt_id, lock=False):
             log.info(
                 "pki.skipped",

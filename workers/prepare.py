@@ -35,7 +35,7 @@ def card_number(credential_id: int) -> str:
 
 def prepare_card(ctx: WorkerContext, job: PrepareCard) -> None:
     """Idempotent: a card that is no longer ``approved`` is left as it is."""
-    with ctx.store.tx() as s:
+    with ctx.store.read() as s:
         cred = s.get(Credential, job.credential_id)
         if cred is None or cred.state != CardState.APPROVED:
             log.info(

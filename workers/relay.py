@@ -32,7 +32,7 @@ log = structlog.get_logger(__name__)
 def publish_pending(store: Store, broker: dramatiq.Broker, *, limit: int = 200) -> int:
     """Publish up to ``limit`` unsent outbox rows; return how many were published."""
     declared = set(broker.get_declared_queues())
-    with store.tx() as s:
+    with store.tx(audited=False) as s:
         rows = outbox.claim_unsent(s, limit)
         for row in rows:
             if row.queue not in declared:
@@ -64,7 +64,7 @@ class StallPolicy:
 def expire_leases(store: Store, policy: Policy) -> int:
     """Spoil every attempt whose station stopped renewing its lease."""
     done = 0
-    with store.tx() as s:
+    with store.read() as s:
         attempts = production.expired_attempts(s)
     for attempt in attempts:
         try:
