@@ -32,6 +32,7 @@ unit: $(STAMP)
 	$(BIN)/pytest tests/unit -q
 
 test: $(STAMP)
+	$(BIN)/python -m ops.services
 	$(MAKE) --no-print-directory lint
 	$(BIN)/pytest -q -ra
 

@@ -9,6 +9,7 @@ the raw message rate of the broker. Prints a table and, last, one JSON line.
 from __future__ import annotations
 
 import json
+import os
 import resource
 import tempfile
 import threading
@@ -19,24 +20,31 @@ from typing import Any
 
 import click
 import dramatiq
-from dramatiq.brokers.stub import StubBroker
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy import func, select
 
+from db.engine import open_store
 from db.models import AuditEvent, Credential, User
 from db.secrets import SecretBox
+from db.summary import progress
 from db.transition import create, transition
+from ops.brokers import flush
+from ops.chaos import BROKERS, PG_ADMIN
 from ops.config import Settings
 from ops.line import EmbeddedLine, LineOptions, open_migrated
 from ops.logging import configure
+from ops.procline import LineShape, PgDatabase, ProcessLine, line_env
 from producers.approvals import approve_batch
 from producers.batch_import import import_batch
 from producers.generate import write_users_csv
 from schemas.policy import Policy
 from schemas.states import CertUsage
 from workers import keys
+from workers.broker import WORKER_QUEUES, make_broker
 from workers.ca import CertificateAuthority, Holder
+
+BACKENDS = ("sqlite+memory", "postgres+rabbitmq", "postgres+redis")
 
 
 def _cpu_s() -> float:
@@ -88,9 +96,9 @@ def bench_line(work: Path, cards: int, stations: int) -> LineResult:
     return LineResult(cards, stations, elapsed, cpu * 1000 / cards, events / cards)
 
 
-def bench_transitions(work: Path, count: int) -> float:
+def bench_transitions(work: Path, count: int, database_url: str | None = None) -> float:
     """Transitions per second, one per transaction, as the line commits them."""
-    store = open_migrated(Settings(data_dir=work / "floor"))
+    store = open_migrated(Settings(data_dir=work / "floor", database_url=database_url))
     with store.tx() as s:
         user = create(
             s,
@@ -114,7 +122,9 @@ def bench_transitions(work: Path, count: int) -> float:
             row = s.get(Credential, card.id)
             assert row is not None
             transition(s, row, "postpone", actor="bench")
-    return count / (time.perf_counter() - t0)
+    rate = count / (time.perf_counter() - t0)
+    store.dispose()
+    return rate
 
 
 def bench_signing(work: Path, count: int) -> float:
@@ -130,15 +140,16 @@ def bench_signing(work: Path, count: int) -> float:
     return count / (time.perf_counter() - t0)
 
 
-def bench_broker(count: int, threads: int = 4) -> float:
-    """Messages per second through the in-process broker to a no-op actor."""
-    broker = StubBroker()
+def bench_broker(count: int, broker_url: str = "memory://", threads: int = 4) -> float:
+    """Messages per second through the broker to a no-op actor in this process."""
+    broker = make_broker(broker_url)
     done = threading.Semaphore(0)
 
     @dramatiq.actor(broker=broker, queue_name="bench", actor_name="bench_noop")
     def noop(n: int) -> None:
         done.release()
 
+    broker.flush_all()
     worker = dramatiq.Worker(broker, worker_threads=threads)
     worker.start()
     t0 = time.perf_counter()
@@ -148,19 +159,69 @@ def bench_broker(count: int, threads: int = 4) -> float:
         done.acquire()
     rate = count / (time.perf_counter() - t0)
     worker.stop()
+    broker.close()
     return rate
 
 
-def run(cards: int, stations: int) -> dict[str, Any]:
+def bench_process_line(work: Path, backend: str, cards: int, stations: int) -> LineResult:
+    """The whole line as separate processes (relay, 2 workers, K stations) on PostgreSQL."""
+    broker = backend.split("+", 1)[1]
+    db = PgDatabase(PG_ADMIN, f"cardline_bench_{os.getpid()}_{broker}").create()
+    try:
+        flush(BROKERS[broker], [*WORKER_QUEUES, "line.default"])
+        env = line_env(database_url=db.url, broker_url=BROKERS[broker], data_dir=work / broker)
+        shape = LineShape(stations=stations, time_scale=0)
+        line = ProcessLine(env=env, roles=shape.roles(), log_dir=work / f"{broker}-logs")
+        line.cardline("demo", "--seed-only", "--cards", str(cards))
+        store = open_store(db.url, pool_size=2)
+        with store.read() as s:
+            events_before = s.scalar(select(func.count()).select_from(AuditEvent)) or 0
+        cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.perf_counter()
+        line.start_all()
+        while True:
+            with store.read() as s:
+                states, unsent, letters = progress(s)
+            if states.get("active", 0) == cards and unsent == 0 and letters == 0:
+                break
+            if time.perf_counter() - t0 > 600:
+                raise RuntimeError(f"bench line on {backend} did not finish: {states}")
+            time.sleep(0.05)
+        elapsed = time.perf_counter() - t0
+        line.stop_all()
+        cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        with store.read() as s:
+            events = (s.scalar(select(func.count()).select_from(AuditEvent)) or 0) - events_before
+        store.dispose()
+    finally:
+        db.drop()
+    cpu = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
+    return LineResult(cards, stations, elapsed, cpu * 1000 / cards, events / cards)
+
+
+def run(backend: str, cards: int, stations: int) -> dict[str, Any]:
+    """One row: the line on ``backend`` and, in the same run, its floors."""
     configure(log_file=None, console_level="CRITICAL")
+    db_kind, broker = backend.split("+", 1)
     with tempfile.TemporaryDirectory(prefix="cardline-bench-") as tmp:
         work = Path(tmp)
-        transitions = bench_transitions(work, 1000)
+        floor_db = None
+        if db_kind == "postgres":
+            floor_db = PgDatabase(PG_ADMIN, f"cardline_bench_floor_{os.getpid()}").create()
+        try:
+            transitions = bench_transitions(work, 1000, floor_db.url if floor_db else None)
+        finally:
+            if floor_db:
+                floor_db.drop()
         signing = bench_signing(work, 500)
-        broker = bench_broker(5000)
-        line = bench_line(work, cards, stations)
+        messages = bench_broker(3000, BROKERS.get(broker, "memory://"))
+        if backend == "sqlite+memory":
+            line = bench_line(work, cards, stations)
+        else:
+            line = bench_process_line(work, backend, cards, stations)
     return {
-        "backend": "sqlite+memory",
+        "backend": backend,
+        "processes": 1 if backend == "sqlite+memory" else 3 + stations,
         "cards": line.cards,
         "stations": line.stations,
         "elapsed_s": round(line.elapsed_s, 3),
@@ -169,41 +230,66 @@ def run(cards: int, stations: int) -> dict[str, Any]:
         "transitions_per_card": round(line.transitions_per_card, 1),
         "floor_transitions_per_s": round(transitions, 1),
         "floor_signs_per_s": round(signing, 1),
-        "floor_broker_msgs_per_s": round(broker, 1),
+        "floor_broker_msgs_per_s": round(messages, 1),
         # The card rate the store alone would allow, given what one card writes.
         "store_bound_cards_per_s": round(transitions / line.transitions_per_card, 2),
     }
 
 
-def table(result: dict[str, Any]) -> Table:
+COLUMNS = (
+    ("backend", "backend"),
+    ("processes", "processes"),
+    ("cards/s", "cards_per_s"),
+    ("CPU ms/card", "cpu_ms_per_card"),
+    ("transitions/card", "transitions_per_card"),
+    ("floor: transition()/s", "floor_transitions_per_s"),
+    ("floor: sign/s", "floor_signs_per_s"),
+    ("floor: broker msg/s", "floor_broker_msgs_per_s"),
+    ("store-bound cards/s", "store_bound_cards_per_s"),
+)
+
+
+def table(rows: list[dict[str, Any]]) -> Table:
+    first = rows[0]
     t = Table(
-        title=f"Cardline bench: {result['backend']}, {result['stations']} zero-delay "
-        f"stations, {result['cards']} cards"
+        title=f"Cardline bench: {first['cards']} cards, {first['stations']} zero-delay "
+        "stations; floors measured in the same run"
     )
-    t.add_column("measure")
-    t.add_column("value", justify="right")
-    rows = [
-        ("line: cards/s", result["cards_per_s"]),
-        ("line: CPU ms per card", result["cpu_ms_per_card"]),
-        ("line: audited transitions per card", result["transitions_per_card"]),
-        ("floor: transition() per s (1 per transaction)", result["floor_transitions_per_s"]),
-        ("floor: certificate build+sign per s", result["floor_signs_per_s"]),
-        ("floor: broker messages per s", result["floor_broker_msgs_per_s"]),
-        ("store-bound cards/s (floor / transitions per card)", result["store_bound_cards_per_s"]),
-    ]
-    for name, value in rows:
-        t.add_row(name, str(value))
+    for title, _ in COLUMNS:
+        t.add_column(title, justify="left" if title == "backend" else "right")
+    for row in rows:
+        t.add_row(*(str(row[key]) for _, key in COLUMNS))
     return t
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    head = "| " + " | ".join(title for title, _ in COLUMNS) + " |"
+    rule = "|" + "---|" * len(COLUMNS)
+    body = ["| " + " | ".join(str(row[key]) for _, key in COLUMNS) + " |" for row in rows]
+    return "\n".join([head, rule, *body])
 
 
 @click.command()
 @click.option("--cards", default=300, show_default=True)
 @click.option("--stations", default=4, show_default=True)
-def main(cards: int, stations: int) -> None:
-    """Benchmark the embedded line and its floors; print a table and one JSON line."""
-    result = run(cards, stations)
-    Console().print(table(result))
-    click.echo(json.dumps(result, sort_keys=True))
+@click.option(
+    "--backends",
+    default=",".join(BACKENDS),
+    show_default=True,
+    help="Comma-separated: sqlite+memory, postgres+rabbitmq, postgres+redis.",
+)
+@click.option("--markdown", "as_markdown", is_flag=True, help="Also print a Markdown table.")
+def main(cards: int, stations: int, backends: str, as_markdown: bool) -> None:
+    """Benchmark the line on each backend against its floors; a table and one JSON line."""
+    chosen = [b.strip() for b in backends.split(",") if b.strip()]
+    unknown = set(chosen) - set(BACKENDS)
+    if unknown:
+        raise click.BadParameter(f"unknown backends {sorted(unknown)}")
+    rows = [run(backend, cards, stations) for backend in chosen]
+    Console().print(table(rows))
+    if as_markdown:
+        click.echo(markdown(rows))
+    click.echo(json.dumps({"bench": rows}, sort_keys=True))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from db.secrets import SecretBox, context
 from schemas.errors import ConflictError, DeviceFault
 from schemas.messages import PRODUCE_JOB, IssueCertificate, line_queue
 from schemas.policy import Policy
-from schemas.states import AttemptState, CertState, CertUsage, FaultKind
+from schemas.states import AttemptState, CardState, CertState, CertUsage, FaultKind
 from stations.drivers import ChipInfo, Printer, Reader, Token
 from stations.faces import render_faces
 
@@ -201,6 +201,13 @@ class Station:
             self._close_token()
 
     def _claim(self, credential_id: int) -> CardJob | None:
+        # Duplicate and stale messages are common (redelivery, re-drive): a plain read
+        # turns them away without queueing for the audit lock.
+        with self.store.read() as s:
+            cred = s.get(Credential, credential_id)
+            if cred is None or cred.state != CardState.READY:
+                return None
+
         def claim() -> CardJob | None:
             with self.store.tx() as s:
                 claimed = production.claim(

@@ -10,39 +10,20 @@ from __future__ import annotations
 
 import itertools
 import os
-import socket
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 
-PG_URL = os.environ.get("CARDLINE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-AMQP_URL = os.environ.get("CARDLINE_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672/%2F")
-REDIS_URL = os.environ.get("CARDLINE_TEST_REDIS", "redis://127.0.0.1:6379/0")
-
-HOW_TO_START = {
-    "postgres": "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
-    "rabbitmq": "rabbitmq-server -detached",
-    "redis": "redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save '' --appendonly no",
-}
-URLS = {"postgres": PG_URL, "rabbitmq": AMQP_URL, "redis": REDIS_URL}
-
-
-def reachable(service: str) -> bool:
-    parts = urlsplit(URLS[service].replace("postgresql+psycopg", "postgresql"))
-    try:
-        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 0), 1):
-            return True
-    except OSError:
-        return False
+from ops.services import AMQP_URL, REDIS_URL, URLS, missing_message, reachable
 
 
 def require(service: str) -> None:
     """Skip (locally) or fail (CI=true) when ``service`` is not running."""
     if reachable(service):
         return
-    message = f"{service} is not running at {URLS[service]}; start it with: {HOW_TO_START[service]}"
+    message = missing_message(service)
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(message)
     pytest.skip(message)
@@ -151,16 +132,3 @@ class PgDatabases:
             self._drop(self._shared or "")
         self._drop(self.template)
         self._conn.close()
-
-
-def flush_broker(url: str, queues: list[str]) -> None:
-    """Empty our queues on a real broker so a test never sees another test's messages."""
-    from workers.broker import make_broker
-
-    broker = make_broker(url)
-    try:
-        for queue in queues:
-            broker.declare_queue(queue)
-        broker.flush_all()
-    finally:
-        broker.close()

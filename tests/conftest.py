@@ -13,7 +13,9 @@ import pytest
 from db.engine import Store, open_store, sqlite_url
 from db.migrate import upgrade
 from db.secrets import SecretBox
-from tests.backends import LINE_BACKENDS, PG_URL, Backend, PgDatabases, flush_broker, require
+from ops.brokers import flush
+from ops.services import PG_URL
+from tests.backends import LINE_BACKENDS, Backend, PgDatabases, require
 
 DB_BACKENDS = ["sqlite", "postgres"]
 
@@ -78,7 +80,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Ba
     if b.broker != "memory":
         from workers.broker import WORKER_QUEUES
 
-        flush_broker(b.broker_url(), [*WORKER_QUEUES, "line.default"])
+        flush(b.broker_url(), [*WORKER_QUEUES, "line.default"])
     yield b, url
     next(gen, None)
 
