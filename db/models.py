@@ -20,6 +20,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -29,6 +30,7 @@ from schemas.states import (
     BATCH,
     CARD,
     CERTIFICATE,
+    SOFT_TOKEN,
     TEMP_CARD,
     USER,
     CredentialKind,
@@ -162,6 +164,8 @@ class Credential(Stateful, Base):
     escrow_key_sealed: Mapped[str | None] = mapped_column(Text)
     pin_letter_path: Mapped[str | None] = mapped_column(String(500))
     faces_path: Mapped[str | None] = mapped_column(String(500))
+    # Write the holder's earlier escrowed encryption keys to this card too (key recovery).
+    recover_escrow: Mapped[bool] = mapped_column(default=False, server_default=false())
     # When the reconciler last re-published this credential's pending job.
     redriven_at: Mapped[dt.datetime | None]
 
@@ -207,7 +211,8 @@ class ProductionAttempt(Stateful, Base):
 
 class Certificate(Stateful, Base):
     """An issued certificate. Auth/sign certificates belong to an attempt; the escrowed
-    encryption certificate belongs to the credential (``attempt_id`` is NULL)."""
+    encryption certificate belongs to the credential (``attempt_id`` is NULL); a soft
+    token's certificate belongs to the soft token (``credential_id`` is NULL)."""
 
     __tablename__ = "certificates"
     __table_args__ = (
@@ -223,8 +228,9 @@ class Certificate(Stateful, Base):
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    credential_id: Mapped[int] = mapped_column(ForeignKey("credentials.id"), index=True)
+    credential_id: Mapped[int | None] = mapped_column(ForeignKey("credentials.id"), index=True)
     attempt_id: Mapped[int | None] = mapped_column(ForeignKey("production_attempts.id"), index=True)
+    soft_token_id: Mapped[int | None] = mapped_column(ForeignKey("soft_tokens.id"), unique=True)
     usage: Mapped[str] = mapped_column(String(32))
     serial: Mapped[str] = mapped_column(String(64), unique=True)
     subject: Mapped[str] = mapped_column(String(500))
@@ -237,6 +243,34 @@ class Certificate(Stateful, Base):
     @property
     def machine(self) -> Machine:
         return CERTIFICATE
+
+
+class SoftToken(Stateful, Base):
+    """A software token: a server-generated key and its certificate in a PKCS#12 file.
+
+    The passphrase is stored twice: hashed (to check one offered back) and sealed (so a
+    user with the role can display it); the P12 itself is sealed too.
+    """
+
+    __tablename__ = "soft_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    token_type: Mapped[str] = mapped_column(String(32))
+    requested_by: Mapped[str] = mapped_column(String(100))
+    approved_by: Mapped[str | None] = mapped_column(String(100))
+    passphrase_hash: Mapped[str | None] = mapped_column(String(200))
+    passphrase_sealed: Mapped[str | None] = mapped_column(Text)
+    p12_sealed: Mapped[str | None] = mapped_column(Text)
+    p12_path: Mapped[str | None] = mapped_column(String(500))
+    mailed_at: Mapped[dt.datetime | None]
+    issued_at: Mapped[dt.datetime | None]
+
+    user: Mapped[User] = relationship()
+
+    @property
+    def machine(self) -> Machine:
+        return SOFT_TOKEN
 
 
 class Station(Base):
@@ -306,3 +340,17 @@ class OutboxMessage(Base):
             postgresql_where=text("sent_at IS NULL"),
         ),
     )
+
+
+class CrlPublication(Base):
+    """Each CRL the issuing CA published: its number, validity and what it covered."""
+
+    __tablename__ = "crl_publications"
+
+    number: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    this_update: Mapped[dt.datetime]
+    next_update: Mapped[dt.datetime]
+    revoked_count: Mapped[int] = mapped_column(Integer)
+    # A digest of the revoked and held serials it lists: equal digests, equal CRLs.
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from db import outbox
 from db.models import Certificate, Credential, ProductionAttempt, Station, utcnow
 from db.transition import create, transition
-from schemas.messages import ProduceCard, SendPinLetter
+from schemas.messages import ProduceCard, PublishCrl, SendPinLetter
 from schemas.states import (
     AttemptState,
     CardState,
     CertState,
+    CertUsage,
     CredentialKind,
     RevocationReason,
 )
@@ -97,6 +100,8 @@ def revoke_all(
                 changes={"revoked_at": utcnow(), "revocation_reason": code},
             )
             revoked += 1
+    if revoked:
+        outbox.add(session, PublishCrl(reason=reason))
     return revoked
 
 
@@ -275,3 +280,33 @@ def _station_update(
             cards_spoiled=Station.cards_spoiled + spoiled,
         )
     )
+
+
+@dataclass(frozen=True)
+class EscrowedKey:
+    """An earlier card's escrowed encryption key (sealed) and its certificate."""
+
+    credential_id: int
+    key_sealed: str
+    cert_pem: str
+
+
+def escrow_history(session: Session, cred: Credential) -> list[EscrowedKey]:
+    """The holder's escrowed encryption keys from their other cards, oldest first, for a
+    card produced with key recovery (``recover_escrow``); empty otherwise."""
+    if not cred.recover_escrow or cred.user_id is None:
+        return []
+    rows = session.execute(
+        select(Credential.id, Credential.escrow_key_sealed, Certificate.pem)
+        .join(Certificate, Certificate.credential_id == Credential.id)
+        .where(
+            Credential.user_id == cred.user_id,
+            Credential.id != cred.id,
+            Credential.escrow_key_sealed.is_not(None),
+            Certificate.attempt_id.is_(None),
+            Certificate.usage == CertUsage.ENCRYPTION,
+        )
+        .order_by(Credential.id, Certificate.id)
+    ).all()
+    latest = {cid: EscrowedKey(cid, sealed, pem) for cid, sealed, pem in rows if sealed}
+    return list(latest.values())  # one per card: its key with its newest certificate

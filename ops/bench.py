@@ -29,6 +29,7 @@ from db.models import AuditEvent, Credential, User
 from db.secrets import SecretBox
 from db.summary import progress
 from db.transition import create, transition
+from ops import bench_pki
 from ops.brokers import flush
 from ops.chaos import BROKERS, PG_ADMIN
 from ops.config import Settings
@@ -279,8 +280,16 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     help="Comma-separated: sqlite+memory, postgres+rabbitmq, postgres+redis.",
 )
 @click.option("--markdown", "as_markdown", is_flag=True, help="Also print a Markdown table.")
-def main(cards: int, stations: int, backends: str, as_markdown: bool) -> None:
+@click.option(
+    "--pki",
+    is_flag=True,
+    help="Run the PKI worker bench instead (python -m ops.bench_pki --count N).",
+)
+def main(cards: int, stations: int, backends: str, as_markdown: bool, pki: bool) -> None:
     """Benchmark the line on each backend against its floors; a table and one JSON line."""
+    if pki:
+        bench_pki.emit(bench_pki.run(bench_pki.DEFAULT_COUNT))
+        return
     chosen = [b.strip() for b in backends.split(",") if b.strip()]
     unknown = set(chosen) - set(BACKENDS)
     if unknown:

@@ -20,9 +20,12 @@ from ops import logging as logging_mod
 from ops.config import Settings
 from ops.line import DataPaths, LineOptions, open_migrated
 from ops.render import summary_json, summary_tables
+from producers.certificates import OPERATOR_REASONS
 from schemas.errors import CardlineError, ConfigurationError
 
 F = TypeVar("F", bound=Callable[..., Any])
+# The revocation reasons an operator may give (producers.certificates.OPERATOR_REASONS).
+REASONS_CHOICE = click.Choice([r.value for r in OPERATOR_REASONS])
 err_console = Console(stderr=True)
 out_console = Console()
 
@@ -298,6 +301,114 @@ def run(
     sys.exit(run_line(settings, options, as_json=as_json, console=out_console))
 
 
+# --- PKI ------------------------------------------------------------------------------
+
+
+@main.group()
+def pki() -> None:
+    """The CA: set-up, export, CRLs."""
+
+
+@pki.command("init")
+@data_dir_option
+@handle_errors
+def pki_init(data_dir: Path | None) -> None:
+    """Create the root and issuing CA ([pki.ca] in CARDLINE_CONFIG); never overwrites."""
+    from workers.ca import CertificateAuthority
+
+    settings = settings_for(data_dir)
+    paths = DataPaths(settings.data_dir)
+    paths.make()
+    ca = CertificateAuthority.init(
+        paths.ca, settings.secret_box(), settings.pki(), pin=settings.ca_secret_pin()
+    )
+    click.echo(f"root CA:    {ca.root.subject.rfc4514_string()}")
+    click.echo(
+        f"issuing CA: {ca.issuing.subject.rfc4514_string()} "
+        f"({settings.pki().ca.algorithm}, key in {settings.pki().ca.key_store})"
+    )
+
+
+@pki.command("export")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@data_dir_option
+@handle_errors
+def pki_export(out: Path, data_dir: Path | None) -> None:
+    """Write ca-chain.pem, root.pem, issuing.pem and the current crl.pem to OUT."""
+    from ops.pki import export_ca
+
+    for path in export_ca(settings_for(data_dir), out):
+        click.echo(str(path))
+
+
+@pki.command("crl")
+@data_dir_option
+@handle_errors
+def pki_crl(data_dir: Path | None) -> None:
+    """Publish a fresh CRL now."""
+    from ops.pki import publish_now
+
+    number = publish_now(settings_for(data_dir))
+    click.echo(f"published CRL number {number}")
+
+
+@main.group()
+def certs() -> None:
+    """Certificates: export, revoke, hold, release."""
+
+
+@certs.command("export")
+@click.option("--status", type=click.Choice(["valid", "hold", "revoked", "expired"]), required=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@data_dir_option
+@handle_errors
+def certs_export(status: str, out: Path, data_dir: Path | None) -> None:
+    """Write every certificate in STATUS to OUT as <serial>.pem."""
+    from ops.pki import export_certs
+
+    count = export_certs(settings_for(data_dir), status, out)
+    click.echo(f"{count} {status} certificates written to {out}")
+
+
+@certs.command("revoke")
+@click.argument("serial")
+@click.option("--reason", required=True, type=REASONS_CHOICE)
+@click.option("--by", required=True, help="Who revokes it (audited).")
+@data_dir_option
+@handle_errors
+def certs_revoke(serial: str, reason: str, by: str, data_dir: Path | None) -> None:
+    """Revoke the certificate SERIAL (hex); the CRL is re-published."""
+    from producers.certificates import revoke
+    from schemas.states import RevocationReason
+
+    store = open_migrated(settings_for(data_dir))
+    click.echo(revoke(store, serial, reason=RevocationReason(reason), by=by))
+
+
+@certs.command("hold")
+@click.argument("serial")
+@click.option("--by", required=True)
+@data_dir_option
+@handle_errors
+def certs_hold(serial: str, by: str, data_dir: Path | None) -> None:
+    """Put the certificate SERIAL on hold (listed on the CRL as certificateHold)."""
+    from producers.certificates import hold
+
+    click.echo(hold(open_migrated(settings_for(data_dir)), serial, by=by))
+
+
+@certs.command("release")
+@click.argument("serial")
+@click.option("--by", required=True)
+@data_dir_option
+@handle_errors
+def certs_release(serial: str, by: str, data_dir: Path | None) -> None:
+    """Release the certificate SERIAL from hold (removed from the next CRL)."""
+    from producers.certificates import release
+
+    click.echo(release(open_migrated(settings_for(data_dir)), serial, by=by))
+
+
 # --- one process per role -------------------------------------------------------------
 
 
@@ -401,6 +512,176 @@ def station(
         fault_rate=fault_rate,
         seed=seed,
     )
+
+
+# --- soft tokens ---------------------------------------------------------------------
+
+
+@main.group()
+def softtoken() -> None:
+    """Software tokens (PKCS#12): request, approve, reject, cancel, revoke, password."""
+
+
+@softtoken.command("types")
+@data_dir_option
+@handle_errors
+def softtoken_types(data_dir: Path | None) -> None:
+    """The soft token types configured in [pki.softtokens]."""
+    pki = settings_for(data_dir).pki()
+    for name, kind in sorted(pki.softtokens.items()):
+        click.echo(f"{name}\t{kind.key_algorithm}\t{kind.description}")
+
+
+@softtoken.command("request")
+@click.option("--user", required=True, help="The holder's e-mail or user id.")
+@click.option("--type", "types", multiple=True, required=True, help="A token type (repeat).")
+@click.option("--by", required=True, help="Who requests it (audited).")
+@data_dir_option
+@handle_errors
+def softtoken_request(user: str, types: tuple[str, ...], by: str, data_dir: Path | None) -> None:
+    """Request one soft token per --type for USER."""
+    from producers.softtokens import request_softtokens
+
+    settings = settings_for(data_dir)
+    ids = request_softtokens(open_migrated(settings), user, types, by=by, pki=settings.pki())
+    state = "requested" if settings.pki().softtoken_approval else "approved"
+    for token_id, name in zip(ids, types, strict=True):
+        click.echo(f"soft token {token_id} ({name}) {state}")
+
+
+@softtoken.command("approve")
+@click.argument("token_id", type=int)
+@click.option("--by", required=True, help="The approver (not the requester).")
+@data_dir_option
+@handle_errors
+def softtoken_approve(token_id: int, by: str, data_dir: Path | None) -> None:
+    """Approve soft token TOKEN_ID; the PKI worker issues it."""
+    from producers.softtokens import approve
+
+    click.echo(approve(open_migrated(settings_for(data_dir)), token_id, by=by))
+
+
+@softtoken.command("reject")
+@click.argument("token_id", type=int)
+@click.option("--by", required=True)
+@click.option("--reason", required=True)
+@data_dir_option
+@handle_errors
+def softtoken_reject(token_id: int, by: str, reason: str, data_dir: Path | None) -> None:
+    """Reject soft token request TOKEN_ID."""
+    from producers.softtokens import reject
+
+    click.echo(reject(open_migrated(settings_for(data_dir)), token_id, by=by, reason=reason))
+
+
+@softtoken.command("cancel")
+@click.argument("token_id", type=int)
+@click.option("--by", required=True)
+@data_dir_option
+@handle_errors
+def softtoken_cancel(token_id: int, by: str, data_dir: Path | None) -> None:
+    """Cancel soft token TOKEN_ID before it is issued."""
+    from producers.softtokens import cancel
+
+    click.echo(cancel(open_migrated(settings_for(data_dir)), token_id, by=by))
+
+
+@softtoken.command("revoke")
+@click.argument("token_id", type=int)
+@click.option("--reason", required=True, type=REASONS_CHOICE)
+@click.option("--by", required=True)
+@data_dir_option
+@handle_errors
+def softtoken_revoke(token_id: int, reason: str, by: str, data_dir: Path | None) -> None:
+    """Revoke soft token TOKEN_ID and its certificate; the CRL is re-published."""
+    from producers.softtokens import revoke
+    from schemas.states import RevocationReason
+
+    store = open_migrated(settings_for(data_dir))
+    click.echo(revoke(store, token_id, by=by, reason=RevocationReason(reason)))
+
+
+@softtoken.command("password")
+@click.argument("token_id", type=int)
+@click.option("--by", required=True, help="Who asks; needs the operator or admin role.")
+@data_dir_option
+@handle_errors
+def softtoken_password(token_id: int, by: str, data_dir: Path | None) -> None:
+    """Display the passphrase of soft token TOKEN_ID (audited; roles from [roles])."""
+    from producers.softtokens import reveal_passphrase
+
+    settings = settings_for(data_dir)
+    secret = reveal_passphrase(
+        open_migrated(settings),
+        settings.secret_box(),
+        token_id,
+        by=by,
+        roles=settings.roles_of(by),
+    )
+    click.echo(secret.reveal())
+
+
+@softtoken.command("list")
+@click.option("--user", default=None, help="Only this holder's (e-mail or id).")
+@click.option("--state", default=None)
+@data_dir_option
+@handle_errors
+def softtoken_list(user: str | None, state: str | None, data_dir: Path | None) -> None:
+    """Soft tokens with their state, certificate serial and P12 file."""
+    from rich.table import Table
+
+    from producers.softtokens import list_softtokens
+
+    views = list_softtokens(open_migrated(settings_for(data_dir)), user=user, state=state)
+    table = Table("id", "user", "type", "state", "requested by", "approved by", "serial", "P12")
+    for v in views:
+        table.add_row(
+            str(v.id),
+            v.user_email,
+            v.token_type,
+            v.state,
+            v.requested_by,
+            v.approved_by or "",
+            v.serial or "",
+            v.p12_path or "",
+        )
+    out_console.print(table)
+
+
+# --- key escrow ----------------------------------------------------------------------
+
+
+@main.group()
+def escrow() -> None:
+    """Escrowed encryption keys: export as PFX, recover onto a new card."""
+
+
+@escrow.command("export")
+@click.argument("card")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--by", required=True, help="Who exports it (audited).")
+@data_dir_option
+@handle_errors
+def escrow_export(card: str, out: Path, by: str, data_dir: Path | None) -> None:
+    """Write CARD's escrowed key and certificate to OUT (PFX); print its one-time password."""
+    from ops.pki import export_escrow_pfx
+
+    path, password = export_escrow_pfx(settings_for(data_dir), card, out, by=by)
+    click.echo(f"PFX written to {path}")
+    click.echo(f"one-time password (shown once, stored nowhere): {password.reveal()}")
+
+
+@escrow.command("recover")
+@click.argument("card")
+@click.option("--by", required=True, help="Who asks for it (audited).")
+@data_dir_option
+@handle_errors
+def escrow_recover(card: str, by: str, data_dir: Path | None) -> None:
+    """Have CARD (not yet produced) also carry its holder's earlier escrowed keys."""
+    from producers.escrow import request_key_recovery
+
+    count = request_key_recovery(open_migrated(settings_for(data_dir)), card, by=by)
+    click.echo(f"card {card} will carry {count} earlier escrowed keys")
 
 
 if __name__ == "__main__":

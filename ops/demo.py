@@ -10,6 +10,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from sqlalchemy.engine import make_url
 
 from ops import logging as logging_mod
 from ops.config import Settings
@@ -207,7 +208,7 @@ def _drain_with_progress(line: EmbeddedLine, total: int | None) -> None:
 
 def _written_paths(paths: DataPaths, settings: Settings) -> dict[str, str]:
     return {
-        "status store": settings.db_url,
+        "status store": make_url(settings.db_url).render_as_string(hide_password=True),
         "card faces (PNG, front/back)": str(paths.faces),
         "printed cards (per station)": str(paths.printed),
         "PIN letters (PDF)": str(paths.letters),

@@ -60,7 +60,9 @@ class DataPaths:
     letters: Path = field(init=False)
     ca: Path = field(init=False)
     rejects: Path = field(init=False)
+    crl: Path = field(init=False)
     logs: Path = field(init=False)
+    softtokens: Path = field(init=False)
 
     def __post_init__(self) -> None:
         self.faces = self.root / "faces"
@@ -68,12 +70,24 @@ class DataPaths:
         self.letters = self.root / "letters"
         self.ca = self.root / "ca"
         self.rejects = self.root / "rejects"
+        self.crl = self.root / "crl"
         self.logs = self.root / "logs"
+        self.softtokens = self.root / "softtokens"
 
     def make(self) -> None:
-        for path in (self.faces, self.printed, self.letters, self.ca, self.rejects, self.logs):
+        for path in (
+            self.faces,
+            self.printed,
+            self.letters,
+            self.ca,
+            self.rejects,
+            self.logs,
+            self.crl,
+            self.softtokens,
+        ):
             path.mkdir(parents=True, exist_ok=True)
         self.letters.chmod(0o700)
+        self.softtokens.chmod(0o700)
 
 
 def open_migrated(settings: Settings) -> Store:
@@ -81,6 +95,27 @@ def open_migrated(settings: Settings) -> Store:
     store = open_store(settings.db_url)
     upgrade(store)
     return store
+
+
+def worker_context(
+    settings: Settings, store: Store, box: SecretBox, *, policy: Policy | None = None
+) -> WorkerContext:
+    """What the prepare, pki and notify actors need; the CA is created on first use."""
+    paths = DataPaths(settings.data_dir)
+    paths.make()
+    pki = settings.pki()
+    ca = CertificateAuthority.load_or_create(paths.ca, box, pki, pin=settings.ca_secret_pin())
+    return WorkerContext(
+        store=store,
+        box=box,
+        policy=policy or settings.policy(),
+        ca=ca,
+        letters_dir=paths.letters,
+        crl_dir=paths.crl,
+        pki=pki,
+        softtokens_dir=paths.softtokens,
+        mailer=settings.mailer(),
+    )
 
 
 class EmbeddedLine:
@@ -93,11 +128,8 @@ class EmbeddedLine:
         self.store = open_migrated(settings)
         self.box: SecretBox = settings.secret_box()
         self.broker = make_broker(settings.broker_url)
-        ca = CertificateAuthority.load_or_create(self.paths.ca, self.box)
-        (self.paths.root / "ca-chain.pem").write_text(ca.chain_pem())
-        ctx = WorkerContext(
-            store=self.store, box=self.box, policy=policy, ca=ca, letters_dir=self.paths.letters
-        )
+        ctx = worker_context(settings, self.store, self.box, policy=policy)
+        (self.paths.root / "ca-chain.pem").write_text(ctx.ca.chain_pem())
         actors.register(self.broker, ctx)
         self.worker = dramatiq.Worker(
             self.broker, queues=set(WORKER_QUEUES), worker_threads=options.worker_threads

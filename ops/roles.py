@@ -16,12 +16,11 @@ import dramatiq
 import structlog
 
 from ops.config import Settings
-from ops.line import DataPaths, open_migrated
+from ops.line import DataPaths, open_migrated, worker_context
 from stations.runtime import Station, StationConfig
 from stations.sim import make_sim_drivers
 from workers import actors
 from workers.broker import WORKER_QUEUES, make_broker
-from workers.ca import CertificateAuthority
 from workers.context import WorkerContext
 from workers.relay import Relay, StallPolicy
 
@@ -54,15 +53,8 @@ def run_relay(settings: Settings, stop: threading.Event, *, stall: StallPolicy) 
     log.info("relay.stopped", published=relay.published)
 
 
-def worker_context(settings: Settings) -> WorkerContext:
-    paths = DataPaths(settings.data_dir)
-    paths.make()
-    store = open_migrated(settings)
-    box = settings.secret_box()
-    ca = CertificateAuthority.load_or_create(paths.ca, box)
-    return WorkerContext(
-        store=store, box=box, policy=settings.policy(), ca=ca, letters_dir=paths.letters
-    )
+def worker_context_for(settings: Settings) -> WorkerContext:
+    return worker_context(settings, open_migrated(settings), settings.secret_box())
 
 
 def run_worker(
@@ -72,7 +64,7 @@ def run_worker(
     unknown = chosen - set(WORKER_QUEUES)
     if unknown:
         raise ValueError(f"unknown queues {sorted(unknown)}; choose from {WORKER_QUEUES}")
-    ctx = worker_context(settings)
+    ctx = worker_context_for(settings)
     broker = make_broker(settings.broker_url)
     actors.register(broker, ctx)
     worker = dramatiq.Worker(broker, queues=chosen, worker_threads=threads)

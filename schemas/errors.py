@@ -99,3 +99,13 @@ class DeviceFault(TransientError):
         self.code = code
         suffix = f" [{code}]" if code else ""
         super().__init__(f"{kind}: {detail}{suffix}")
+
+
+class Forbidden(PermanentError):
+    """The person acting lacks the role the action needs."""
+
+    def __init__(self, who: str, action: str, roles: tuple[str, ...]) -> None:
+        self.who = who
+        self.action = action
+        self.roles = roles
+        super().__init__(f"{who} may not {action}: it needs the role {' or '.join(roles)}")

@@ -59,6 +59,39 @@ class IssueCertificate(JobMessage):
         return PKI_QUEUE
 
 
+class PublishCrl(JobMessage):
+    """Publish the issuing CA's CRL if the revoked set changed (or the CRL ages)."""
+
+    actor: ClassVar[str] = "pki"
+    type: Literal["publish_crl"] = "publish_crl"
+    reason: str = "revocation changed"
+
+    def queue(self) -> str:
+        return PKI_QUEUE
+
+
+class IssueSoftToken(JobMessage):
+    """Generate the soft token's key, issue its certificate, seal the P12 and passphrase."""
+
+    actor: ClassVar[str] = "pki"
+    type: Literal["issue_softtoken"] = "issue_softtoken"
+    soft_token_id: int
+
+    def queue(self) -> str:
+        return PKI_QUEUE
+
+
+class DeliverSoftToken(JobMessage):
+    """Write the issued P12 (and its public certificate) out, and mail it where configured."""
+
+    actor: ClassVar[str] = "notify"
+    type: Literal["deliver_softtoken"] = "deliver_softtoken"
+    soft_token_id: int
+
+    def queue(self) -> str:
+        return NOTIFY_QUEUE
+
+
 class ProduceCard(JobMessage):
     """A card is ready: a station on ``line`` should produce it."""
 
@@ -82,10 +115,10 @@ class SendPinLetter(JobMessage):
         return NOTIFY_QUEUE
 
 
-PkiJob = Annotated[IssueCertificate, Field(discriminator="type")]
-NotifyJob = Annotated[SendPinLetter, Field(discriminator="type")]
+PkiJob = Annotated[IssueCertificate | PublishCrl | IssueSoftToken, Field(discriminator="type")]
+NotifyJob = Annotated[SendPinLetter | DeliverSoftToken, Field(discriminator="type")]
 
 PREPARE_JOB: TypeAdapter[PrepareCard] = TypeAdapter(PrepareCard)
-PKI_JOB: TypeAdapter[IssueCertificate] = TypeAdapter(IssueCertificate)
-NOTIFY_JOB: TypeAdapter[SendPinLetter] = TypeAdapter(SendPinLetter)
+PKI_JOB: TypeAdapter[IssueCertificate | PublishCrl | IssueSoftToken] = TypeAdapter(PkiJob)
+NOTIFY_JOB: TypeAdapter[SendPinLetter | DeliverSoftToken] = TypeAdapter(NotifyJob)
 PRODUCE_JOB: TypeAdapter[ProduceCard] = TypeAdapter(ProduceCard)

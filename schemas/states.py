@@ -64,6 +64,15 @@ class BatchState(StrEnum):
     REJECTED = "rejected"
 
 
+class SoftTokenState(StrEnum):
+    REQUESTED = "requested"
+    APPROVED = "approved"
+    ISSUED = "issued"
+    REVOKED = "revoked"
+    REJECTED = "rejected"
+    CANCELLED = "cancelled"
+
+
 class CredentialKind(StrEnum):
     CARD = "card"
     TEMP_CARD = "temp_card"
@@ -245,8 +254,24 @@ BATCH = Machine(
     ),
 )
 
+P = SoftTokenState
+SOFT_TOKEN = Machine(
+    name="soft_token",
+    states=frozenset(P),
+    initial=frozenset({P.REQUESTED, P.APPROVED}),
+    edges=(
+        _e("approve", P.REQUESTED, P.APPROVED),
+        _e("reject", P.REQUESTED, P.REJECTED),
+        _e("cancel", (P.REQUESTED, P.APPROVED), P.CANCELLED),
+        _e("issue", P.APPROVED, P.ISSUED),
+        # Audited reads of the stored passphrase ("display password") and redelivery.
+        _e("reveal_passphrase", P.ISSUED, P.ISSUED),
+        _e("revoke", P.ISSUED, P.REVOKED),
+    ),
+)
+
 MACHINES: dict[str, Machine] = {
-    m.name: m for m in (CARD, TEMP_CARD, CERTIFICATE, USER, ATTEMPT, BATCH)
+    m.name: m for m in (CARD, TEMP_CARD, CERTIFICATE, USER, ATTEMPT, BATCH, SOFT_TOKEN)
 }
 
 # States in which a credential still needs the production line.

@@ -61,8 +61,14 @@ class Token(Protocol):
     def write_certificate(self, key_id: str, usage: CertUsage, cert_pem: str) -> None:
         """Store the issued certificate beside its key (same CKA_ID and label)."""
 
-    def import_key(self, usage: CertUsage, key_pem: Secret, cert_pem: str) -> str:
-        """Import an escrowed private key and its certificate; return the CKA_ID (hex)."""
+    def import_key(
+        self, usage: CertUsage, key_pem: Secret, cert_pem: str, *, retired: bool = False
+    ) -> str:
+        """Import an escrowed private key and its certificate; return the CKA_ID (hex).
+
+        ``retired`` keys (an earlier card's encryption keys, recovered from escrow) are
+        kept beside the current one, so old mail still decrypts; otherwise the import
+        replaces the key of ``usage``."""
 
     def close(self) -> None:
         """Log out and release the chip."""

@@ -21,6 +21,7 @@ import dramatiq
 import dramatiq.errors
 import structlog
 from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
 
 from db import outbox, production
 from db.engine import Store, retry_transient
@@ -66,6 +67,7 @@ class CardJob:
     pin_sealed: str
     puk_sealed: str
     escrow_key_sealed: str | None
+    recovered_keys: tuple[production.EscrowedKey, ...] = ()
 
 
 class LostCard(Exception):
@@ -217,7 +219,7 @@ class Station:
                     station_instance=self.instance,
                     lease_s=self.config.lease_s,
                 )
-                return None if claimed is None else _card_job(*claimed)
+                return None if claimed is None else _card_job(s, *claimed)
 
         return retry_transient(claim)
 
@@ -249,6 +251,11 @@ class Station:
                 job.escrow_key_sealed, context=context("credential", cid, "escrow_key")
             )
             self.token.import_key(CertUsage.ENCRYPTION, key, certs[CertUsage.ENCRYPTION])
+        for old in job.recovered_keys:  # key recovery: the holder's earlier keys
+            key = self.box.open(
+                old.key_sealed, context=context("credential", old.credential_id, "escrow_key")
+            )
+            self.token.import_key(CertUsage.ENCRYPTION, key, old.cert_pem, retired=True)
         faces = render_faces(
             self.faces_dir,
             card_number=job.card_number,
@@ -369,7 +376,7 @@ class Station:
             self._log.warning("station.token_close_failed", code=fault.code)
 
 
-def _card_job(cred: Credential, attempt: ProductionAttempt) -> CardJob:
+def _card_job(s: Session, cred: Credential, attempt: ProductionAttempt) -> CardJob:
     if not (cred.card_number and cred.valid_until and cred.pin_sealed and cred.puk_sealed):
         raise RuntimeError(f"credential {cred.id} is ready but was never prepared")
     user = cred.user
@@ -387,4 +394,5 @@ def _card_job(cred: Credential, attempt: ProductionAttempt) -> CardJob:
         pin_sealed=cred.pin_sealed,
         puk_sealed=cred.puk_sealed,
         escrow_key_sealed=cred.escrow_key_sealed,
+        recovered_keys=tuple(production.escrow_history(s, cred)),
     )

@@ -323,7 +323,7 @@ class TokenObject:
     usage: CertUsage
     label: str
     key_type: str
-    origin: str  # "generated" on the chip, or "imported" from escrow
+    origin: str  # "generated" on the chip, "imported" from escrow, or "recovered" (retired)
     public_key_pem: str
     cert_subject: str | None  # RFC 4514 subject of the stored certificate, if any
 
@@ -407,7 +407,8 @@ class SimToken:
         self._pin_tries = MAX_PIN_TRIES
         self._puk_tries = MAX_PUK_TRIES
         self._session = False
-        self._slots: dict[CertUsage, _KeySlot] = {}
+        # By usage for the current keys, by "retired:<CKA_ID>" for recovered older ones.
+        self._slots: dict[str, _KeySlot] = {}
         self._fault_armed = False
         self._broken = False
 
@@ -464,16 +465,21 @@ class SimToken:
         _check_cert_matches(cert, slot.private_key)
         slot.cert = cert
 
-    def import_key(self, usage: CertUsage, key_pem: Secret, cert_pem: str) -> str:
-        """Import an escrowed key with its certificate (they must match); return its CKA_ID."""
+    def import_key(
+        self, usage: CertUsage, key_pem: Secret, cert_pem: str, *, retired: bool = False
+    ) -> str:
+        """Import an escrowed key with its certificate (they must match); return its CKA_ID.
+
+        A ``retired`` key (recovered from an earlier card) is kept beside the current one.
+        """
         self._require_session()
         self.clock.sleep(self._timings.import_key + self._timings.write_cert)
         self._fire_armed_fault()
         key = _load_escrowed_key(key_pem)
         cert = _parse_certificate(cert_pem)
         _check_cert_matches(cert, key)
-        key_id = self._store(usage, _key_type(key), "imported", key)
-        self._slots[usage].cert = cert
+        key_id = self._store(usage, _key_type(key), "recovered" if retired else "imported", key)
+        self._slot(key_id).cert = cert
         return key_id
 
     def close(self) -> None:
@@ -515,7 +521,8 @@ class SimToken:
 
     def _store(self, usage: CertUsage, key_type: str, origin: str, key: _PrivateKey) -> str:
         key_id = _key_id(key.public_key())
-        self._slots[usage] = _KeySlot(key_id, usage, key_type, origin, key)
+        slot = _KeySlot(key_id, usage, key_type, origin, key)
+        self._slots[f"retired:{key_id}" if origin == "recovered" else usage.value] = slot
         return key_id
 
     def _slot(self, key_id: str) -> _KeySlot:
@@ -550,7 +557,9 @@ def _describe(slot: _KeySlot) -> TokenObject:
     return TokenObject(
         key_id=slot.key_id,
         usage=slot.usage,
-        label=f"{slot.usage.value} key",
+        label=f"retired {slot.usage.value} key"
+        if slot.origin == "recovered"
+        else f"{slot.usage.value} key",
         key_type=slot.key_type,
         origin=slot.origin,
         public_key_pem=public_pem.decode(),

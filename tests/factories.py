@@ -12,6 +12,7 @@ from db.models import (
     Certificate,
     Credential,
     ProductionAttempt,
+    SoftToken,
     Stateful,
     User,
     utcnow,
@@ -82,6 +83,15 @@ def certificate(session: Session, state: str = "valid") -> Certificate:
     return row
 
 
+def soft_token(session: Session, state: str = "requested") -> SoftToken:
+    row = SoftToken(
+        state=state, user_id=user(session).id, token_type="user-p12", requested_by="alice"
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
 def batch(session: Session, state: str = "requested") -> BatchOrder:
     row = BatchOrder(state=state, name="b.csv", requested_by="alice")
     session.add(row)
@@ -98,5 +108,6 @@ def entity(session: Session, machine: str, state: str) -> Stateful:
         "attempt": lambda: attempt(session, state),
         "certificate": lambda: certificate(session, state),
         "batch": lambda: batch(session, state),
+        "soft_token": lambda: soft_token(session, state),
     }
     return makers[machine]()

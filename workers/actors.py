@@ -24,8 +24,8 @@ from schemas.messages import (
     PREPARE_QUEUE,
 )
 from workers.context import WorkerContext
-from workers.notify import send_pin_letter
-from workers.pki import issue_certificate
+from workers.notify import notify_job
+from workers.pki import pki_job
 from workers.prepare import prepare_card
 
 log = structlog.get_logger(__name__)
@@ -58,8 +58,8 @@ def register(broker: dramatiq.Broker, ctx: WorkerContext) -> dict[str, dramatiq.
     """Declare the ``prepare``, ``pki`` and ``notify`` actors on ``broker``."""
     specs: list[tuple[str, str, TypeAdapter[Any], Callable[[WorkerContext, Any], None]]] = [
         ("prepare", PREPARE_QUEUE, PREPARE_JOB, prepare_card),
-        ("pki", PKI_QUEUE, PKI_JOB, issue_certificate),
-        ("notify", NOTIFY_QUEUE, NOTIFY_JOB, send_pin_letter),
+        ("pki", PKI_QUEUE, PKI_JOB, pki_job),
+        ("notify", NOTIFY_QUEUE, NOTIFY_JOB, notify_job),
     ]
     return {
         name: dramatiq.actor(actor_name=name, queue_name=queue, broker=broker)(

@@ -11,10 +11,12 @@ PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
 
 def generate(key_type: str) -> PrivateKey:
-    if key_type == "rsa-2048":
-        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    if key_type in ("rsa-2048", "rsa-3072"):
+        return rsa.generate_private_key(public_exponent=65537, key_size=int(key_type[4:]))
     if key_type == "ec-p256":
         return ec.generate_private_key(ec.SECP256R1())
+    if key_type == "ec-p384":
+        return ec.generate_private_key(ec.SECP384R1())
     raise ValueError(f"unknown key type {key_type!r}")
 
 

@@ -1,4 +1,4 @@
-"""``notify``: PIN letters (and, later, mail). Idempotent per credential."""
+"""``notify``: PIN letters and soft token delivery. Idempotent per credential / token."""
 
 from __future__ import annotations
 
@@ -8,11 +8,20 @@ from sqlalchemy import update
 from db import audit
 from db.models import Credential
 from db.secrets import context
-from schemas.messages import SendPinLetter
+from schemas.messages import DeliverSoftToken, SendPinLetter
 from workers.context import WorkerContext
 from workers.letters import write_pin_letter
+from workers.softtokens import deliver_softtoken
 
 log = structlog.get_logger(__name__)
+
+
+def notify_job(ctx: WorkerContext, job: SendPinLetter | DeliverSoftToken) -> None:
+    """The ``notify`` queue's jobs: PIN letters and soft token delivery."""
+    if isinstance(job, DeliverSoftToken):
+        deliver_softtoken(ctx, job)
+    else:
+        send_pin_letter(ctx, job)
 
 
 def send_pin_letter(ctx: WorkerContext, job: SendPinLetter) -> None:

@@ -17,10 +17,12 @@ from sqlalchemy.orm import Session
 
 from db.models import Certificate, Credential, ProductionAttempt
 from db.transition import create
-from schemas.messages import IssueCertificate
+from schemas.messages import IssueCertificate, IssueSoftToken, PublishCrl
 from schemas.states import AttemptState, CertState
 from workers.ca import Holder
 from workers.context import WorkerContext
+from workers.crl import publish_crl
+from workers.softtokens import issue_softtoken
 
 log = structlog.get_logger(__name__)
 
@@ -99,6 +101,16 @@ def issue_certificate(ctx: WorkerContext, job: IssueCertificate) -> None:
         usage=job.usage,
         serial=row.serial,
     )
+
+
+def pki_job(ctx: WorkerContext, job: IssueCertificate | PublishCrl | IssueSoftToken) -> None:
+    """The ``pki`` queue's jobs: issue a certificate or a soft token, publish the CRL."""
+    if isinstance(job, PublishCrl):
+        publish_crl(ctx, job)
+    elif isinstance(job, IssueSoftToken):
+        issue_softtoken(ctx, job)
+    else:
+        issue_certificate(ctx, job)
 
 
 def _row(job: IssueCertificate, cert: x509.Certificate) -> Certificate:

@@ -22,7 +22,7 @@ from db import outbox, production
 from db.engine import Store
 from db.models import Credential, utcnow
 from schemas.errors import ConflictError
-from schemas.messages import JobMessage, PrepareCard, ProduceCard, SendPinLetter
+from schemas.messages import JobMessage, PrepareCard, ProduceCard, PublishCrl, SendPinLetter
 from schemas.policy import Policy
 from schemas.states import CardState
 
@@ -59,6 +59,7 @@ class StallPolicy:
     ready_s: float = 120.0
     letter_s: float = 30.0
     reconcile_s: float = 2.0
+    crl_interval_s: float = 3600.0
 
 
 def expire_leases(store: Store, policy: Policy) -> int:
@@ -167,11 +168,18 @@ class Relay:
 
     def run(self, stop: threading.Event) -> None:
         next_reconcile = 0.0
+        next_crl = 0.0
         while not stop.is_set():
             try:
                 sent = publish_pending(self.store, self.broker)
                 self.published += sent
                 now = time.monotonic()
+                if now >= next_crl:
+                    # On a schedule too: a CRL must be re-signed before its next update
+                    # even when nothing was revoked (the pki worker skips it if fresh).
+                    with self.store.tx(audited=False) as s:
+                        outbox.add(s, PublishCrl(reason="schedule"))
+                    next_crl = now + self.stall.crl_interval_s
                 if now >= next_reconcile:
                     expire_leases(self.store, self.policy)
                     redrive(self.store, self.stall)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+from dramatiq import Message
 from dramatiq.brokers.stub import StubBroker
 from sqlalchemy import select, update
 
@@ -97,3 +98,32 @@ def test_redrive_republishes_pending_work_of_a_lost_broker_through_the_outbox(st
     assert jobs == {("prepare", approved), ("produce", ready)}
     # Re-driven just now: a second sweep does not publish the same work again at once.
     assert redrive(store, StallPolicy(approved_s=60, ready_s=60)) == 0
+
+
+def test_two_relays_at_once_publish_every_row_exactly_once(store):
+    import threading
+
+    broker = StubBroker()
+    broker.declare_queue("prepare")
+    with store.tx(audited=False) as s:
+        for i in range(400):
+            outbox.add(s, PrepareCard(credential_id=i + 1))
+    errors = []
+
+    def relay():
+        try:
+            while publish_pending(store, broker, limit=25):
+                pass
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=relay) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors
+    published = [
+        Message.decode(raw).args[0]["credential_id"] for raw in list(broker.queues["prepare"].queue)
+    ]
+    assert sorted(published) == list(range(1, 401))

@@ -27,7 +27,12 @@ from workers.prepare import card_number, prepare_card
 def ctx(store, box, tmp_path):
     ca = CertificateAuthority.load_or_create(tmp_path / "ca", box)
     return WorkerContext(
-        store=store, box=box, policy=Policy(), ca=ca, letters_dir=tmp_path / "letters"
+        store=store,
+        box=box,
+        policy=Policy(),
+        ca=ca,
+        letters_dir=tmp_path / "letters",
+        crl_dir=tmp_path / "crl",
     )
 
 
