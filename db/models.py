@@ -265,6 +265,7 @@ class SoftToken(Stateful, Base):
     p12_path: Mapped[str | None] = mapped_column(String(500))
     mailed_at: Mapped[dt.datetime | None]
     issued_at: Mapped[dt.datetime | None]
+    redriven_at: Mapped[dt.datetime | None]
 
     user: Mapped[User] = relationship()
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from db import outbox
 from db.audit import verify_chain
-from db.models import Certificate, Credential, ProductionAttempt, Station
+from db.models import Certificate, Credential, ProductionAttempt, SoftToken, Station
 from schemas.messages import line_queue
-from schemas.states import IN_PRODUCTION, AttemptState, CardState, CertState
+from schemas.states import IN_PRODUCTION, AttemptState, CardState, CertState, SoftTokenState
 
 PIN_LETTER_STATES = (CardState.ACTIVE, CardState.ISSUED)
 
@@ -34,6 +34,8 @@ class LineSummary:
     audit_events: int
     outbox_unsent: int
     letters_pending: int
+    soft_tokens: dict[str, int] = field(default_factory=dict)
+    softtokens_pending: int = 0
     stations: list[dict[str, Any]] = field(default_factory=list)
     queues: dict[str, int] = field(default_factory=dict)
 
@@ -43,8 +45,14 @@ class LineSummary:
 
     @property
     def drained(self) -> bool:
-        """No card waits for the line, no message waits to be sent, no letter is due."""
-        return self.in_production == 0 and self.outbox_unsent == 0 and self.letters_pending == 0
+        """No card waits for the line, no message waits to be sent, no letter or soft
+        token is due."""
+        return (
+            self.in_production == 0
+            and self.outbox_unsent == 0
+            and self.letters_pending == 0
+            and self.softtokens_pending == 0
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -56,18 +64,35 @@ class LineSummary:
             "audit_events": self.audit_events,
             "outbox_unsent": self.outbox_unsent,
             "letters_pending": self.letters_pending,
+            "soft_tokens": self.soft_tokens,
+            "softtokens_pending": self.softtokens_pending,
             "stations": self.stations,
             "queues": self.queues,
         }
 
 
 def progress(session: Session) -> tuple[dict[str, int], int, int]:
-    """Cheap counts for a progress bar: cards per state, unsent messages, letters due."""
+    """Cheap counts for a progress bar: cards per state, unsent messages, deliveries due
+    (PIN letters not yet written, soft tokens approved but not yet issued or delivered)."""
     return (
         _counts(session, Credential.state),
         outbox.unsent_count(session),
-        _letters_pending(session),
+        _letters_pending(session) + _softtokens_pending(session),
     )
+
+
+def _softtokens_pending(session: Session) -> int:
+    stmt = (
+        select(func.count())
+        .select_from(SoftToken)
+        .where(
+            or_(
+                SoftToken.state == SoftTokenState.APPROVED,
+                and_(SoftToken.state == SoftTokenState.ISSUED, SoftToken.p12_path.is_(None)),
+            )
+        )
+    )
+    return int(session.scalar(stmt) or 0)
 
 
 def _letters_pending(session: Session) -> int:
@@ -124,6 +149,8 @@ def summarise(session: Session, *, verify_audit: bool = True) -> LineSummary:
         audit_events=chain.events if chain else 0,
         outbox_unsent=outbox.unsent_count(session),
         letters_pending=_letters_pending(session),
+        soft_tokens=_counts(session, SoftToken.state),
+        softtokens_pending=_softtokens_pending(session),
         stations=stations,
         queues=queue_depths(session),
     )

@@ -44,6 +44,7 @@ def summary_tables(summary: LineSummary, *, elapsed_s: float | None = None) -> l
         ("waiting for the line", str(summary.in_production)),
         ("outbox unsent", str(summary.outbox_unsent)),
         ("PIN letters pending", str(summary.letters_pending)),
+        ("soft tokens pending", str(summary.softtokens_pending)),
         ("audit events", str(summary.audit_events)),
         ("audit chain", "verified" if summary.audit_chain_ok else "[bold red]BROKEN[/]"),
     ]
@@ -58,6 +59,8 @@ def summary_tables(summary: LineSummary, *, elapsed_s: float | None = None) -> l
         _counts_table("Certificates", summary.certificates),
         overview,
     ]
+    if summary.soft_tokens:
+        tables.insert(2, _counts_table("Soft tokens", summary.soft_tokens))
     if summary.queues:
         tables.append(_counts_table("Work waiting", summary.queues, key="queue", total=False))
     if summary.stations:

@@ -15,16 +15,24 @@ from dataclasses import dataclass
 
 import dramatiq
 import structlog
-from sqlalchemy import or_, select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from db import outbox, production
 from db.engine import Store
-from db.models import Credential, utcnow
+from db.models import Credential, SoftToken, utcnow
 from schemas.errors import ConflictError
-from schemas.messages import JobMessage, PrepareCard, ProduceCard, PublishCrl, SendPinLetter
+from schemas.messages import (
+    DeliverSoftToken,
+    IssueSoftToken,
+    JobMessage,
+    PrepareCard,
+    ProduceCard,
+    PublishCrl,
+    SendPinLetter,
+)
 from schemas.policy import Policy
-from schemas.states import CardState
+from schemas.states import CardState, SoftTokenState
 
 log = structlog.get_logger(__name__)
 
@@ -100,6 +108,23 @@ def _stalled(s: Session, states: Iterable[str], older_than: dt.datetime) -> list
     return list(s.scalars(stmt))
 
 
+def _stalled_softtokens(s: Session, older_than: dt.datetime) -> list[SoftToken]:
+    """Soft tokens approved but not issued, or issued but not delivered, for a while."""
+    stmt = (
+        select(SoftToken)
+        .where(
+            or_(
+                SoftToken.state == SoftTokenState.APPROVED,
+                and_(SoftToken.state == SoftTokenState.ISSUED, SoftToken.p12_path.is_(None)),
+            ),
+            SoftToken.updated_at < older_than,
+            or_(SoftToken.redriven_at.is_(None), SoftToken.redriven_at < older_than),
+        )
+        .limit(500)
+    )
+    return list(s.scalars(stmt))
+
+
 def _job_for(cred: Credential) -> JobMessage | None:
     if cred.state == CardState.APPROVED:
         return PrepareCard(credential_id=cred.id)
@@ -142,6 +167,19 @@ def redrive(store: Store, stall: StallPolicy, *, everything: bool = False) -> in
             s.execute(
                 update(Credential)
                 .where(Credential.id.in_([c.id for c in creds]))
+                .values(redriven_at=now)
+            )
+        tokens = _stalled_softtokens(s, cutoff(stall.approved_s))
+        for token in tokens:
+            if token.state == SoftTokenState.APPROVED:
+                outbox.add(s, IssueSoftToken(soft_token_id=token.id))
+            else:
+                outbox.add(s, DeliverSoftToken(soft_token_id=token.id))
+        count += len(tokens)
+        if tokens:
+            s.execute(
+                update(SoftToken)
+                .where(SoftToken.id.in_([t.id for t in tokens]))
                 .values(redriven_at=now)
             )
     if count:

@@ -34,6 +34,7 @@ def upgrade() -> None:
         sa.Column("p12_path", sa.String(length=500), nullable=True),
         sa.Column("mailed_at", db.models.UTCDateTime(timezone=True), nullable=True),
         sa.Column("issued_at", db.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("redriven_at", db.models.UTCDateTime(timezone=True), nullable=True),
         sa.Column("state", sa.String(length=32), nullable=False),
         sa.Column("version", sa.Integer(), nullable=False),
         sa.Column("created_at", db.models.UTCDateTime(timezone=True), nullable=False),
