@@ -21,6 +21,7 @@ from ops.config import Settings
 from ops.line import DataPaths, LineOptions, open_migrated
 from ops.render import summary_json, summary_tables
 from producers.certificates import OPERATOR_REASONS
+from producers.lifecycle import LOCK_REASONS
 from schemas.errors import CardlineError, ConfigurationError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -512,6 +513,105 @@ def station(
         fault_rate=fault_rate,
         seed=seed,
     )
+
+
+# --- card and user lifecycle ---------------------------------------------------------
+
+LOCK_REASONS_CHOICE = click.Choice([r.value for r in LOCK_REASONS])
+
+
+@main.group()
+def card() -> None:
+    """A produced card: deactivate, reactivate, lock (with its certificates)."""
+
+
+@card.command("deactivate")
+@click.argument("card_ref", metavar="CARD")
+@click.option("--by", required=True, help="Who does it (audited).")
+@click.option("--reason", default=None)
+@data_dir_option
+@handle_errors
+def card_deactivate(card_ref: str, by: str, reason: str | None, data_dir: Path | None) -> None:
+    """Take CARD (number or id) out of use; its certificates go on hold."""
+    from producers.lifecycle import deactivate_card
+
+    held = deactivate_card(open_migrated(settings_for(data_dir)), card_ref, by=by, reason=reason)
+    click.echo(f"card {card_ref} inactive; {held} certificates on hold")
+
+
+@card.command("reactivate")
+@click.argument("card_ref", metavar="CARD")
+@click.option("--by", required=True, help="Who does it (audited).")
+@click.option("--reason", default=None)
+@data_dir_option
+@handle_errors
+def card_reactivate(card_ref: str, by: str, reason: str | None, data_dir: Path | None) -> None:
+    """Put CARD back in use; its held certificates are released."""
+    from producers.lifecycle import reactivate_card
+
+    done = reactivate_card(open_migrated(settings_for(data_dir)), card_ref, by=by, reason=reason)
+    click.echo(f"card {card_ref} active; {done} certificates released")
+
+
+@card.command("lock")
+@click.argument("card_ref", metavar="CARD")
+@click.option("--by", required=True, help="Who does it (audited).")
+@click.option("--reason", required=True, type=LOCK_REASONS_CHOICE)
+@data_dir_option
+@handle_errors
+def card_lock(card_ref: str, by: str, reason: str, data_dir: Path | None) -> None:
+    """Lock CARD for good; its certificates are revoked with REASON."""
+    from producers.lifecycle import lock_card
+
+    revoked = lock_card(open_migrated(settings_for(data_dir)), card_ref, by=by, reason=reason)
+    click.echo(f"card {card_ref} locked; {revoked} certificates revoked")
+
+
+@main.group()
+def user() -> None:
+    """A card holder: deactivate, reactivate, lock (with their cards and certificates)."""
+
+
+@user.command("deactivate")
+@click.argument("who", metavar="USER")
+@click.option("--by", required=True, help="Who does it (audited).")
+@click.option("--reason", default=None)
+@data_dir_option
+@handle_errors
+def user_deactivate(who: str, by: str, reason: str | None, data_dir: Path | None) -> None:
+    """USER (e-mail or id) inactive: their cards inactive, certificates on hold."""
+    from producers.lifecycle import deactivate_user
+
+    held = deactivate_user(open_migrated(settings_for(data_dir)), who, by=by, reason=reason)
+    click.echo(f"user {who} inactive; {held} certificates on hold")
+
+
+@user.command("reactivate")
+@click.argument("who", metavar="USER")
+@click.option("--by", required=True, help="Who does it (audited).")
+@click.option("--reason", default=None)
+@data_dir_option
+@handle_errors
+def user_reactivate(who: str, by: str, reason: str | None, data_dir: Path | None) -> None:
+    """USER active again, with what their deactivation put out of use."""
+    from producers.lifecycle import reactivate_user
+
+    done = reactivate_user(open_migrated(settings_for(data_dir)), who, by=by, reason=reason)
+    click.echo(f"user {who} active; {done} certificates released")
+
+
+@user.command("lock")
+@click.argument("who", metavar="USER")
+@click.option("--by", required=True, help="Who does it (audited).")
+@click.option("--reason", required=True, type=LOCK_REASONS_CHOICE)
+@data_dir_option
+@handle_errors
+def user_lock(who: str, by: str, reason: str, data_dir: Path | None) -> None:
+    """Lock USER: cards locked or cancelled, certificates and soft tokens revoked."""
+    from producers.lifecycle import lock_user
+
+    revoked = lock_user(open_migrated(settings_for(data_dir)), who, by=by, reason=reason)
+    click.echo(f"user {who} locked; {revoked} certificates revoked")
 
 
 # --- soft tokens ---------------------------------------------------------------------

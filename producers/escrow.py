@@ -13,13 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from db import audit
 from db.engine import Store
 from db.models import Certificate, Credential
 from db.secrets import Secret, SecretBox, context
-from producers.approvals import NotFound
+from producers.lookup import find_card
 from schemas.errors import PermanentError, StateConflict
 from schemas.states import CardState, CertUsage
 
@@ -35,21 +34,11 @@ class EscrowExport:
     cert_pem: str
 
 
-def _card(session: Session, card: str, *, lock: bool = False) -> Credential:
-    stmt = select(Credential).where(Credential.card_number == card)
-    if card.isdigit() and len(card) < 10:  # a credential id rather than a card number
-        stmt = select(Credential).where(Credential.id == int(card))
-    cred = session.scalars(stmt.with_for_update() if lock else stmt).first()
-    if cred is None:
-        raise NotFound("card", card)
-    return cred
-
-
 def request_key_recovery(store: Store, card: str, *, by: str) -> int:
     """Have card ``card`` (number or id) carry its holder's earlier escrowed keys;
     returns how many it will carry. Only before production starts."""
     with store.tx() as s:
-        cred = _card(s, card, lock=True)
+        cred = find_card(s, card, lock=True)
         if cred.state not in RECOVERABLE_STATES:
             raise StateConflict(
                 cred.machine.name, cred.id, "recover_escrow", cred.state, RECOVERABLE_STATES
@@ -82,7 +71,7 @@ def request_key_recovery(store: Store, card: str, *, by: str) -> int:
 def escrowed_key(store: Store, box: SecretBox, card: str, *, by: str) -> EscrowExport:
     """The escrowed encryption key of card ``card`` and its newest certificate (audited)."""
     with store.tx() as s:
-        cred = _card(s, card)
+        cred = find_card(s, card)
         if cred.escrow_key_sealed is None:
             raise PermanentError(f"card {card} has no escrowed key")
         cert = s.scalars(

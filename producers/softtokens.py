@@ -18,11 +18,12 @@ from sqlalchemy.orm import Session
 
 from db import outbox
 from db.engine import Store
-from db.models import Certificate, SoftToken, User, utcnow
+from db.models import Certificate, SoftToken, utcnow
 from db.secrets import Secret, SecretBox, context
 from db.transition import create, transition
 from producers.approvals import NotFound
 from producers.certificates import OPERATOR_REASONS
+from producers.lookup import find_user
 from schemas.errors import Forbidden, FourEyesViolation, PermanentError, ValidationFailed
 from schemas.messages import IssueSoftToken, PublishCrl
 from schemas.pki import PkiConfig
@@ -41,16 +42,6 @@ class SoftTokenView:
     approved_by: str | None
     serial: str | None
     p12_path: str | None
-
-
-def _user(session: Session, who: str) -> User:
-    stmt = select(User).where(User.email == who.strip().lower())
-    if who.isdigit():
-        stmt = select(User).where(User.id == int(who))
-    user = session.scalars(stmt).first()
-    if user is None:
-        raise NotFound("user", who)
-    return user
 
 
 def _token(session: Session, token_id: int) -> SoftToken:
@@ -74,7 +65,7 @@ def request_softtokens(
     if len(set(token_types)) != len(token_types):
         raise ValidationFailed("a soft token type is selected twice", field="token_types")
     with store.tx() as s:
-        holder = _user(s, user)
+        holder = find_user(s, user)
         if holder.state != UserState.ACTIVE:
             raise PermanentError(f"user {holder.email} is {holder.state}, not active")
         ids = []
@@ -166,7 +157,7 @@ def list_softtokens(
     with store.read() as s:
         stmt = select(SoftToken).order_by(SoftToken.id)
         if user is not None:
-            stmt = stmt.where(SoftToken.user_id == _user(s, user).id)
+            stmt = stmt.where(SoftToken.user_id == find_user(s, user).id)
         if state is not None:
             stmt = stmt.where(SoftToken.state == state)
         views = []

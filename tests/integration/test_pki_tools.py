@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from sqlalchemy import select
 
+from db.models import Certificate, Credential
 from ops.config import Settings
 from ops.line import EmbeddedLine, LineOptions, open_migrated
 from ops.pki import export_ca, export_certs
@@ -22,6 +24,7 @@ from producers.approvals import approve_batch
 from producers.batch_import import import_batch
 from producers.certificates import hold, release, revoke
 from producers.generate import write_users_csv
+from producers.lifecycle import deactivate_card, lock_card, reactivate_card
 from schemas.states import RevocationReason
 
 BIN = Path(sys.executable).parent  # pkilint's commands are installed beside the interpreter
@@ -148,3 +151,49 @@ def test_pkilint_finds_no_error_in_any_profile_the_crl_or_the_arl(pki_line):
     assert (
         _lint("lint_crl", "-t", "ARL", "-p", "PKIX", "-s", "ERROR", str(out / "root-crl.pem")) == ""
     )
+
+
+def test_card_deactivation_holds_its_certificates_on_the_crl_and_lock_revokes_them(pki_line):
+    settings, store, work = pki_line
+    with store.read() as s:
+        # An active card none of the earlier tests touched: all three certificates valid.
+        for card in s.scalars(select(Credential).where(Credential.state == "active")):
+            pems = s.scalars(
+                select(Certificate.pem).where(
+                    Certificate.credential_id == card.id, Certificate.state == "valid"
+                )
+            ).all()
+            if len(pems) == 3:
+                break
+    assert len(pems) == 3
+    files = []
+    for n, pem in enumerate(pems):
+        files.append(work / f"card-{card.id}-{n}.pem")
+        files[-1].write_text(pem)
+
+    def verdicts(step: str) -> list[str]:
+        out = work / f"card-{step}"
+        _export(settings, out)
+        return [_openssl_verify(out, f).stdout for f in files]
+
+    assert all(v.rstrip().endswith("OK") for v in verdicts("before"))
+    deactivate_card(store, str(card.id), by="olga", reason="on leave")
+    assert all("certificate revoked" in v for v in verdicts("inactive"))
+    crl = x509.load_pem_x509_crl((work / "card-inactive" / "crl.pem").read_bytes())
+    for f in files:
+        serial = x509.load_pem_x509_certificate(f.read_bytes()).serial_number
+        entry = crl.get_revoked_certificate_by_serial_number(serial)
+        assert entry is not None
+        reason = entry.extensions.get_extension_for_class(x509.CRLReason).value.reason
+        assert reason is x509.ReasonFlags.certificate_hold
+    reactivate_card(store, str(card.id), by="olga")
+    assert all(v.rstrip().endswith("OK") for v in verdicts("reactivated"))
+    lock_card(store, str(card.id), by="olga", reason="privilege_withdrawn")
+    assert all("certificate revoked" in v for v in verdicts("locked"))
+    crl = x509.load_pem_x509_crl((work / "card-locked" / "crl.pem").read_bytes())
+    for f in files:
+        serial = x509.load_pem_x509_certificate(f.read_bytes()).serial_number
+        entry = crl.get_revoked_certificate_by_serial_number(serial)
+        assert entry is not None
+        reason = entry.extensions.get_extension_for_class(x509.CRLReason).value.reason
+        assert reason is x509.ReasonFlags.privilege_withdrawn

@@ -80,3 +80,34 @@ def test_run_on_an_empty_data_dir_says_what_to_do(tmp_path):
     result = _invoke("run", "--data-dir", tmp_path / "nothing")
     assert result.exit_code == 3
     assert "cardline demo" in result.output
+
+
+def test_card_and_user_lifecycle_commands_move_certificates_and_refuse_illegal_steps(tmp_path):
+    data = tmp_path / "d"
+    demo = _invoke("demo", "--cards", "2", "--time-scale", "0", "--data-dir", data, "--json")
+    assert demo.exit_code == 0, demo.output
+
+    def certificates() -> dict[str, int]:
+        status = _invoke("status", "--json", "--data-dir", data)
+        return json.loads(status.output.splitlines()[-1])["certificates"]
+
+    off = _invoke("user", "deactivate", "1", "--by", "olga", "--reason", "left", "--data-dir", data)
+    assert off.exit_code == 0, off.output
+    assert "3 certificates on hold" in off.output
+    assert certificates()["hold"] == 3
+    again = _invoke("card", "reactivate", "1", "--by", "olga", "--data-dir", data)
+    assert again.exit_code == 2
+    assert "reactivate the user" in again.output
+    on = _invoke("user", "reactivate", "1", "--by", "olga", "--data-dir", data)
+    assert on.exit_code == 0, on.output
+    assert certificates()["hold"] == 0
+    bad = _invoke("card", "lock", "2", "--by", "olga", "--reason", "bored", "--data-dir", data)
+    assert bad.exit_code == 2
+    locked = _invoke(
+        "card", "lock", "2", "--by", "olga", "--reason", "key_compromise", "--data-dir", data
+    )
+    assert locked.exit_code == 0, locked.output
+    assert certificates()["revoked"] == 3
+    illegal = _invoke("card", "deactivate", "2", "--by", "olga", "--data-dir", data)
+    assert illegal.exit_code == 2
+    assert "locked" in illegal.output

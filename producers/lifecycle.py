@@ -1,0 +1,280 @@
+"""Card and user life after production, and what it does to their certificates.
+
+Deactivating a card puts its certificates on hold; reactivating releases them; locking
+revokes them for good. For a user the same cascades over the user's cards and soft
+tokens: deactivate puts every active card out of use, reactivate brings back exactly
+what the user's deactivation put out (not a card an operator deactivated on its own),
+lock locks or cancels every card and revokes or cancels every soft token.
+
+Each operation is one transaction: every ``transition()`` of the user, its cards and
+its certificates, and one ``PublishCrl``; a conflict anywhere changes nothing. Work a
+station has in hand cannot be stopped half-way, so a user with a card being produced
+is refused until the station finishes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from db import outbox
+from db.engine import Store
+from db.models import AuditEvent, Certificate, Credential, SoftToken, User, utcnow
+from db.transition import transition
+from producers.lookup import find_card, find_user
+from schemas.errors import PermanentError, ValidationFailed
+from schemas.messages import PublishCrl
+from schemas.states import CardState, CertState, RevocationReason, SoftTokenState, UserState
+
+# The mark on a card's or certificate's audit event that a user's deactivation did it.
+_BY_USER = "user deactivated"
+LOCK_REASONS = (
+    RevocationReason.PRIVILEGE_WITHDRAWN,
+    RevocationReason.AFFILIATION_CHANGED,
+    RevocationReason.CESSATION_OF_OPERATION,
+    RevocationReason.KEY_COMPROMISE,
+    RevocationReason.UNSPECIFIED,
+)
+_NOT_YET_PRODUCED = (CardState.REQUESTED, CardState.APPROVED, CardState.READY)
+
+
+def _reason(reason: str | None, default: str) -> str:
+    text = (reason or "").strip() or default
+    if len(text) > 400:
+        raise ValidationFailed("a reason is at most 400 characters", field="reason")
+    return text
+
+
+def _certificates(
+    session: Session, *, states: Iterable[str], card: int | None = None, token: int | None = None
+) -> Sequence[Certificate]:
+    stmt = select(Certificate).where(Certificate.state.in_(list(states)))
+    if card is not None:
+        stmt = stmt.where(Certificate.credential_id == card)
+    if token is not None:
+        stmt = stmt.where(Certificate.soft_token_id == token)
+    return session.scalars(stmt.order_by(Certificate.id)).all()
+
+
+def _hold(session: Session, certs: Iterable[Certificate], *, by: str, reason: str) -> int:
+    count = 0
+    for cert in certs:
+        transition(session, cert, "hold", actor=by, reason=reason)
+        count += 1
+    return count
+
+
+def _release(session: Session, certs: Iterable[Certificate], *, by: str, reason: str) -> int:
+    count = 0
+    for cert in certs:
+        transition(session, cert, "release", actor=by, reason=reason)
+        count += 1
+    return count
+
+
+def _revoke(
+    session: Session, certs: Iterable[Certificate], *, by: str, reason: RevocationReason
+) -> int:
+    count = 0
+    for cert in certs:
+        transition(
+            session,
+            cert,
+            "revoke",
+            actor=by,
+            reason=reason,
+            changes={"revoked_at": utcnow(), "revocation_reason": reason},
+        )
+        count += 1
+    return count
+
+
+def _crl(session: Session, changed: int, why: str) -> None:
+    if changed:
+        outbox.add(session, PublishCrl(reason=why))
+
+
+def _last_event(session: Session, entity: str, entity_id: int) -> AuditEvent | None:
+    return session.scalars(
+        select(AuditEvent)
+        .where(AuditEvent.entity == entity, AuditEvent.entity_id == str(entity_id))
+        .order_by(AuditEvent.seq.desc())
+        .limit(1)
+    ).first()
+
+
+def _put_out_by_user(session: Session, entity: str, entity_id: int) -> bool:
+    last = _last_event(session, entity, entity_id)
+    return last is not None and (last.reason or "").startswith(_BY_USER)
+
+
+def _lock_reason(reason: RevocationReason | str) -> RevocationReason:
+    try:
+        chosen = RevocationReason(reason)
+    except ValueError:
+        chosen = None
+    if chosen not in LOCK_REASONS:
+        raise ValidationFailed(
+            f"choose a revocation reason from {', '.join(LOCK_REASONS)}", field="reason"
+        )
+    assert chosen is not None
+    return chosen
+
+
+# --- cards ---------------------------------------------------------------------------
+
+
+def deactivate_card(store: Store, card: str, *, by: str, reason: str | None = None) -> int:
+    """``active -> inactive``; its valid certificates go on hold. Returns how many."""
+    why = _reason(reason, "card deactivated")
+    with store.tx() as s:
+        cred = find_card(s, card, lock=True)
+        transition(s, cred, "deactivate", actor=by, reason=why)
+        held = _hold(s, _certificates(s, states=[CertState.VALID], card=cred.id), by=by, reason=why)
+        _crl(s, held, f"card {cred.id} deactivated")
+        return held
+
+
+def reactivate_card(store: Store, card: str, *, by: str, reason: str | None = None) -> int:
+    """``inactive -> active``; its held certificates are released. Returns how many."""
+    why = _reason(reason, "card reactivated")
+    with store.tx() as s:
+        cred = find_card(s, card, lock=True)
+        if cred.user is not None and cred.user.state != UserState.ACTIVE:
+            raise PermanentError(
+                f"card {card} belongs to {cred.user.email}, who is {cred.user.state}; "
+                "reactivate the user instead"
+            )
+        transition(s, cred, "reactivate", actor=by, reason=why)
+        released = _release(
+            s, _certificates(s, states=[CertState.HOLD], card=cred.id), by=by, reason=why
+        )
+        _crl(s, released, f"card {cred.id} reactivated")
+        return released
+
+
+def lock_card(store: Store, card: str, *, by: str, reason: RevocationReason | str) -> int:
+    """Lock the card for good; its valid and held certificates are revoked."""
+    why = _lock_reason(reason)
+    with store.tx() as s:
+        cred = find_card(s, card, lock=True)
+        transition(s, cred, "lock", actor=by, reason=why)
+        revoked = _revoke(
+            s,
+            _certificates(s, states=[CertState.VALID, CertState.HOLD], card=cred.id),
+            by=by,
+            reason=why,
+        )
+        _crl(s, revoked, f"card {cred.id} locked")
+        return revoked
+
+
+# --- users ---------------------------------------------------------------------------
+
+
+def _cards_of(session: Session, user: User) -> Sequence[Credential]:
+    return session.scalars(
+        select(Credential)
+        .where(Credential.user_id == user.id)
+        .order_by(Credential.id)
+        .with_for_update()
+    ).all()
+
+
+def _tokens_of(session: Session, user: User) -> Sequence[SoftToken]:
+    return session.scalars(
+        select(SoftToken).where(SoftToken.user_id == user.id).order_by(SoftToken.id)
+    ).all()
+
+
+def _refuse_if_in_production(user: User, cards: Iterable[Credential]) -> None:
+    busy = [c.id for c in cards if c.state == CardState.PRODUCING]
+    if busy:
+        raise PermanentError(
+            f"card {busy[0]} of {user.email} is being produced at a station; "
+            "try again when the station has finished it"
+        )
+
+
+def deactivate_user(store: Store, who: str, *, by: str, reason: str | None = None) -> int:
+    """The user and every active card of theirs inactive; every valid certificate of
+    theirs (cards and soft tokens) on hold. Returns how many certificates."""
+    why = f"{_BY_USER}: {_reason(reason, 'no reason given')}"
+    with store.tx() as s:
+        user = find_user(s, who, lock=True)
+        cards = _cards_of(s, user)
+        _refuse_if_in_production(user, cards)
+        transition(s, user, "deactivate", actor=by, reason=why)
+        held = 0
+        for cred in cards:
+            if cred.state == CardState.ACTIVE:
+                transition(s, cred, "deactivate", actor=by, reason=why)
+            if cred.state in (CardState.INACTIVE, CardState.ISSUED):
+                certs = _certificates(s, states=[CertState.VALID], card=cred.id)
+                held += _hold(s, certs, by=by, reason=why)
+        for token in _tokens_of(s, user):
+            certs = _certificates(s, states=[CertState.VALID], token=token.id)
+            held += _hold(s, certs, by=by, reason=why)
+        _crl(s, held, f"user {user.id} deactivated")
+        return held
+
+
+def reactivate_user(store: Store, who: str, *, by: str, reason: str | None = None) -> int:
+    """Undo ``deactivate_user``: the user active, and each card and certificate the
+    deactivation put out of use back in use. Returns how many certificates."""
+    why = _reason(reason, "user reactivated")
+    with store.tx() as s:
+        user = find_user(s, who, lock=True)
+        transition(s, user, "reactivate", actor=by, reason=why)
+        released = 0
+        for cred in _cards_of(s, user):
+            if cred.state == CardState.INACTIVE and _put_out_by_user(s, cred.machine.name, cred.id):
+                transition(s, cred, "reactivate", actor=by, reason=why)
+            if cred.state in (CardState.ACTIVE, CardState.ISSUED):
+                certs = [
+                    c
+                    for c in _certificates(s, states=[CertState.HOLD], card=cred.id)
+                    if _put_out_by_user(s, "certificate", c.id)
+                ]
+                released += _release(s, certs, by=by, reason=why)
+        for token in _tokens_of(s, user):
+            certs = [
+                c
+                for c in _certificates(s, states=[CertState.HOLD], token=token.id)
+                if _put_out_by_user(s, "certificate", c.id)
+            ]
+            released += _release(s, certs, by=by, reason=why)
+        _crl(s, released, f"user {user.id} reactivated")
+        return released
+
+
+def lock_user(store: Store, who: str, *, by: str, reason: RevocationReason | str) -> int:
+    """Lock the user: produced cards locked and their certificates revoked, cards not yet
+    produced cancelled, soft tokens revoked or cancelled. Only delete remains after.
+    Returns how many certificates were revoked."""
+    why = _lock_reason(reason)
+    with store.tx() as s:
+        user = find_user(s, who, lock=True)
+        cards = _cards_of(s, user)
+        _refuse_if_in_production(user, cards)
+        transition(s, user, "lock", actor=by, reason=why)
+        revoked = 0
+        for cred in cards:
+            if cred.state in _NOT_YET_PRODUCED:
+                transition(s, cred, "cancel", actor=by, reason=f"user locked: {why}")
+                continue
+            if cred.machine.target(cred.state, "lock") is not None:
+                transition(s, cred, "lock", actor=by, reason=why)
+            certs = _certificates(s, states=[CertState.VALID, CertState.HOLD], card=cred.id)
+            revoked += _revoke(s, certs, by=by, reason=why)
+        for token in _tokens_of(s, user):
+            if token.state in (SoftTokenState.REQUESTED, SoftTokenState.APPROVED):
+                transition(s, token, "cancel", actor=by, reason=f"user locked: {why}")
+            elif token.state == SoftTokenState.ISSUED:
+                transition(s, token, "revoke", actor=by, reason=why)
+            certs = _certificates(s, states=[CertState.VALID, CertState.HOLD], token=token.id)
+            revoked += _revoke(s, certs, by=by, reason=why)
+        _crl(s, revoked, f"user {user.id} locked")
+        return revoked

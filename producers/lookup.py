@@ -1,0 +1,34 @@
+"""Finding the card or user an operator names: by card number or id, by e-mail or id."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from db.models import Credential, User
+from producers.approvals import NotFound
+
+# Card numbers are long; a short all-digit reference is a credential id.
+_MAX_ID_DIGITS = 9
+
+
+def find_card(session: Session, card: str, *, lock: bool = False) -> Credential:
+    """The credential with card number ``card``, or with id ``card``."""
+    stmt = select(Credential).where(Credential.card_number == card)
+    if card.isdigit() and len(card) <= _MAX_ID_DIGITS:
+        stmt = select(Credential).where(Credential.id == int(card))
+    cred = session.scalars(stmt.with_for_update() if lock else stmt).first()
+    if cred is None:
+        raise NotFound("card", card)
+    return cred
+
+
+def find_user(session: Session, who: str, *, lock: bool = False) -> User:
+    """The user with e-mail ``who`` (any case), or with id ``who``."""
+    stmt = select(User).where(User.email == who.strip().lower())
+    if who.isdigit():
+        stmt = select(User).where(User.id == int(who))
+    user = session.scalars(stmt.with_for_update() if lock else stmt).first()
+    if user is None:
+        raise NotFound("user", who)
+    return user
