@@ -9,9 +9,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     CARDLINE_DATA_DIR=/data
 
-# DejaVu Sans: the font of card faces and PIN letters.
+# DejaVu Sans: the font of card faces and PIN letters. pcscd's client library and CUPS's
+# for the real station drivers; swig, gcc and the -dev packages only to build pyscard and
+# pycups, removed again after the install below.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends fonts-dejavu-core \
+    && apt-get install -y --no-install-recommends fonts-dejavu-core libpcsclite1 libcups2 \
+       opensc-pkcs11 \
     && rm -rf /var/lib/apt/lists/*
 
 # A non-root user that owns /data, so a fresh named volume mounted there is writable.
@@ -28,8 +31,11 @@ COPY producers ./producers
 COPY workers ./workers
 COPY stations ./stations
 COPY ops ./ops
-RUN pip install --no-cache-dir . \
-    && rm -rf build ./*.egg-info
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc swig libpcsclite-dev libcups2-dev \
+    && pip install --no-cache-dir . \
+    && apt-get purge -y --auto-remove gcc swig libpcsclite-dev libcups2-dev \
+    && rm -rf /var/lib/apt/lists/* build ./*.egg-info
 
 USER cardline
 ENTRYPOINT ["cardline"]

@@ -28,8 +28,12 @@ class ChipInfo:
 
 @dataclass(frozen=True)
 class CardFaces:
+    """The two faces as images (``front``, ``back``) and, where rendered, one PDF of two
+    CR80 pages with real text (``pdf``), which is what a CUPS printer is sent."""
+
     front: Path
     back: Path
+    pdf: Path | None = None
 
 
 class Printer(Protocol):
@@ -46,6 +50,10 @@ class Printer(Protocol):
 class Reader(Protocol):
     def read_chip(self, timeout_s: float) -> ChipInfo:
         """Wait up to ``timeout_s`` for the chip to answer; return its ATR and serial."""
+
+    def check_present(self) -> None:
+        """Raise a CHIP ``DeviceFault`` when the card ``read_chip`` read has left the
+        reader since (a card removed mid-encode)."""
 
 
 class Token(Protocol):

@@ -256,6 +256,7 @@ class Station:
                 old.key_sealed, context=context("credential", old.credential_id, "escrow_key")
             )
             self.token.import_key(CertUsage.ENCRYPTION, key, old.cert_pem, retired=True)
+        self.reader.check_present()  # a card pulled mid-encode must not be printed as done
         faces = render_faces(
             self.faces_dir,
             card_number=job.card_number,

@@ -296,6 +296,9 @@ class SimReader:
             raise DeviceFault(FaultKind.CHIP, "chip reported a technical error", code="6F00")
         return ChipInfo(atr=SIM_ATR, serial=self._new_serial())
 
+    def check_present(self) -> None:
+        """The simulated encoder never loses a card (its faults are the chip's own)."""
+
     def _new_serial(self) -> str:
         while True:
             serial = f"{self._rng.getrandbits(64):016X}"
