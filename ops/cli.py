@@ -474,45 +474,75 @@ def worker(queues: str, threads: int, data_dir: Path | None) -> None:
 
 @main.command()
 @click.option("--id", "station_id", required=True, help="Unique station id, e.g. ST1.")
-@click.option("--line", default="default", show_default=True)
 @click.option(
-    "--lease-s",
-    type=float,
-    default=30.0,
-    show_default=True,
-    help="Lease on the card in hand, renewed by heartbeat.",
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    envvar="CARDLINE_STATIONS",
+    default=None,
+    help="stations.toml with a [stations.ID] table: drivers and timeouts "
+    "(env CARDLINE_STATIONS; default: all drivers simulated).",
 )
-@click.option("--heartbeat-s", type=float, default=5.0, show_default=True)
-@click.option("--fault-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True)
-@click.option("--time-scale", type=click.FloatRange(min=0), default=0.01, show_default=True)
+@click.option("--line", default=None, help="Line queue to consume [default: default].")
+@click.option(
+    "--lease-s", type=float, default=None, help="Lease on the card in hand [default: 30]."
+)
+@click.option("--heartbeat-s", type=float, default=None, help="[default: 5]")
+@click.option(
+    "--fault-rate",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="Simulated drivers' fault probability [default: 0].",
+)
+@click.option(
+    "--time-scale",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Simulated drivers' timing scale [default: 0.01].",
+)
 @click.option("--seed", type=int, default=None)
 @data_dir_option
 @handle_errors
 def station(
     station_id: str,
-    line: str,
-    lease_s: float,
-    heartbeat_s: float,
-    fault_rate: float,
-    time_scale: float,
+    config_path: Path | None,
+    line: str | None,
+    lease_s: float | None,
+    heartbeat_s: float | None,
+    fault_rate: float | None,
+    time_scale: float | None,
     seed: int | None,
     data_dir: Path | None,
 ) -> None:
-    """One station: consumes its line's queue one card at a time."""
-    from ops.roles import run_station, stop_on_signals
-    from stations.runtime import StationConfig
+    """One station: consumes its line's queue one card at a time.
 
-    config = StationConfig(
-        station_id=station_id, line=line, lease_s=lease_s, heartbeat_s=heartbeat_s
-    )
-    run_station(
-        settings_for(data_dir),
-        stop_on_signals(),
-        config=config,
-        time_scale=time_scale,
+    Its drivers come from --config ([stations.ID]); options given here override the
+    file's values.
+    """
+    from ops.roles import run_station, stop_on_signals
+    from schemas.station import StationEntry
+    from stations.runtime import StationConfig
+    from stations.setup import station_entry, with_overrides
+
+    entry = station_entry(config_path, station_id) if config_path else StationEntry()
+    entry = with_overrides(
+        entry,
+        line=line,
+        lease_s=lease_s,
+        heartbeat_s=heartbeat_s,
         fault_rate=fault_rate,
+        time_scale=time_scale,
         seed=seed,
     )
+    config = StationConfig(
+        station_id=station_id,
+        line=entry.line,
+        lease_s=entry.lease_s,
+        heartbeat_s=entry.heartbeat_s,
+        chip_timeout_s=entry.chip_timeout_s,
+        cert_timeout_s=entry.cert_timeout_s,
+    )
+    run_station(settings_for(data_dir), stop_on_signals(), config=config, entry=entry)
 
 
 # --- card and user lifecycle ---------------------------------------------------------

@@ -17,8 +17,9 @@ import structlog
 
 from ops.config import Settings
 from ops.line import DataPaths, open_migrated, worker_context
+from schemas.station import StationEntry
 from stations.runtime import Station, StationConfig
-from stations.sim import make_sim_drivers
+from stations.setup import build_drivers
 from workers import actors
 from workers.broker import WORKER_QUEUES, make_broker
 from workers.context import WorkerContext
@@ -82,35 +83,37 @@ def run_station(
     stop: threading.Event,
     *,
     config: StationConfig,
-    time_scale: float,
-    fault_rate: float,
-    seed: int | None,
+    entry: StationEntry,
 ) -> Station:
+    """One station on the drivers ``entry`` configures, until ``stop`` is set."""
     paths = DataPaths(settings.data_dir)
     paths.make()
+    drivers = build_drivers(entry, output_dir=paths.printed / config.station_id)
     store = open_migrated(settings)
     broker = make_broker(settings.broker_url)
-    printer, reader, token = make_sim_drivers(
-        time_scale=time_scale,
-        fault_rate=fault_rate,
-        seed=seed,
-        output_dir=paths.printed / config.station_id,
-    )
     station = Station(
         config,
-        printer=printer,
-        reader=reader,
-        token=token,
+        printer=drivers.printer,
+        reader=drivers.reader,
+        token=drivers.token,
         store=store,
         box=settings.secret_box(),
         policy=settings.policy(),
         broker=broker,
         faces_dir=paths.faces,
     )
-    log.info("station.started", station=config.station_id, line=config.line)
+    log.info(
+        "station.started",
+        station=config.station_id,
+        line=config.line,
+        reader=entry.reader.driver,
+        token=entry.token.driver,
+        printer=entry.printer.driver,
+    )
     try:
         station.run(stop)
     finally:
+        drivers.close()
         broker.close()
         store.dispose()
     log.info(
