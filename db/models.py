@@ -107,6 +107,8 @@ class User(Stateful, Base):
     username: Mapped[str | None] = mapped_column(String(100))
     identifier: Mapped[str | None] = mapped_column(String(100))
     photo_path: Mapped[str | None] = mapped_column(String(500))
+    # What the user may do in Cardline's own processes (the Blueprints' "edit roles").
+    roles: Mapped[list[str]] = mapped_column(JSON, default=list, server_default=text("'[]'"))
 
     credentials: Mapped[list[Credential]] = relationship(back_populates="user")
 
@@ -341,6 +343,24 @@ class OutboxMessage(Base):
             postgresql_where=text("sent_at IS NULL"),
         ),
     )
+
+
+class ApiToken(Base):
+    """A bearer token of the HTTP API: one role, shown once, stored as its SHA-256.
+
+    ``name`` is the person or system acting; tokens of one name with different roles
+    are one actor for the four-eyes rule.
+    """
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), index=True)
+    role: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_by: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[dt.datetime | None]
 
 
 class CrlPublication(Base):

@@ -16,22 +16,13 @@ from sqlalchemy.orm import Session
 from db.engine import Store
 from db.models import BatchOrder, Credential
 from db.transition import transition
-from schemas.errors import FourEyesViolation, PermanentError, ValidationFailed
+from schemas.errors import FourEyesViolation, NotFound, ValidationFailed
 from schemas.messages import PrepareCard
 from schemas.states import CardState
 
 # The width of BatchOrder.approved_by and of the audit actor.
 _MAX_ACTOR = 100
 _MAX_REASON = 500
-
-
-class NotFound(PermanentError):
-    """The entity asked for does not exist."""
-
-    def __init__(self, entity: str, entity_id: object) -> None:
-        self.entity = entity
-        self.entity_id = entity_id
-        super().__init__(f"{entity} {entity_id} does not exist")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from db.engine import Store
 from db.models import Certificate, utcnow
 from db.transition import transition
-from schemas.errors import PermanentError
+from schemas.errors import NotFound, PermanentError
 from schemas.messages import PublishCrl
 from schemas.states import RevocationReason
 
@@ -28,10 +28,10 @@ OPERATOR_REASONS = (
 )
 
 
-class CertificateNotFound(PermanentError):
+class CertificateNotFound(NotFound):
     def __init__(self, serial: str) -> None:
         self.serial = serial
-        super().__init__(f"no certificate with serial {serial}")
+        super().__init__("certificate with serial", serial)
 
 
 def _find(session: Session, serial: str) -> Certificate:

@@ -6,7 +6,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.models import Credential, User
-from producers.approvals import NotFound
+from schemas.errors import NotFound
 
 # Card numbers are long; a short all-digit reference is a credential id.
 _MAX_ID_DIGITS = 9

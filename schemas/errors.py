@@ -109,3 +109,20 @@ class Forbidden(PermanentError):
         self.action = action
         self.roles = roles
         super().__init__(f"{who} may not {action}: it needs the role {' or '.join(roles)}")
+
+
+class NotFound(PermanentError):
+    """The entity asked for does not exist."""
+
+    def __init__(self, entity: str, entity_id: object) -> None:
+        self.entity = entity
+        self.entity_id = entity_id
+        super().__init__(f"{entity} {entity_id} does not exist")
+
+
+class AlreadyExists(ConflictError):
+    """What the caller asks to create exists already (e.g. an open issuance request)."""
+
+
+class Unauthorized(PermanentError):
+    """No credentials, or credentials Cardline does not know (or revoked)."""

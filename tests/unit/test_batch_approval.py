@@ -8,10 +8,16 @@ import pytest
 from sqlalchemy import func, select
 
 from db.models import AuditEvent, BatchOrder, Credential, OutboxMessage
-from producers.approvals import NotFound, approve_batch, reject_batch
+from producers.approvals import approve_batch, reject_batch
 from producers.batch_import import import_batch
 from producers.generate import write_users_csv
-from schemas.errors import FourEyesViolation, PermanentError, StateConflict, ValidationFailed
+from schemas.errors import (
+    FourEyesViolation,
+    NotFound,
+    PermanentError,
+    StateConflict,
+    ValidationFailed,
+)
 from schemas.policy import Policy
 
 

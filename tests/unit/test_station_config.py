@@ -112,5 +112,5 @@ def test_a_missing_pkcs11_module_is_named(tmp_path, monkeypatch):
     monkeypatch.setenv("CARDLINE_TRANSPORT_PIN", "87654321")
     text = '[stations.ST1.token]\ndriver = "pkcs11"\nmodule = "/nonexistent/libvendor.so"\n'
     entry = station_entry(_file(tmp_path, text), "ST1")
-    with pytest.raises(ConfigurationError, match="/nonexistent/libvendor.so"):
+    with pytest.raises(ConfigurationError, match=r"/nonexistent/libvendor\.so"):
         build_drivers(entry, output_dir=tmp_path / "printed")
