@@ -23,6 +23,7 @@ from ops.render import summary_json, summary_tables
 from producers.certificates import OPERATOR_REASONS
 from producers.lifecycle import LOCK_REASONS
 from schemas.errors import CardlineError, ConfigurationError
+from schemas.roles import Role
 
 F = TypeVar("F", bound=Callable[..., Any])
 # The revocation reasons an operator may give (producers.certificates.OPERATOR_REASONS).
@@ -642,6 +643,98 @@ def user_lock(who: str, by: str, reason: str, data_dir: Path | None) -> None:
 
     revoked = lock_user(open_migrated(settings_for(data_dir)), who, by=by, reason=reason)
     click.echo(f"user {who} locked; {revoked} certificates revoked")
+
+
+# --- HTTP API and its tokens -----------------------------------------------------------
+
+
+@main.group(invoke_without_command=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@data_dir_option
+@click.pass_context
+@handle_errors
+def api(ctx: click.Context, host: str, port: int, data_dir: Path | None) -> None:
+    """Serve the HTTP API (OpenAPI at /openapi.json) until interrupted."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from ops.api import serve
+
+    serve(settings_for(data_dir), host=host, port=port)
+
+
+@api.command("routes")
+@click.option("--markdown", is_flag=True, help="A Markdown table (for the README).")
+@data_dir_option
+@handle_errors
+def api_routes(markdown: bool, data_dir: Path | None) -> None:
+    """Every endpoint with the roles it allows."""
+    from rich.table import Table
+
+    from ops.api import build_app, route_table
+
+    rows = route_table(build_app(settings_for(data_dir)))
+    if markdown:
+        click.echo("| method | path | roles | what |\n|---|---|---|---|")
+        for method, path, roles, what in rows:
+            click.echo(f"| {method} | `{path}` | {roles} | {what} |")
+        return
+    table = Table("method", "path", "roles", "what")
+    for row in rows:
+        table.add_row(*row)
+    out_console.print(table)
+
+
+@main.group()
+def token() -> None:
+    """Bearer tokens of the HTTP API."""
+
+
+@token.command("create")
+@click.option("--name", required=True, help="Who uses it (the actor in the audit log).")
+@click.option("--role", required=True, type=click.Choice([r.value for r in Role]))
+@click.option("--by", default="cli", show_default=True, help="Who creates it (audited).")
+@data_dir_option
+@handle_errors
+def token_create(name: str, role: str, by: str, data_dir: Path | None) -> None:
+    """Create a token; it is printed once and stored only as a hash."""
+    from producers.tokens import create_token
+
+    token_id, secret = create_token(
+        open_migrated(settings_for(data_dir)), name=name, role=role, by=by
+    )
+    err_console.print(f"token {token_id} for {name} ({role}); shown once, keep it safe:")
+    click.echo(secret.reveal())
+
+
+@token.command("list")
+@data_dir_option
+@handle_errors
+def token_list(data_dir: Path | None) -> None:
+    """Tokens by id, name and role (never the tokens themselves)."""
+    from rich.table import Table
+
+    from producers.tokens import list_tokens
+
+    table = Table("id", "name", "role", "created by", "created", "revoked")
+    for v in list_tokens(open_migrated(settings_for(data_dir))):
+        table.add_row(
+            str(v.id), v.name, v.role, v.created_by, v.created_at, "yes" if v.revoked else ""
+        )
+    out_console.print(table)
+
+
+@token.command("revoke")
+@click.argument("token_id", type=int)
+@click.option("--by", default="cli", show_default=True)
+@data_dir_option
+@handle_errors
+def token_revoke(token_id: int, by: str, data_dir: Path | None) -> None:
+    """Revoke token TOKEN_ID: it stops working at once."""
+    from producers.tokens import revoke_token
+
+    revoke_token(open_migrated(settings_for(data_dir)), token_id, by=by)
+    click.echo(f"token {token_id} revoked")
 
 
 # --- soft tokens ---------------------------------------------------------------------

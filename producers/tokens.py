@@ -54,9 +54,7 @@ def create_token(store: Store, *, name: str, role: str, by: str) -> tuple[int, S
     try:
         chosen = Role(role)
     except ValueError:
-        raise ValidationFailed(
-            f"one of {', '.join(r.value for r in Role)}", field="role"
-        ) from None
+        raise ValidationFailed(f"one of {', '.join(r.value for r in Role)}", field="role") from None
     token = PREFIX + secrets.token_urlsafe(32)
     with store.tx() as s:
         row = ApiToken(name=name, role=chosen.value, token_hash=_digest(token), created_by=by)

@@ -27,6 +27,8 @@ class Policy(BaseModel):
     activation_step: bool = False
     card_key_type: Literal["ec-p256", "rsa-2048"] = "ec-p256"
     default_line: str = Field("default", pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")
+    # The state of a user created one at a time (the Blueprints' "status after create").
+    user_status_after_create: Literal["active", "inactive"] = "active"
 
     @property
     def on_card_usages(self) -> tuple[CertUsage, ...]:

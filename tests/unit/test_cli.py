@@ -111,3 +111,18 @@ def test_card_and_user_lifecycle_commands_move_certificates_and_refuse_illegal_s
     illegal = _invoke("card", "deactivate", "2", "--by", "olga", "--data-dir", data)
     assert illegal.exit_code == 2
     assert "locked" in illegal.output
+
+
+def test_a_token_is_printed_once_and_the_api_routes_list_their_roles(tmp_path):
+    data = tmp_path / "d"
+    created = CliRunner().invoke(
+        main, ["token", "create", "--name", "olga", "--role", "operator", "--data-dir", str(data)]
+    )
+    assert created.exit_code == 0, created.output
+    token = created.stdout.strip().splitlines()[-1]
+    assert token.startswith("cl_")
+    listing = _invoke("token", "list", "--data-dir", data)
+    assert "olga" in listing.output
+    assert token not in listing.output
+    routes = _invoke("api", "routes", "--markdown", "--data-dir", data)
+    assert "| POST | `/cards/{card}/approve` | admin, approver |" in routes.output

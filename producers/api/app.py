@@ -1,0 +1,80 @@
+"""The FastAPI application: routers, error handling, and the status endpoints.
+
+``create_app(ctx)`` builds one app over one status store; ``cardline api`` serves it
+with uvicorn. OpenAPI is at ``/openapi.json``; each operation lists the roles it
+allows under ``x-roles``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI
+from fastapi.routing import APIRoute
+from starlette.routing import BaseRoute
+
+from db.summary import summarise
+from producers.api import errors, routes_batches, routes_cards, routes_pki, routes_users
+from producers.api.auth import Allow, context
+from producers.api.context import ApiContext
+from producers.tokens import Principal
+from schemas.roles import Role
+
+Ctx = Annotated[ApiContext, Depends(context)]
+EVERY_ROLE = Allow(*Role)
+
+
+def roles_of(route: APIRoute) -> frozenset[Role] | None:
+    """The roles an operation allows (None: public)."""
+    for dependency in route.dependant.dependencies:
+        if isinstance(dependency.call, Allow):
+            return dependency.call.roles
+    return None
+
+
+def api_routes(routes: Iterable[BaseRoute]) -> Iterator[APIRoute]:
+    """Every operation, also inside included routers (FastAPI may keep those nested)."""
+    for route in routes:
+        if isinstance(route, APIRoute):
+            yield route
+        nested = getattr(route, "original_router", None) or getattr(route, "routes", None)
+        if isinstance(nested, APIRouter):
+            yield from api_routes(nested.routes)
+        elif isinstance(nested, list):
+            yield from api_routes(nested)
+
+
+def _mark_roles(routes: Iterable[APIRoute]) -> None:
+    for route in routes:
+        roles = roles_of(route)
+        extra = dict(route.openapi_extra or {})
+        extra["x-roles"] = sorted(r.value for r in roles) if roles else ["public"]
+        route.openapi_extra = extra
+
+
+def create_app(ctx: ApiContext) -> FastAPI:
+    app = FastAPI(
+        title="Cardline",
+        summary="Smart card production: users, cards, certificates, soft tokens.",
+        version="0.1.0",
+    )
+    app.state.ctx = ctx
+    errors.install(app)
+
+    @app.get("/health", tags=["status"])
+    def health() -> dict[str, str]:
+        """Liveness; no token needed."""
+        return {"status": "ok"}
+
+    @app.get("/status", tags=["status"])
+    def status(ctx: Ctx, who: Annotated[Principal, Depends(EVERY_ROLE)]) -> dict[str, Any]:
+        """Counts by state, stations, queue depth (as ``cardline status``)."""
+        with ctx.store.read() as s:
+            return summarise(s, verify_audit=False).as_dict()
+
+    for module in (routes_users, routes_cards, routes_batches, routes_pki):
+        _mark_roles(api_routes(module.router.routes))
+        app.include_router(module.router)
+    _mark_roles(r for r in app.router.routes if isinstance(r, APIRoute))
+    return app

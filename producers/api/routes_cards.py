@@ -1,0 +1,145 @@
+"""/cards: request, issue, decide, activate, deactivate, reactivate, lock, find; and
+recovery of escrowed keys onto a card."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+
+from producers import cards, escrow, lifecycle
+from producers.api.auth import Allow, context
+from producers.api.context import ApiContext
+from producers.tokens import Principal
+from producers.users import MAX_PAGE
+from schemas.api import (
+    CardOut,
+    CardPage,
+    CardRequestIn,
+    CardsCreated,
+    CommentIn,
+    CountOut,
+    LockIn,
+    ReasonIn,
+    RequiredReasonIn,
+    StateOut,
+)
+from schemas.roles import Role
+
+router = APIRouter(tags=["cards"])
+Ctx = Annotated[ApiContext, Depends(context)]
+Readers = Allow(Role.REQUESTER, Role.APPROVER, Role.OPERATOR, Role.AUDITOR)
+Approvers = Allow(Role.APPROVER)
+Operators = Allow(Role.OPERATOR)
+
+
+@router.post("/cards", status_code=201)
+def request_cards(
+    body: CardRequestIn, ctx: Ctx, who: Annotated[Principal, Depends(Allow(Role.REQUESTER))]
+) -> CardsCreated:
+    ids = cards.request_cards(ctx.store, body.users, by=who.name, policy=ctx.policy, line=body.line)
+    return CardsCreated(ids=ids, state="requested" if ctx.policy.approval_required else "approved")
+
+
+@router.post("/cards/issue", status_code=201)
+def issue_cards(
+    body: CardRequestIn, ctx: Ctx, who: Annotated[Principal, Depends(Operators)]
+) -> CardsCreated:
+    ids = cards.issue_cards(ctx.store, body.users, by=who.name, policy=ctx.policy, line=body.line)
+    return CardsCreated(ids=ids, state="approved")
+
+
+@router.get("/cards")
+def search_cards(
+    ctx: Ctx,
+    who: Annotated[Principal, Depends(Readers)],
+    state: str | None = None,
+    kind: str | None = None,
+    user: str | None = None,
+    page: Annotated[int, Query(ge=1)] = 1,
+    per_page: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
+) -> CardPage:
+    found = cards.search_cards(
+        ctx.store, state=state, kind=kind, user=user, page=page, per_page=per_page
+    )
+    return CardPage(
+        items=[CardOut(**asdict(c)) for c in found.items],
+        total=found.total,
+        page=found.page,
+        per_page=found.per_page,
+    )
+
+
+@router.get("/cards/{card}")
+def get_card(card: str, ctx: Ctx, who: Annotated[Principal, Depends(Readers)]) -> CardOut:
+    return CardOut(**asdict(cards.get_card(ctx.store, card)))
+
+
+@router.post("/cards/{card}/approve")
+def approve_card(
+    card: str, body: CommentIn, ctx: Ctx, who: Annotated[Principal, Depends(Approvers)]
+) -> StateOut:
+    return StateOut(state=cards.approve_card(ctx.store, card, by=who.name, comment=body.comment))
+
+
+@router.post("/cards/{card}/reject")
+def reject_card(
+    card: str, body: RequiredReasonIn, ctx: Ctx, who: Annotated[Principal, Depends(Approvers)]
+) -> StateOut:
+    state = cards.reject_card(
+        ctx.store, card, by=who.name, reason=body.reason, comment=body.comment
+    )
+    return StateOut(state=state)
+
+
+@router.post("/cards/{card}/postpone")
+def postpone_card(
+    card: str, body: RequiredReasonIn, ctx: Ctx, who: Annotated[Principal, Depends(Approvers)]
+) -> StateOut:
+    return StateOut(state=cards.postpone_card(ctx.store, card, by=who.name, reason=body.reason))
+
+
+@router.post("/cards/{card}/cancel")
+def cancel_card(
+    card: str,
+    body: ReasonIn,
+    ctx: Ctx,
+    who: Annotated[Principal, Depends(Allow(Role.REQUESTER, Role.OPERATOR))],
+) -> StateOut:
+    return StateOut(state=cards.cancel_card(ctx.store, card, by=who.name, reason=body.reason))
+
+
+@router.post("/cards/{card}/activate")
+def activate_card(card: str, ctx: Ctx, who: Annotated[Principal, Depends(Operators)]) -> StateOut:
+    return StateOut(state=cards.activate_card(ctx.store, card, by=who.name))
+
+
+@router.post("/cards/{card}/deactivate")
+def deactivate_card(
+    card: str, body: ReasonIn, ctx: Ctx, who: Annotated[Principal, Depends(Operators)]
+) -> CountOut:
+    held = lifecycle.deactivate_card(ctx.store, card, by=who.name, reason=body.reason)
+    return CountOut(certificates=held)
+
+
+@router.post("/cards/{card}/reactivate")
+def reactivate_card(
+    card: str, body: ReasonIn, ctx: Ctx, who: Annotated[Principal, Depends(Operators)]
+) -> CountOut:
+    released = lifecycle.reactivate_card(ctx.store, card, by=who.name, reason=body.reason)
+    return CountOut(certificates=released)
+
+
+@router.post("/cards/{card}/lock")
+def lock_card(
+    card: str, body: LockIn, ctx: Ctx, who: Annotated[Principal, Depends(Operators)]
+) -> CountOut:
+    revoked = lifecycle.lock_card(ctx.store, card, by=who.name, reason=body.reason)
+    return CountOut(certificates=revoked)
+
+
+@router.post("/cards/{card}/recover-escrow")
+def recover_escrow(card: str, ctx: Ctx, who: Annotated[Principal, Depends(Operators)]) -> CountOut:
+    """Have the card (not yet produced) also carry the holder's earlier escrowed keys."""
+    return CountOut(certificates=escrow.request_key_recovery(ctx.store, card, by=who.name))

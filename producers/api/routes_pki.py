@@ -1,0 +1,157 @@
+"""/certificates, /softtokens, and the public CRL and CA chain (CDP and AIA)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import Response
+
+from producers import certificates, softtokens
+from producers.api.auth import Allow, context
+from producers.api.context import ApiContext
+from producers.tokens import Principal
+from schemas.api import (
+    CardsCreated,
+    CommentIn,
+    PassphraseOut,
+    ReasonIn,
+    RequiredReasonIn,
+    RevokeIn,
+    SoftTokenOut,
+    SoftTokenRequestIn,
+    StateOut,
+)
+from schemas.errors import NotFound
+from schemas.roles import Role
+from schemas.states import RevocationReason
+
+router = APIRouter()
+Ctx = Annotated[ApiContext, Depends(context)]
+Operators = Allow(Role.OPERATOR)
+Approvers = Allow(Role.APPROVER)
+
+
+@router.post("/certificates/{serial}/revoke", tags=["certificates"])
+def revoke_certificate(
+    serial: str, body: RevokeIn, ctx: Ctx, who: Annotated[Principal, Depends(Operators)]
+) -> StateOut:
+    state = certificates.revoke(ctx.store, serial, reason=body.reason, by=who.name)
+    return StateOut(state=state)
+
+
+@router.post("/certificates/{serial}/hold", tags=["certificates"])
+def hold_certificate(
+    serial: str, body: ReasonIn, ctx: Ctx, who: Annotated[Principal, Depends(Operators)]
+) -> StateOut:
+    return StateOut(state=certificates.hold(ctx.store, serial, by=who.name, reason=body.reason))
+
+
+@router.post("/certificates/{serial}/release", tags=["certificates"])
+def release_certificate(
+    serial: str, body: ReasonIn, ctx: Ctx, who: Annotated[Principal, Depends(Operators)]
+) -> StateOut:
+    state = certificates.release(ctx.store, serial, by=who.name, reason=body.reason)
+    return StateOut(state=state)
+
+
+def _file(path_name: str, ctx: ApiContext, media_type: str) -> Response:
+    path = ctx.crl_dir / path_name if path_name.endswith(".crl") else ctx.ca_chain
+    try:
+        return Response(path.read_bytes(), media_type=media_type)
+    except FileNotFoundError:
+        raise NotFound("published file", path_name) from None
+
+
+@router.get("/crl/issuing.crl", tags=["pki"], response_class=Response)
+def issuing_crl(ctx: Ctx) -> Response:
+    """The issuing CA's current CRL (DER): the CRL distribution point. No token needed."""
+    return _file("issuing.crl", ctx, "application/pkix-crl")
+
+
+@router.get("/crl/root.crl", tags=["pki"], response_class=Response)
+def root_crl(ctx: Ctx) -> Response:
+    """The root's ARL (DER). No token needed."""
+    return _file("root.crl", ctx, "application/pkix-crl")
+
+
+@router.get("/ca/chain.pem", tags=["pki"], response_class=Response)
+def ca_chain(ctx: Ctx) -> Response:
+    """The issuing and root CA certificates (PEM). No token needed."""
+    return _file("chain.pem", ctx, "application/x-pem-file")
+
+
+@router.post("/softtokens", status_code=201, tags=["softtokens"])
+def request_softtokens(
+    body: SoftTokenRequestIn, ctx: Ctx, who: Annotated[Principal, Depends(Allow(Role.REQUESTER))]
+) -> CardsCreated:
+    ids = softtokens.request_softtokens(ctx.store, body.user, body.types, by=who.name, pki=ctx.pki)
+    return CardsCreated(ids=ids, state="requested" if ctx.pki.softtoken_approval else "approved")
+
+
+@router.get("/softtokens", tags=["softtokens"])
+def list_softtokens(
+    ctx: Ctx,
+    who: Annotated[
+        Principal, Depends(Allow(Role.REQUESTER, Role.APPROVER, Role.OPERATOR, Role.AUDITOR))
+    ],
+    user: Annotated[str | None, Query(max_length=254)] = None,
+    state: Annotated[str | None, Query(max_length=32)] = None,
+) -> list[SoftTokenOut]:
+    return [
+        SoftTokenOut(
+            id=v.id,
+            user_email=v.user_email,
+            token_type=v.token_type,
+            state=v.state,
+            requested_by=v.requested_by,
+            approved_by=v.approved_by,
+            serial=v.serial,
+        )
+        for v in softtokens.list_softtokens(ctx.store, user=user, state=state)
+    ]
+
+
+@router.post("/softtokens/{token_id}/approve", tags=["softtokens"])
+def approve_softtoken(
+    token_id: int, body: CommentIn, ctx: Ctx, who: Annotated[Principal, Depends(Approvers)]
+) -> StateOut:
+    return StateOut(state=softtokens.approve(ctx.store, token_id, by=who.name))
+
+
+@router.post("/softtokens/{token_id}/reject", tags=["softtokens"])
+def reject_softtoken(
+    token_id: int, body: RequiredReasonIn, ctx: Ctx, who: Annotated[Principal, Depends(Approvers)]
+) -> StateOut:
+    state = softtokens.reject(ctx.store, token_id, by=who.name, reason=body.reason)
+    return StateOut(state=state)
+
+
+@router.post("/softtokens/{token_id}/cancel", tags=["softtokens"])
+def cancel_softtoken(
+    token_id: int,
+    body: ReasonIn,
+    ctx: Ctx,
+    who: Annotated[Principal, Depends(Allow(Role.REQUESTER, Role.OPERATOR))],
+) -> StateOut:
+    state = softtokens.cancel(ctx.store, token_id, by=who.name, reason=body.reason)
+    return StateOut(state=state)
+
+
+@router.post("/softtokens/{token_id}/revoke", tags=["softtokens"])
+def revoke_softtoken(
+    token_id: int, body: RevokeIn, ctx: Ctx, who: Annotated[Principal, Depends(Operators)]
+) -> StateOut:
+    reason = RevocationReason(body.reason)
+    return StateOut(state=softtokens.revoke(ctx.store, token_id, by=who.name, reason=reason))
+
+
+@router.post("/softtokens/{token_id}/passphrase", tags=["softtokens"])
+def display_passphrase(
+    token_id: int, ctx: Ctx, who: Annotated[Principal, Depends(Operators)]
+) -> PassphraseOut:
+    """ "Display password": audited; a POST, so no cache or log keeps it as a URL."""
+    secret = softtokens.reveal_passphrase(
+        ctx.store, ctx.box, token_id, by=who.name, roles=frozenset({who.role.value})
+    )
+    return PassphraseOut(passphrase=secret.reveal())

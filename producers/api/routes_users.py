@@ -1,0 +1,146 @@
+"""/users: create, find, edit, deactivate, reactivate, lock, delete, roles; and the
+multi-user forms under /bulk/users."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+
+from producers import lifecycle, users
+from producers.api.auth import Allow, context
+from producers.api.context import ApiContext
+from producers.tokens import Principal
+from schemas.api import (
+    BulkIn,
+    BulkLockIn,
+    BulkOut,
+    CountOut,
+    LockIn,
+    ReasonIn,
+    RolesIn,
+    StateOut,
+    UserIn,
+    UserOut,
+    UserPage,
+    UserPatch,
+)
+from schemas.roles import Role
+
+router = APIRouter(tags=["users"])
+Ctx = Annotated[ApiContext, Depends(context)]
+Readers = Allow(Role.REQUESTER, Role.APPROVER, Role.OPERATOR, Role.AUDITOR)
+Operators = Allow(Role.OPERATOR)
+
+
+@router.post("/users", status_code=201)
+def create_user(
+    body: UserIn, ctx: Ctx, who: Annotated[Principal, Depends(Allow(Role.REQUESTER, Role.OPERATOR))]
+) -> UserOut:
+    user_id = users.create_user(ctx.store, body.model_dump(), by=who.name, policy=ctx.policy)
+    return UserOut(**asdict(users.get_user(ctx.store, str(user_id))))
+
+
+@router.get("/users")
+def search_users(
+    ctx: Ctx,
+    who: Annotated[Principal, Depends(Readers)],
+    state: str | None = None,
+    text: Annotated[str | None, Query(max_length=200)] = None,
+    page: Annotated[int, Query(ge=1)] = 1,
+    per_page: Annotated[int, Query(ge=1, le=users.MAX_PAGE)] = 50,
+) -> UserPage:
+    found = users.search_users(ctx.store, state=state, text=text, page=page, per_page=per_page)
+    return UserPage(
+        items=[UserOut(**asdict(u)) for u in found.items],
+        total=found.total,
+        page=found.page,
+        per_page=found.per_page,
+    )
+
+
+@router.get("/users/{user}")
+def get_user(user: str, ctx: Ctx, who: Annotated[Principal, Depends(Readers)]) -> UserOut:
+    return UserOut(**asdict(users.get_user(ctx.store, user)))
+
+
+@router.patch("/users/{user}")
+def edit_user(
+    user: str, body: UserPatch, ctx: Ctx, who: Annotated[Principal, Depends(Operators)]
+) -> UserOut:
+    users.update_user(ctx.store, user, body.model_dump(exclude_unset=True), by=who.name)
+    return UserOut(**asdict(users.get_user(ctx.store, user)))
+
+
+@router.post("/users/{user}/deactivate")
+def deactivate_user(
+    user: str, body: ReasonIn, ctx: Ctx, who: Annotated[Principal, Depends(Operators)]
+) -> CountOut:
+    held = lifecycle.deactivate_user(ctx.store, user, by=who.name, reason=body.reason)
+    return CountOut(certificates=held)
+
+
+@router.post("/users/{user}/reactivate")
+def reactivate_user(
+    user: str, body: ReasonIn, ctx: Ctx, who: Annotated[Principal, Depends(Operators)]
+) -> CountOut:
+    released = lifecycle.reactivate_user(ctx.store, user, by=who.name, reason=body.reason)
+    return CountOut(certificates=released)
+
+
+@router.post("/users/{user}/lock")
+def lock_user(
+    user: str, body: LockIn, ctx: Ctx, who: Annotated[Principal, Depends(Operators)]
+) -> CountOut:
+    revoked = lifecycle.lock_user(ctx.store, user, by=who.name, reason=body.reason)
+    return CountOut(certificates=revoked)
+
+
+@router.delete("/users/{user}")
+def delete_user(user: str, ctx: Ctx, who: Annotated[Principal, Depends(Operators)]) -> StateOut:
+    return StateOut(state=users.delete_user(ctx.store, user, by=who.name))
+
+
+@router.put("/users/{user}/roles")
+def set_roles(
+    user: str, body: RolesIn, ctx: Ctx, who: Annotated[Principal, Depends(Allow(Role.ADMIN))]
+) -> RolesIn:
+    return RolesIn(roles=users.set_roles(ctx.store, user, body.roles, by=who.name))
+
+
+@router.post("/bulk/users/deactivate")
+def deactivate_users(
+    body: BulkIn, ctx: Ctx, who: Annotated[Principal, Depends(Operators)]
+) -> BulkOut:
+    report = users.for_each_user(
+        ctx.store,
+        state=body.state,
+        text=body.text,
+        action=lambda u: lifecycle.deactivate_user(ctx.store, u, by=who.name, reason=body.reason),
+    )
+    return BulkOut(done=report.done, refused=report.refused)
+
+
+@router.post("/bulk/users/lock")
+def lock_users(
+    body: BulkLockIn, ctx: Ctx, who: Annotated[Principal, Depends(Operators)]
+) -> BulkOut:
+    report = users.for_each_user(
+        ctx.store,
+        state=body.state,
+        text=body.text,
+        action=lambda u: lifecycle.lock_user(ctx.store, u, by=who.name, reason=body.lock_reason),
+    )
+    return BulkOut(done=report.done, refused=report.refused)
+
+
+@router.post("/bulk/users/delete")
+def delete_users(body: BulkIn, ctx: Ctx, who: Annotated[Principal, Depends(Operators)]) -> BulkOut:
+    report = users.for_each_user(
+        ctx.store,
+        state=body.state,
+        text=body.text,
+        action=lambda u: users.delete_user(ctx.store, u, by=who.name, reason=body.reason),
+    )
+    return BulkOut(done=report.done, refused=report.refused)

@@ -1,0 +1,282 @@
+"""Card requests one at a time or several (a batch order), decisions on single cards,
+operator issuance, activation, and finding cards.
+
+A request makes a ``requested`` card (``approved`` straight away when the policy needs
+no approval), never more live cards for a user than ``cards_per_user``. Decisions on a
+card follow the four-eyes rule like batch decisions: whoever requested a card neither
+approves nor rejects it. An operator may *issue* cards, which skips the approval the
+policy asks of requests (the Blueprints' "Issue card").
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from db import outbox
+from db.engine import Store
+from db.models import BatchOrder, Certificate, Credential, User
+from db.transition import create, transition
+from producers.lookup import find_card, find_user
+from producers.users import MAX_PAGE, Page
+from schemas.batch import LINE_NAME
+from schemas.errors import FourEyesViolation, PermanentError, ValidationFailed
+from schemas.messages import PrepareCard
+from schemas.policy import Policy
+from schemas.states import (
+    LIVE_CARD_STATES,
+    BatchState,
+    CardState,
+    CredentialKind,
+    TempCardState,
+    UserState,
+)
+
+_MAX_REASON = 400
+
+
+@dataclass(frozen=True)
+class CardView:
+    id: int
+    kind: str
+    state: str
+    card_number: str | None
+    user_id: int | None
+    user_email: str | None
+    batch_id: int | None
+    line: str
+    requested_by: str
+    attempts: int
+    valid_from: str | None
+    valid_until: str | None
+    certificates: dict[str, str]  # serial -> state
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat(timespec="seconds") if value is not None else None
+
+
+def view(session: Session, cred: Credential) -> CardView:
+    certs = session.execute(
+        select(Certificate.serial, Certificate.state).where(Certificate.credential_id == cred.id)
+    ).all()
+    return CardView(
+        id=cred.id,
+        kind=cred.kind,
+        state=cred.state,
+        card_number=cred.card_number,
+        user_id=cred.user_id,
+        user_email=cred.user.email if cred.user else None,
+        batch_id=cred.batch_id,
+        line=cred.line,
+        requested_by=cred.requested_by,
+        attempts=cred.attempt_count,
+        valid_from=_iso(cred.valid_from),
+        valid_until=_iso(cred.valid_until),
+        certificates={serial: state for serial, state in certs},
+    )
+
+
+def _reason(reason: str | None, *, required: bool) -> str | None:
+    text = (reason or "").strip()
+    if required and not text:
+        raise ValidationFailed("a reason is required", field="reason")
+    if len(text) > _MAX_REASON:
+        raise ValidationFailed(f"at most {_MAX_REASON} characters", field="reason")
+    return text or None
+
+
+def _line(line: str | None, policy: Policy) -> str:
+    chosen = line or policy.default_line
+    if not LINE_NAME.match(chosen):
+        raise ValidationFailed("lower-case letters, digits, '-' or '_'", field="line")
+    return chosen
+
+
+def _live_cards(session: Session, user: User) -> int:
+    stmt = select(func.count()).where(
+        Credential.user_id == user.id,
+        Credential.kind == CredentialKind.CARD,
+        Credential.state.in_(sorted(LIVE_CARD_STATES)),
+    )
+    return int(session.scalar(stmt) or 0)
+
+
+def _new_cards(
+    session: Session,
+    users: Sequence[str],
+    *,
+    by: str,
+    policy: Policy,
+    line: str,
+    approved: bool,
+    why: str,
+) -> list[int]:
+    if not users:
+        raise ValidationFailed("name at least one user", field="users")
+    holders = [find_user(session, who, lock=True) for who in users]
+    if len({u.id for u in holders}) != len(holders):
+        raise ValidationFailed("a user is named twice", field="users")
+    batch = None
+    if len(holders) > 1:
+        batch = create(
+            session,
+            BatchOrder(
+                name=f"request by {by}",
+                requested_by=by,
+                approved_by=by if approved else None,
+                state=BatchState.APPROVED if approved else BatchState.REQUESTED,
+                card_count=len(holders),
+            ),
+            actor=by,
+            reason=why,
+        )
+    ids = []
+    for user in holders:
+        if user.state != UserState.ACTIVE:
+            raise PermanentError(f"user {user.email} is {user.state}; no card can be requested")
+        live = _live_cards(session, user)
+        if live >= policy.cards_per_user:
+            raise PermanentError(
+                f"user {user.email} already has {live} live card(s); "
+                f"the policy allows {policy.cards_per_user}"
+            )
+        card = Credential(
+            kind=CredentialKind.CARD,
+            user_id=user.id,
+            batch_id=batch.id if batch else None,
+            line=line,
+            requested_by=by,
+            state=CardState.APPROVED if approved else CardState.REQUESTED,
+        )
+        create(session, card, actor=by, reason=why)
+        if approved:
+            outbox.add(session, PrepareCard(credential_id=card.id))
+        ids.append(card.id)
+    return ids
+
+
+def request_cards(
+    store: Store, users: Sequence[str], *, by: str, policy: Policy, line: str | None = None
+) -> list[int]:
+    """One card for each of ``users`` (e-mail or id); several make one batch order.
+    All or nothing: one refused user refuses the request."""
+    with store.tx() as s:
+        return _new_cards(
+            s,
+            users,
+            by=by,
+            policy=policy,
+            line=_line(line, policy),
+            approved=not policy.approval_required,
+            why="card requested",
+        )
+
+
+def issue_cards(
+    store: Store, users: Sequence[str], *, by: str, policy: Policy, line: str | None = None
+) -> list[int]:
+    """An operator's issuance: approved at once and queued for production."""
+    with store.tx() as s:
+        return _new_cards(
+            s,
+            users,
+            by=by,
+            policy=policy,
+            line=_line(line, policy),
+            approved=True,
+            why="card issued by operator",
+        )
+
+
+def _decidable(session: Session, card: str, by: str) -> Credential:
+    cred = find_card(session, card, lock=True)
+    if by.strip().casefold() == cred.requested_by.strip().casefold():
+        raise FourEyesViolation(by, f"card {cred.id}")
+    return cred
+
+
+def approve_card(store: Store, card: str, *, by: str, comment: str | None = None) -> str:
+    with store.tx() as s:
+        cred = _decidable(s, card, by)
+        return transition(
+            s,
+            cred,
+            "approve",
+            actor=by,
+            reason=_reason(comment, required=False),
+            messages=[PrepareCard(credential_id=cred.id)],
+        )
+
+
+def reject_card(
+    store: Store, card: str, *, by: str, reason: str, comment: str | None = None
+) -> str:
+    why = _reason(reason, required=True)
+    note = _reason(comment, required=False)
+    with store.tx() as s:
+        cred = _decidable(s, card, by)
+        return transition(s, cred, "reject", actor=by, reason=f"{why}: {note}" if note else why)
+
+
+def postpone_card(store: Store, card: str, *, by: str, reason: str) -> str:
+    """Leave the request waiting, with the reason on record (audited)."""
+    why = _reason(reason, required=True)
+    with store.tx() as s:
+        cred = _decidable(s, card, by)
+        return transition(s, cred, "postpone", actor=by, reason=why)
+
+
+def cancel_card(store: Store, card: str, *, by: str, reason: str | None = None) -> str:
+    """Withdraw a request before a station starts on it."""
+    with store.tx() as s:
+        cred = find_card(s, card, lock=True)
+        return transition(s, cred, "cancel", actor=by, reason=_reason(reason, required=False))
+
+
+def activate_card(store: Store, card: str, *, by: str) -> str:
+    """``issued -> active``: the separate activation step, when the policy has one."""
+    with store.tx() as s:
+        cred = find_card(s, card, lock=True)
+        return transition(s, cred, "activate", actor=by, reason="card activated")
+
+
+def get_card(store: Store, card: str) -> CardView:
+    with store.read() as s:
+        return view(s, find_card(s, card))
+
+
+def search_cards(
+    store: Store,
+    *,
+    state: str | None = None,
+    kind: str | None = None,
+    user: str | None = None,
+    page: int = 1,
+    per_page: int = 50,
+) -> Page[CardView]:
+    if page < 1:
+        raise ValidationFailed("pages start at 1", field="page")
+    if not 1 <= per_page <= MAX_PAGE:
+        raise ValidationFailed(f"between 1 and {MAX_PAGE}", field="per_page")
+    states = {s.value for s in CardState} | {s.value for s in TempCardState}
+    if state is not None and state not in states:
+        raise ValidationFailed(f"not a card state: {state}", field="state")
+    if kind is not None and kind not in {k.value for k in CredentialKind}:
+        raise ValidationFailed(f"not a card kind: {kind}", field="kind")
+    stmt = select(Credential)
+    if state is not None:
+        stmt = stmt.where(Credential.state == state)
+    if kind is not None:
+        stmt = stmt.where(Credential.kind == kind)
+    with store.read() as s:
+        if user is not None:
+            stmt = stmt.where(Credential.user_id == find_user(s, user).id)
+        total = int(s.scalar(select(func.count()).select_from(stmt.subquery())) or 0)
+        rows = s.scalars(stmt.order_by(Credential.id).offset((page - 1) * per_page).limit(per_page))
+        items = [view(s, c) for c in rows]
+    return Page(items=items, total=total, page=page, per_page=per_page)

@@ -1,0 +1,304 @@
+"""Users (card holders): create, edit, delete, roles, find; and the same over many.
+
+Attributes follow the batch CSV's rules (``schemas.batch.BatchRow``), so a user made
+here and one made by an import are checked alike. E-mail and external id identify a
+user and stay unique. An attribute edit is audited like a state change; the state
+changes themselves (deactivate, reactivate, lock) live in ``producers.lifecycle``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from pydantic import ValidationError
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session
+
+from db import audit
+from db.engine import Store
+from db.models import Credential, User, utcnow
+from db.transition import create, transition
+from producers.lookup import find_user
+from schemas.batch import BatchRow, describe_errors
+from schemas.errors import AlreadyExists, CardlineError, PermanentError, ValidationFailed
+from schemas.policy import Policy
+from schemas.roles import Role
+from schemas.states import UserState
+
+EDITABLE = (
+    "first_name",
+    "last_name",
+    "email",
+    "upn",
+    "organization",
+    "org_unit",
+    "title",
+    "country",
+    "username",
+    "identifier",
+    "external_id",
+)
+_CLOSED = (UserState.LOCKED, UserState.DELETED)
+MAX_PAGE = 500
+
+
+@dataclass(frozen=True)
+class UserView:
+    id: int
+    state: str
+    email: str
+    first_name: str
+    last_name: str
+    upn: str
+    organization: str
+    org_unit: str
+    title: str | None
+    country: str | None
+    username: str | None
+    identifier: str | None
+    external_id: str | None
+    roles: list[str]
+    cards: int
+    created_at: str
+    updated_at: str
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    items: list[T]
+    total: int
+    page: int
+    per_page: int
+
+
+def view(user: User, cards: int) -> UserView:
+    return UserView(
+        id=user.id,
+        state=user.state,
+        email=user.email,
+        first_name=user.first_name,
+        last_name=user.last_name,
+        upn=user.upn,
+        organization=user.organization,
+        org_unit=user.org_unit,
+        title=user.title,
+        country=user.country,
+        username=user.username,
+        identifier=user.identifier,
+        external_id=user.external_id,
+        roles=list(user.roles or []),
+        cards=cards,
+        created_at=user.created_at.isoformat(timespec="seconds"),
+        updated_at=user.updated_at.isoformat(timespec="seconds"),
+    )
+
+
+def validated(values: dict[str, Any]) -> BatchRow:
+    """``values`` checked by the batch CSV's rules; the first problem names its field."""
+    try:
+        return BatchRow.model_validate({k: v for k, v in values.items() if k != "photo"})
+    except ValidationError as exc:
+        (where, reason), *_ = describe_errors(exc)
+        raise ValidationFailed(reason, field=where) from None
+
+
+def _check_unique(session: Session, row: BatchRow, *, other_than: int | None = None) -> None:
+    checks = [("email", func.lower(User.email) == row.email)]
+    if row.external_id:
+        checks.append(("external_id", User.external_id == row.external_id))
+    for name, condition in checks:
+        stmt = select(User.id).where(condition)
+        if other_than is not None:
+            stmt = stmt.where(User.id != other_than)
+        holder = session.scalars(stmt).first()
+        if holder is not None:
+            raise AlreadyExists(f"{name} {getattr(row, name)!r} belongs to user {holder}")
+
+
+def create_user(store: Store, values: dict[str, Any], *, by: str, policy: Policy) -> int:
+    """A new user from ``values`` (the batch CSV's columns but ``photo``); returns its id.
+
+    Its state is ``policy.user_status_after_create``.
+    """
+    row = validated(values)
+    with store.tx() as s:
+        _check_unique(s, row)
+        user = User(state=policy.user_status_after_create, **row.model_dump(exclude={"photo"}))
+        create(s, user, actor=by, reason="user created")
+        return user.id
+
+
+def update_user(store: Store, who: str, changes: dict[str, Any], *, by: str) -> list[str]:
+    """Change attributes of user ``who``; returns the names of those that changed."""
+    unknown = sorted(set(changes) - set(EDITABLE))
+    if unknown:
+        raise ValidationFailed(f"not an editable attribute: {unknown[0]}", field=unknown[0])
+    with store.tx() as s:
+        user = find_user(s, who, lock=True)
+        if user.state in _CLOSED:
+            raise PermanentError(f"user {user.id} is {user.state}; it cannot be edited")
+        current = {name: getattr(user, name) for name in EDITABLE}
+        row = validated({**current, **changes})
+        _check_unique(s, row, other_than=user.id)
+        wanted = row.model_dump(exclude={"photo"})
+        changed = sorted(k for k in EDITABLE if wanted[k] != current[k])
+        if not changed:
+            return []
+        for name in changed:
+            setattr(user, name, wanted[name])
+        user.updated_at = utcnow()
+        audit.append(
+            s,
+            actor=by,
+            entity=user.machine.name,
+            entity_id=user.id,
+            action="update",
+            from_state=user.state,
+            to_state=user.state,
+            reason=f"changed {', '.join(changed)}",
+        )
+        return changed
+
+
+def set_roles(store: Store, who: str, roles: Iterable[str], *, by: str) -> list[str]:
+    """Replace the roles of user ``who`` (each one of ``schemas.roles.Role``)."""
+    chosen = sorted(set(roles))
+    for role in chosen:
+        if role not in {r.value for r in Role}:
+            raise ValidationFailed(
+                f"{role!r} is not a role; the roles are {', '.join(r.value for r in Role)}",
+                field="roles",
+            )
+    with store.tx() as s:
+        user = find_user(s, who, lock=True)
+        if user.state in _CLOSED:
+            raise PermanentError(f"user {user.id} is {user.state}; its roles cannot change")
+        before = sorted(user.roles or [])
+        if before == chosen:
+            return chosen
+        user.roles = chosen
+        user.updated_at = utcnow()
+        audit.append(
+            s,
+            actor=by,
+            entity=user.machine.name,
+            entity_id=user.id,
+            action="roles",
+            from_state=user.state,
+            to_state=user.state,
+            reason=f"roles {before} -> {chosen}",
+        )
+        return chosen
+
+
+def delete_user(store: Store, who: str, *, by: str, reason: str | None = None) -> str:
+    """``locked -> deleted``: only a locked user (no live card or certificate) goes."""
+    with store.tx() as s:
+        user = find_user(s, who, lock=True)
+        return transition(s, user, "delete", actor=by, reason=reason or "user deleted")
+
+
+def _cards_of(session: Session, user_ids: list[int]) -> dict[int, int]:
+    if not user_ids:
+        return {}
+    stmt = (
+        select(Credential.user_id, func.count())
+        .where(Credential.user_id.in_(user_ids))
+        .group_by(Credential.user_id)
+    )
+    return {uid: int(n) for uid, n in session.execute(stmt) if uid is not None}
+
+
+def get_user(store: Store, who: str) -> UserView:
+    with store.read() as s:
+        user = find_user(s, who)
+        return view(user, _cards_of(s, [user.id]).get(user.id, 0))
+
+
+def _search(state: str | None, text: str | None) -> Any:
+    stmt = select(User)
+    if state is not None:
+        stmt = stmt.where(User.state == state)
+    if text:
+        like = f"%{text.strip().lower()}%"
+        stmt = stmt.where(
+            or_(
+                func.lower(User.email).like(like),
+                func.lower(User.first_name).like(like),
+                func.lower(User.last_name).like(like),
+                func.lower(User.organization).like(like),
+                func.lower(User.org_unit).like(like),
+                func.lower(func.coalesce(User.external_id, "")).like(like),
+            )
+        )
+    return stmt
+
+
+def search_users(
+    store: Store,
+    *,
+    state: str | None = None,
+    text: str | None = None,
+    page: int = 1,
+    per_page: int = 50,
+) -> Page[UserView]:
+    """Users in ``state`` whose name, e-mail, organisation or external id contains
+    ``text``, by id, one page at a time."""
+    if page < 1:
+        raise ValidationFailed("pages start at 1", field="page")
+    if not 1 <= per_page <= MAX_PAGE:
+        raise ValidationFailed(f"between 1 and {MAX_PAGE}", field="per_page")
+    if state is not None and state not in {s.value for s in UserState}:
+        raise ValidationFailed(f"not a user state: {state}", field="state")
+    stmt = _search(state, text)
+    with store.read() as s:
+        total = int(s.scalar(select(func.count()).select_from(stmt.subquery())) or 0)
+        users = list(
+            s.scalars(stmt.order_by(User.id).offset((page - 1) * per_page).limit(per_page))
+        )
+        cards = _cards_of(s, [u.id for u in users])
+        items = [view(u, cards.get(u.id, 0)) for u in users]
+    return Page(items=items, total=total, page=page, per_page=per_page)
+
+
+@dataclass
+class BulkReport:
+    """What a multi-user operation did to each user it found."""
+
+    done: list[int] = field(default_factory=list)
+    refused: dict[int, str] = field(default_factory=dict)
+
+
+def for_each_user(
+    store: Store,
+    *,
+    state: str | None,
+    text: str | None,
+    action: Callable[[str], object],
+    limit: int = 1000,
+) -> BulkReport:
+    """Apply ``action`` (one of the single-user operations, each its own transaction)
+    to every user the search finds. A user it refuses keeps its state; the others go on.
+    """
+    if not (state or (text and text.strip())):
+        raise ValidationFailed("narrow the search: give a state or a text", field="text")
+    with store.read() as s:
+        ids = list(s.scalars(_search(state, text).with_only_columns(User.id).order_by(User.id)))
+    if len(ids) > limit:
+        raise ValidationFailed(
+            f"the search finds {len(ids)} users; at most {limit} at once", field="text"
+        )
+    report = BulkReport()
+    for user_id in ids:
+        try:
+            action(str(user_id))
+        except CardlineError as exc:
+            report.refused[user_id] = str(exc)
+        else:
+            report.done.append(user_id)
+    return report

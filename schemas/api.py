@@ -1,0 +1,203 @@
+"""Bodies of the HTTP API (pydantic): what callers send and what they get back."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.states import RevocationReason
+
+Reason = Field(None, max_length=400)
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class UserIn(_In):
+    """A card holder's attributes (the batch CSV's columns, without ``photo``)."""
+
+    first_name: str = Field(max_length=100)
+    last_name: str = Field(max_length=100)
+    email: str = Field(max_length=254)
+    upn: str = Field(max_length=254)
+    organization: str = Field(max_length=200)
+    org_unit: str = Field(max_length=200)
+    title: str | None = Field(None, max_length=100)
+    country: str | None = Field(None, max_length=2)
+    username: str | None = Field(None, max_length=100)
+    identifier: str | None = Field(None, max_length=100)
+    external_id: str | None = Field(None, max_length=128)
+
+
+class UserPatch(_In):
+    """Only the attributes given change."""
+
+    first_name: str | None = Field(None, max_length=100)
+    last_name: str | None = Field(None, max_length=100)
+    email: str | None = Field(None, max_length=254)
+    upn: str | None = Field(None, max_length=254)
+    organization: str | None = Field(None, max_length=200)
+    org_unit: str | None = Field(None, max_length=200)
+    title: str | None = Field(None, max_length=100)
+    country: str | None = Field(None, max_length=2)
+    username: str | None = Field(None, max_length=100)
+    identifier: str | None = Field(None, max_length=100)
+    external_id: str | None = Field(None, max_length=128)
+
+
+class UserOut(BaseModel):
+    id: int
+    state: str
+    email: str
+    first_name: str
+    last_name: str
+    upn: str
+    organization: str
+    org_unit: str
+    title: str | None
+    country: str | None
+    username: str | None
+    identifier: str | None
+    external_id: str | None
+    roles: list[str]
+    cards: int
+    created_at: str
+    updated_at: str
+
+
+class UserPage(BaseModel):
+    items: list[UserOut]
+    total: int
+    page: int
+    per_page: int
+
+
+class RolesIn(_In):
+    roles: list[str] = Field(max_length=7)
+
+
+class ReasonIn(_In):
+    reason: str | None = Reason
+
+
+class RequiredReasonIn(_In):
+    reason: str = Field(min_length=1, max_length=400)
+    comment: str | None = Reason
+
+
+class CommentIn(_In):
+    comment: str | None = Reason
+
+
+LockReason = Literal[
+    "privilege_withdrawn",
+    "affiliation_changed",
+    "cessation_of_operation",
+    "key_compromise",
+    "unspecified",
+]
+
+
+class LockIn(_In):
+    reason: LockReason
+
+
+class RevokeIn(_In):
+    reason: RevocationReason
+
+
+class BulkIn(_In):
+    """The users a multi-user form acts on: every one the search finds."""
+
+    state: str | None = Field(None, max_length=32)
+    text: str | None = Field(None, max_length=200)
+    reason: str | None = Reason
+
+
+class BulkLockIn(BulkIn):
+    lock_reason: LockReason = "privilege_withdrawn"
+
+
+class BulkOut(BaseModel):
+    done: list[int]
+    refused: dict[int, str]
+
+
+class CardRequestIn(_In):
+    """One user gets one card; several users make one batch order."""
+
+    users: list[str] = Field(min_length=1, max_length=1000)  # e-mail or id of each
+    line: str | None = Field(None, max_length=32)
+
+
+class CardsCreated(BaseModel):
+    ids: list[int]
+    state: str
+
+
+class CardOut(BaseModel):
+    id: int
+    kind: str
+    state: str
+    card_number: str | None
+    user_id: int | None
+    user_email: str | None
+    batch_id: int | None
+    line: str
+    requested_by: str
+    attempts: int
+    valid_from: str | None
+    valid_until: str | None
+    certificates: dict[str, str]
+
+
+class CardPage(BaseModel):
+    items: list[CardOut]
+    total: int
+    page: int
+    per_page: int
+
+
+class StateOut(BaseModel):
+    state: str
+
+
+class CountOut(BaseModel):
+    """A state change and how many certificates it moved."""
+
+    certificates: int
+
+
+class BatchOut(BaseModel):
+    batch_id: int | None
+    users_created: int
+    users_updated: int
+    cards_requested: int
+    rejected: list[dict[str, object]]
+
+
+class DecisionOut(BaseModel):
+    batch_id: int
+    approved: int
+    rejected: int
+
+
+class SoftTokenRequestIn(_In):
+    user: str = Field(min_length=1, max_length=254)
+    types: list[str] = Field(min_length=1, max_length=16)
+
+
+class SoftTokenOut(BaseModel):
+    id: int
+    user_email: str
+    token_type: str
+    state: str
+    requested_by: str
+    approved_by: str | None
+    serial: str | None
+
+
+class PassphraseOut(BaseModel):
+    passphrase: str
