@@ -345,6 +345,22 @@ class OutboxMessage(Base):
     )
 
 
+class CardProductionRequest(Base):
+    """The last signed CPR received for a user (seed 000): kept as received, bytes and
+    signature, so it can be verified again; a newer CPR for the user replaces it."""
+
+    __tablename__ = "cprs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), unique=True)
+    identity_system: Mapped[str] = mapped_column(String(64))
+    request_id: Mapped[str] = mapped_column(String(100))
+    payload: Mapped[str] = mapped_column(Text)
+    signature: Mapped[str] = mapped_column(Text)
+    received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    replaced: Mapped[int] = mapped_column(Integer, default=0)
+
+
 class ApiToken(Base):
     """A bearer token of the HTTP API: one role, shown once, stored as its SHA-256.
 

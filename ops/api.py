@@ -8,6 +8,7 @@ from ops.config import Settings
 from ops.line import DataPaths, open_migrated, worker_context
 from producers.api.app import api_routes, create_app, roles_of
 from producers.api.context import ApiContext
+from producers.cpr import load_identity_systems
 
 
 def build_app(settings: Settings) -> FastAPI:
@@ -28,6 +29,8 @@ def build_app(settings: Settings) -> FastAPI:
         crl_dir=paths.crl,
         ca_chain=chain,
         rejects_dir=paths.rejects,
+        cpr=settings.cpr(),
+        cpr_keys=load_identity_systems(settings.cpr()),
     )
     return create_app(ctx)
 

@@ -33,6 +33,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from db.engine import sqlite_url
 from db.secrets import Secret, SecretBox
+from schemas.cpr import CprConfig
 from schemas.errors import ConfigurationError
 from schemas.pki import PkiConfig
 from schemas.policy import Policy
@@ -91,6 +92,9 @@ class Settings(BaseSettings):
 
     def pki(self) -> PkiConfig:
         return self._validated("pki", PkiConfig)
+
+    def cpr(self) -> CprConfig:
+        return self._validated("cpr", CprConfig)
 
     def mailer(self) -> Mailer | None:
         if self.smtp_url is None:

@@ -106,7 +106,7 @@ def _live_cards(session: Session, user: User) -> int:
     return int(session.scalar(stmt) or 0)
 
 
-def _new_cards(
+def new_cards_in(
     session: Session,
     users: Sequence[str],
     *,
@@ -166,7 +166,7 @@ def request_cards(
     """One card for each of ``users`` (e-mail or id); several make one batch order.
     All or nothing: one refused user refuses the request."""
     with store.tx() as s:
-        return _new_cards(
+        return new_cards_in(
             s,
             users,
             by=by,
@@ -182,7 +182,7 @@ def issue_cards(
 ) -> list[int]:
     """An operator's issuance: approved at once and queued for production."""
     with store.tx() as s:
-        return _new_cards(
+        return new_cards_in(
             s,
             users,
             by=by,

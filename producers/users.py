@@ -120,6 +120,13 @@ def _check_unique(session: Session, row: BatchRow, *, other_than: int | None = N
             raise AlreadyExists(f"{name} {getattr(row, name)!r} belongs to user {holder}")
 
 
+def create_in(session: Session, row: BatchRow, *, by: str, state: str, why: str) -> User:
+    """A new user from validated attributes, inside the caller's transaction."""
+    _check_unique(session, row)
+    user = User(state=state, **row.model_dump(exclude={"photo"}))
+    return create(session, user, actor=by, reason=why)
+
+
 def create_user(store: Store, values: dict[str, Any], *, by: str, policy: Policy) -> int:
     """A new user from ``values`` (the batch CSV's columns but ``photo``); returns its id.
 
@@ -127,42 +134,47 @@ def create_user(store: Store, values: dict[str, Any], *, by: str, policy: Policy
     """
     row = validated(values)
     with store.tx() as s:
-        _check_unique(s, row)
-        user = User(state=policy.user_status_after_create, **row.model_dump(exclude={"photo"}))
-        create(s, user, actor=by, reason="user created")
+        user = create_in(s, row, by=by, state=policy.user_status_after_create, why="user created")
         return user.id
+
+
+def update_in(
+    session: Session, user: User, changes: dict[str, Any], *, by: str, why: str = "changed"
+) -> list[str]:
+    """Change attributes of ``user`` inside the caller's transaction (audited); returns
+    the names of those that changed."""
+    unknown = sorted(set(changes) - set(EDITABLE))
+    if unknown:
+        raise ValidationFailed(f"not an editable attribute: {unknown[0]}", field=unknown[0])
+    if user.state in _CLOSED:
+        raise PermanentError(f"user {user.id} is {user.state}; it cannot be edited")
+    current = {name: getattr(user, name) for name in EDITABLE}
+    row = validated({**current, **changes})
+    _check_unique(session, row, other_than=user.id)
+    wanted = row.model_dump(exclude={"photo"})
+    changed = sorted(k for k in EDITABLE if wanted[k] != current[k])
+    if not changed:
+        return []
+    for name in changed:
+        setattr(user, name, wanted[name])
+    user.updated_at = utcnow()
+    audit.append(
+        session,
+        actor=by,
+        entity=user.machine.name,
+        entity_id=user.id,
+        action="update",
+        from_state=user.state,
+        to_state=user.state,
+        reason=f"{why} {', '.join(changed)}",
+    )
+    return changed
 
 
 def update_user(store: Store, who: str, changes: dict[str, Any], *, by: str) -> list[str]:
     """Change attributes of user ``who``; returns the names of those that changed."""
-    unknown = sorted(set(changes) - set(EDITABLE))
-    if unknown:
-        raise ValidationFailed(f"not an editable attribute: {unknown[0]}", field=unknown[0])
     with store.tx() as s:
-        user = find_user(s, who, lock=True)
-        if user.state in _CLOSED:
-            raise PermanentError(f"user {user.id} is {user.state}; it cannot be edited")
-        current = {name: getattr(user, name) for name in EDITABLE}
-        row = validated({**current, **changes})
-        _check_unique(s, row, other_than=user.id)
-        wanted = row.model_dump(exclude={"photo"})
-        changed = sorted(k for k in EDITABLE if wanted[k] != current[k])
-        if not changed:
-            return []
-        for name in changed:
-            setattr(user, name, wanted[name])
-        user.updated_at = utcnow()
-        audit.append(
-            s,
-            actor=by,
-            entity=user.machine.name,
-            entity_id=user.id,
-            action="update",
-            from_state=user.state,
-            to_state=user.state,
-            reason=f"changed {', '.join(changed)}",
-        )
-        return changed
+        return update_in(s, find_user(s, who, lock=True), changes, by=by)
 
 
 def set_roles(store: Store, who: str, roles: Iterable[str], *, by: str) -> list[str]:

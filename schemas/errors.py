@@ -126,3 +126,8 @@ class AlreadyExists(ConflictError):
 
 class Unauthorized(PermanentError):
     """No credentials, or credentials Cardline does not know (or revoked)."""
+
+
+class InvalidCpr(PermanentError):
+    """A card production request whose signature does not verify, or that cannot be
+    stored; nothing of it was kept."""

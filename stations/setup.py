@@ -107,10 +107,13 @@ def build_drivers(entry: StationEntry, *, output_dir: Path) -> Drivers:
             entry.token.module, token_label=entry.token.token_label, transport_pin=transport_pin
         )
     if entry.reader.driver == "pcsc":
-        from stations.pcsc_reader import PcscReader
+        from stations.pcsc_reader import SERIAL_APDU, PcscReader
 
-        options = {"serial_apdu": entry.reader.serial_apdu} if entry.reader.serial_apdu else {}
-        reader = PcscReader(entry.reader.name, exclusive=entry.reader.exclusive, **options)
+        reader = PcscReader(
+            entry.reader.name,
+            serial_apdu=entry.reader.serial_apdu or SERIAL_APDU,
+            exclusive=entry.reader.exclusive,
+        )
     if entry.printer.driver == "cups":
         from stations.printers import CupsPrinter
 

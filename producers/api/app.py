@@ -15,7 +15,14 @@ from fastapi.routing import APIRoute
 from starlette.routing import BaseRoute
 
 from db.summary import summarise
-from producers.api import errors, routes_batches, routes_cards, routes_pki, routes_users
+from producers.api import (
+    errors,
+    routes_batches,
+    routes_cards,
+    routes_cpr,
+    routes_pki,
+    routes_users,
+)
 from producers.api.auth import Allow, context
 from producers.api.context import ApiContext
 from producers.tokens import Principal
@@ -73,7 +80,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
         with ctx.store.read() as s:
             return summarise(s, verify_audit=False).as_dict()
 
-    for module in (routes_users, routes_cards, routes_batches, routes_pki):
+    for module in (routes_users, routes_cards, routes_batches, routes_pki, routes_cpr):
         _mark_roles(api_routes(module.router.routes))
         app.include_router(module.router)
     _mark_roles(r for r in app.router.routes if isinstance(r, APIRoute))

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from db.engine import Store
 from db.secrets import SecretBox
+from schemas.cpr import CprConfig
 from schemas.pki import PkiConfig
 from schemas.policy import Policy
 
@@ -20,3 +22,6 @@ class ApiContext:
     crl_dir: Path  # where the pki worker publishes issuing.crl and root.crl
     ca_chain: Path  # ca-chain.pem (the AIA of issued certificates points here)
     rejects_dir: Path  # batch import reject reports
+    cpr: CprConfig = field(default_factory=CprConfig)
+    # Each identity system's CPR signing key (producers.cpr.load_identity_systems).
+    cpr_keys: dict[str, Any] = field(default_factory=dict)

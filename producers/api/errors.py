@@ -21,6 +21,7 @@ log = structlog.get_logger(__name__)
 
 STATUS: dict[type[e.CardlineError], tuple[int, str]] = {
     e.ValidationFailed: (422, "validation_failed"),
+    e.InvalidCpr: (400, "invalid_cpr"),
     e.NotFound: (404, "not_found"),
     e.Unauthorized: (401, "unauthorized"),
     e.Forbidden: (403, "forbidden"),

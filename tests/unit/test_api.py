@@ -131,6 +131,7 @@ POLICY: dict[tuple[str, str], set[Role] | frozenset[Role] | None] = {
     ("POST", "/softtokens/{token_id}/cancel"): {R.OPERATOR, R.REQUESTER},
     ("POST", "/softtokens/{token_id}/revoke"): {R.OPERATOR},
     ("POST", "/softtokens/{token_id}/passphrase"): {R.OPERATOR},
+    ("POST", "/cpr"): {R.REQUESTER},
 }
 
 
