@@ -30,6 +30,7 @@ from schemas.states import (
     BATCH,
     CARD,
     CERTIFICATE,
+    INCIDENT,
     SOFT_TOKEN,
     TEMP_CARD,
     USER,
@@ -170,6 +171,11 @@ class Credential(Stateful, Base):
     recover_escrow: Mapped[bool] = mapped_column(default=False, server_default=false())
     # When the reconciler last re-published this credential's pending job.
     redriven_at: Mapped[dt.datetime | None]
+    # A temporary card's assignment ends then (extend moves it).
+    assigned_until: Mapped[dt.datetime | None]
+    # New certificates for the card's keys were asked for then (renew, temp-card assign);
+    # the pki worker re-certifies every usage whose current certificate is older.
+    recertify_requested_at: Mapped[dt.datetime | None]
 
     user: Mapped[User | None] = relationship(back_populates="credentials")
     batch: Mapped[BatchOrder | None] = relationship(back_populates="credentials")
@@ -343,6 +349,41 @@ class OutboxMessage(Base):
             postgresql_where=text("sent_at IS NULL"),
         ),
     )
+
+
+class Incident(Stateful, Base):
+    """A device incident (seed 003): a card forgotten, lost, stolen or damaged, and the
+    replacement request it made (a card, or a temporary card to assign)."""
+
+    __tablename__ = "incidents"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    credential_id: Mapped[int] = mapped_column(ForeignKey("credentials.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    temporary: Mapped[bool] = mapped_column(default=False)
+    replacement_id: Mapped[int | None] = mapped_column(ForeignKey("credentials.id"))
+    declared_by: Mapped[str] = mapped_column(String(100))
+    note: Mapped[str | None] = mapped_column(String(400))
+
+    @property
+    def machine(self) -> Machine:
+        return INCIDENT
+
+
+class Reminder(Base):
+    """An expiry reminder sent: once per item, kind and period (the key makes it so)."""
+
+    __tablename__ = "reminders"
+    __table_args__ = (UniqueConstraint("entity", "entity_id", "kind", "period"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    entity: Mapped[str] = mapped_column(String(32))
+    entity_id: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16))  # expiring | expired
+    period: Mapped[str] = mapped_column(String(16))  # e.g. 2026-11-24 or 2026-W48
+    recipient: Mapped[str] = mapped_column(String(254))
+    sent_at: Mapped[dt.datetime | None]
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
 class CardProductionRequest(Base):

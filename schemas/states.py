@@ -73,6 +73,19 @@ class SoftTokenState(StrEnum):
     CANCELLED = "cancelled"
 
 
+class IncidentState(StrEnum):
+    OPEN = "open"  # the replacement request waits (for approval, production, assignment)
+    CANCELLED = "cancelled"  # the card was found: the replacement request withdrawn
+    CLOSED = "closed"  # the replacement was produced or assigned
+
+
+class IncidentKind(StrEnum):
+    FORGOTTEN = "forgotten"
+    LOST = "lost"
+    STOLEN = "stolen"
+    DAMAGED = "damaged"
+
+
 class CredentialKind(StrEnum):
     CARD = "card"
     TEMP_CARD = "temp_card"
@@ -270,8 +283,19 @@ SOFT_TOKEN = Machine(
     ),
 )
 
+N = IncidentState
+INCIDENT = Machine(
+    name="incident",
+    states=frozenset(N),
+    initial=frozenset({N.OPEN}),
+    edges=(
+        _e("cancel", N.OPEN, N.CANCELLED),
+        _e("close", N.OPEN, N.CLOSED),
+    ),
+)
+
 MACHINES: dict[str, Machine] = {
-    m.name: m for m in (CARD, TEMP_CARD, CERTIFICATE, USER, ATTEMPT, BATCH, SOFT_TOKEN)
+    m.name: m for m in (CARD, TEMP_CARD, CERTIFICATE, USER, ATTEMPT, BATCH, SOFT_TOKEN, INCIDENT)
 }
 
 # States in which a credential still needs the production line.

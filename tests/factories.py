@@ -11,6 +11,7 @@ from db.models import (
     BatchOrder,
     Certificate,
     Credential,
+    Incident,
     ProductionAttempt,
     SoftToken,
     Stateful,
@@ -92,6 +93,18 @@ def soft_token(session: Session, state: str = "requested") -> SoftToken:
     return row
 
 
+def incident(session: Session, state: str = "open") -> Incident:
+    row = Incident(
+        state=state,
+        credential_id=credential(session, "inactive").id,
+        kind="lost",
+        declared_by="tests",
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
 def batch(session: Session, state: str = "requested") -> BatchOrder:
     row = BatchOrder(state=state, name="b.csv", requested_by="alice")
     session.add(row)
@@ -109,5 +122,6 @@ def entity(session: Session, machine: str, state: str) -> Stateful:
         "certificate": lambda: certificate(session, state),
         "batch": lambda: batch(session, state),
         "soft_token": lambda: soft_token(session, state),
+        "incident": lambda: incident(session, state),
     }
     return makers[machine]()
