@@ -209,7 +209,7 @@ def _drain_with_progress(line: EmbeddedLine, total: int | None) -> None:
 def _written_paths(paths: DataPaths, settings: Settings) -> dict[str, str]:
     return {
         "status store": make_url(settings.db_url).render_as_string(hide_password=True),
-        "card faces (PNG, front/back)": str(paths.faces),
+        "card faces (PNG front/back, PDF)": str(paths.faces),
         "printed cards (per station)": str(paths.printed),
         "PIN letters (PDF)": str(paths.letters),
         "CA chain": str(paths.root / "ca-chain.pem"),

@@ -2,7 +2,7 @@
 # Install the Debian packages Cardline needs, only those missing. Run as root on Debian;
 # elsewhere it prints what to install and carries on.
 set -euo pipefail
-packages=(python3-venv fonts-dejavu-core softhsm2 opensc pcscd vsmartcard-vpcd libpcsclite-dev swig gcc cups printer-driver-cups-pdf libcups2-dev)
+packages=(python3-venv fonts-dejavu-core softhsm2 opensc pcscd vsmartcard-vpcd libpcsclite-dev swig gcc cups printer-driver-cups-pdf libcups2-dev poppler-utils)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -89,6 +89,7 @@ def test_rendering_again_overwrites_and_leaves_no_temp_files(tmp_path, red_photo
     assert first.front.read_bytes() != before
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "C-1-back.png",
+        "C-1-faces.pdf",
         "C-1-front.png",
         "photo.jpg",
     ]
