@@ -81,6 +81,20 @@ class IssueSoftToken(JobMessage):
         return PKI_QUEUE
 
 
+class RecertifyCard(JobMessage):
+    """New certificates for the keys already on a produced card (renewal, temporary-card
+    assignment): every usage whose current certificate predates the card's
+    ``recertify_requested_at``; ``pin_letter`` sends the PIN letter once done."""
+
+    actor: ClassVar[str] = "pki"
+    type: Literal["recertify_card"] = "recertify_card"
+    credential_id: int
+    pin_letter: bool = False
+
+    def queue(self) -> str:
+        return PKI_QUEUE
+
+
 class DeliverSoftToken(JobMessage):
     """Write the issued P12 (and its public certificate) out, and mail it where configured."""
 
@@ -115,10 +129,14 @@ class SendPinLetter(JobMessage):
         return NOTIFY_QUEUE
 
 
-PkiJob = Annotated[IssueCertificate | PublishCrl | IssueSoftToken, Field(discriminator="type")]
+PkiJob = Annotated[
+    IssueCertificate | PublishCrl | IssueSoftToken | RecertifyCard, Field(discriminator="type")
+]
 NotifyJob = Annotated[SendPinLetter | DeliverSoftToken, Field(discriminator="type")]
 
 PREPARE_JOB: TypeAdapter[PrepareCard] = TypeAdapter(PrepareCard)
-PKI_JOB: TypeAdapter[IssueCertificate | PublishCrl | IssueSoftToken] = TypeAdapter(PkiJob)
+PKI_JOB: TypeAdapter[IssueCertificate | PublishCrl | IssueSoftToken | RecertifyCard] = TypeAdapter(
+    PkiJob
+)
 NOTIFY_JOB: TypeAdapter[SendPinLetter | DeliverSoftToken] = TypeAdapter(NotifyJob)
 PRODUCE_JOB: TypeAdapter[ProduceCard] = TypeAdapter(ProduceCard)

@@ -3,47 +3,37 @@
 ``generate_key`` makes the key pair on the token (sensitive, not extractable) and returns
 its public key; ``load_key`` returns a ``cryptography`` private key object whose
 ``sign()`` calls the token, so ``CertificateBuilder.sign`` and
-``CertificateRevocationListBuilder.sign`` work unchanged (HARDWARE-NOTES: subclass the
-key interface). The private-key methods that would need the key material
+``CertificateRevocationListBuilder.sign`` work unchanged (``db.pkcs11.TokenRsaKey`` /
+``TokenEcKey``). The private-key methods that would need the key material
 (``private_bytes``, ``private_numbers``, ``decrypt``, ``exchange``) refuse.
 
-A process keeps one logged-in session per token and serialises every call on it with a
-lock: login state is per token per process, and SoftHSM2 is not safe under concurrent
-calls from several threads. The PIN travels as a ``Secret`` and never appears in an error.
+A process keeps one logged-in session per token (``db.pkcs11.KeptSession``, reopened
+after a reinitialisation) and makes every call under ``db.pkcs11.LOCK``: login state is
+per token per process, and SoftHSM2 is not safe under concurrent calls from several
+threads. The PIN travels as a ``Secret`` and never appears in an error.
 """
 
 from __future__ import annotations
 
 import hashlib
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NoReturn, TypeVar
+from typing import TypeVar, cast
 
 import pkcs11
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
-from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
+from pkcs11 import Attribute, Mechanism, ObjectClass
 from pkcs11 import exceptions as p11
-from pkcs11.util.ec import (
-    encode_ec_public_key,
-    encode_ecdsa_signature,
-    encode_named_curve_parameters,
-)
+from pkcs11.types import SignMixin
 
+from db import pkcs11 as token_lib
+from db.pkcs11 import TokenEcKey, TokenRsaKey
 from db.secrets import Secret
 from schemas.errors import ConfigurationError, TransientError
 
-_T = TypeVar("_T")
-TokenPublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+__all__ = ["TokenEcKey", "TokenError", "TokenKeyRef", "TokenRsaKey", "generate_key", "load_key"]
 
-_CURVES = {"ec-p256": "secp256r1", "ec-p384": "secp384r1"}
-_RSA_BITS = {"rsa-2048": 2048, "rsa-3072": 3072}
-_RSA_MECHANISMS = {
-    "sha256": Mechanism.SHA256_RSA_PKCS,
-    "sha384": Mechanism.SHA384_RSA_PKCS,
-    "sha512": Mechanism.SHA512_RSA_PKCS,
-}
+_T = TypeVar("_T")
+TokenPublicKey = token_lib.PublicKey
 
 
 @dataclass(frozen=True)
@@ -62,92 +52,84 @@ class TokenKeyRef:
 
 
 class TokenError(TransientError):
-    """The token failed an operation; the message names the token, never the PIN."""
+    """The token failed an operation; the message names the token and the CKR_* code,
+    never the PIN (``code`` keeps the raw code)."""
+
+    def __init__(self, message: str, *, code: str) -> None:
+        self.code = code
+        super().__init__(message)
 
 
 class _Token:
-    """One logged-in session on one token, used under a lock."""
+    """One logged-in session on one token; the signer of its key."""
 
     def __init__(self, ref: TokenKeyRef) -> None:
         self.ref = ref
-        self.lock = threading.RLock()
-        self._session: Any = None
-        self._private: Any = None
+        self.kept = token_lib.KeptSession(token_lib.library(ref.module), self._open)
+        self._private: tuple[pkcs11.Session, pkcs11.PrivateKey] | None = None
 
-    def private_key(self) -> Any:
+    def _open(self) -> pkcs11.Session:
+        library = self.kept.library
+        try:
+            token = library.token(label=self.ref.token_label)
+        except p11.NoSuchToken:
+            raise ConfigurationError(
+                f"no PKCS#11 token labelled {self.ref.token_label!r} in {self.ref.module}"
+            ) from None
+        except p11.MultipleTokensReturned:
+            raise ConfigurationError(
+                f"more than one PKCS#11 token labelled {self.ref.token_label!r}"
+            ) from None
+        try:
+            return token_lib.open_session(token, user_pin=self.ref.pin)
+        except p11.PinIncorrect:
+            raise ConfigurationError(
+                f"PKCS#11 token {self.ref.token_label!r} refused the CA PIN (CARDLINE_CA_PIN)"
+            ) from None
+        except p11.UserAlreadyLoggedIn:
+            # A session of this process is logged in already: a plain one shares it.
+            return token_lib.open_session(token)
+
+    def private_key(self) -> pkcs11.PrivateKey:
         """The private key object, found once per session."""
-        if self._private is None:
-            self._private = _find_private(self.session(), self.ref)
-        return self._private
+        session = self.kept.get()
+        if self._private is None or self._private[0] is not session:
+            self._private = (session, _find_private(session, self.ref))
+        return self._private[1]
 
-    def session(self) -> Any:
-        if self._session is None:
-            lib = _library(self.ref.module)
-            try:
-                token = lib.get_token(token_label=self.ref.token_label)
-            except (p11.NoSuchToken, p11.MultipleTokensReturned):
-                lib.reinitialize()  # a token created after the library loaded is invisible
-                try:
-                    token = lib.get_token(token_label=self.ref.token_label)
-                except p11.NoSuchToken:
-                    raise ConfigurationError(
-                        f"no PKCS#11 token labelled {self.ref.token_label!r} in {self.ref.module}"
-                    ) from None
-                except p11.MultipleTokensReturned:
-                    raise ConfigurationError(
-                        f"more than one PKCS#11 token labelled {self.ref.token_label!r}"
-                    ) from None
-            try:
-                self._session = token.open(rw=True, user_pin=self.ref.pin.reveal())
-            except p11.PinIncorrect:
-                raise ConfigurationError(
-                    f"PKCS#11 token {self.ref.token_label!r} refused the CA PIN (CARDLINE_CA_PIN)"
-                ) from None
-            except p11.UserAlreadyLoggedIn:
-                # A session of this process is logged in already: a plain one shares it.
-                self._session = token.open(rw=True)
-        return self._session
-
-    def run(self, what: str, call: Callable[[Any], _T]) -> _T:
+    def run(self, what: str, call: Callable[[pkcs11.Session], _T]) -> _T:
         """Run ``call(session)`` under the lock; a dead session is reopened once."""
-        with self.lock:
+        with token_lib.LOCK:
             for attempt in (1, 2):
                 try:
-                    return call(self.session())
+                    return call(self.kept.get())
                 except (p11.SessionHandleInvalid, p11.SessionClosed, p11.DeviceRemoved) as exc:
-                    self._session = self._private = None
+                    self.kept.forget()
+                    self._private = None
                     if attempt == 2:
-                        raise TokenError(
-                            f"PKCS#11 token {self.ref.token_label!r}: {what} failed "
-                            f"({type(exc).__name__})"
-                        ) from None
+                        raise self._error(what, exc) from None
                 except p11.PKCS11Error as exc:
-                    raise TokenError(
-                        f"PKCS#11 token {self.ref.token_label!r}: {what} failed "
-                        f"({type(exc).__name__})"
-                    ) from None
+                    raise self._error(what, exc) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def sign(self, data: bytes, mechanism: Mechanism) -> bytes:
+        return self.run(
+            "signing",
+            lambda _: bytes(_signing(self.private_key()).sign(data, mechanism=mechanism)),
+        )
 
-_libraries: dict[str, Any] = {}
+    def _error(self, what: str, exc: p11.PKCS11Error) -> TokenError:
+        code = token_lib.ckr_code(exc)
+        return TokenError(
+            f"PKCS#11 token {self.ref.token_label!r}: {what} failed ({code})", code=code
+        )
+
+
 _tokens: dict[tuple[str, str], _Token] = {}
-_registry_lock = threading.Lock()
-
-
-def _library(module: str) -> Any:
-    with _registry_lock:
-        if module not in _libraries:
-            try:
-                _libraries[module] = pkcs11.lib(module)
-            except (OSError, RuntimeError, p11.PKCS11Error) as exc:
-                raise ConfigurationError(
-                    f"cannot load PKCS#11 module {module}: {type(exc).__name__}"
-                ) from None
-        return _libraries[module]
 
 
 def _token(ref: TokenKeyRef) -> _Token:
-    with _registry_lock:
+    with token_lib.LOCK:
         key = (ref.module, ref.token_label)
         token = _tokens.get(key)
         if token is None or token.ref.pin != ref.pin:
@@ -155,11 +137,15 @@ def _token(ref: TokenKeyRef) -> _Token:
         return token
 
 
-def _find_private(session: Any, ref: TokenKeyRef) -> Any:
-    keys = list(
-        session.get_objects(
-            {Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.LABEL: ref.key_label}
-        )
+def _signing(key: pkcs11.PrivateKey) -> SignMixin:
+    # python-pkcs11 builds each key object's class from mixins at run time; its stubs
+    # type a private key without them.
+    return cast(SignMixin, key)
+
+
+def _find_private(session: pkcs11.Session, ref: TokenKeyRef) -> pkcs11.PrivateKey:
+    keys = token_lib.find(
+        session, {Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.LABEL: ref.key_label}
     )
     if not keys:
         raise ConfigurationError(
@@ -170,72 +156,36 @@ def _find_private(session: Any, ref: TokenKeyRef) -> Any:
             f"PKCS#11 token {ref.token_label!r} holds {len(keys)} keys labelled "
             f"{ref.key_label!r}; labels must be unique"
         )
-    return keys[0]
+    return keys[0]  # type: ignore[return-value]  # the search asked for private keys only
 
 
-def _public_of(session: Any, ref: TokenKeyRef) -> TokenPublicKey:
-    found = list(
-        session.get_objects(
-            {Attribute.CLASS: ObjectClass.PUBLIC_KEY, Attribute.LABEL: ref.key_label}
-        )
+def _public_of(session: pkcs11.Session, ref: TokenKeyRef) -> TokenPublicKey:
+    found = token_lib.find(
+        session, {Attribute.CLASS: ObjectClass.PUBLIC_KEY, Attribute.LABEL: ref.key_label}
     )
     if len(found) != 1:
         raise ConfigurationError(
             f"PKCS#11 token {ref.token_label!r}: expected one public key labelled "
             f"{ref.key_label!r}, found {len(found)}"
         )
-    pub = found[0]
-    if pub.key_type == KeyType.EC:
-        loaded = serialization.load_der_public_key(encode_ec_public_key(pub))
-        if not isinstance(loaded, ec.EllipticCurvePublicKey):
-            raise ConfigurationError(f"key {ref.key_label!r} is not a usable EC key")
-        return loaded
-    numbers = rsa.RSAPublicNumbers(
-        int.from_bytes(pub[Attribute.PUBLIC_EXPONENT], "big"),
-        int.from_bytes(pub[Attribute.MODULUS], "big"),
-    )
-    return numbers.public_key()
+    try:
+        return token_lib.public_key_of(found[0])
+    except ValueError:
+        raise ConfigurationError(f"key {ref.key_label!r} is neither RSA nor EC") from None
 
 
 def generate_key(ref: TokenKeyRef, algorithm: str) -> TokenPublicKey:
     """Generate the key pair on the token; returns its public key. Refuses a used label."""
-    private_template = {
-        Attribute.SENSITIVE: True,
-        Attribute.EXTRACTABLE: False,
-        Attribute.TOKEN: True,
-        Attribute.PRIVATE: True,
-    }
+    if algorithm not in token_lib.algorithms():
+        raise ConfigurationError(f"unknown key algorithm {algorithm!r}")
 
-    def make(session: Any) -> TokenPublicKey:
-        existing = list(session.get_objects({Attribute.LABEL: ref.key_label}))
-        if existing:
+    def make(session: pkcs11.Session) -> TokenPublicKey:
+        if token_lib.find(session, {Attribute.LABEL: ref.key_label}):
             raise ConfigurationError(
                 f"PKCS#11 token {ref.token_label!r} already holds objects labelled "
                 f"{ref.key_label!r}; choose another key_label or remove them"
             )
-        if algorithm in _CURVES:
-            params = session.create_domain_parameters(
-                KeyType.EC,
-                {Attribute.EC_PARAMS: encode_named_curve_parameters(_CURVES[algorithm])},
-                local=True,
-            )
-            params.generate_keypair(
-                id=ref.key_id,
-                label=ref.key_label,
-                store=True,
-                private_template=private_template,
-            )
-        elif algorithm in _RSA_BITS:
-            session.generate_keypair(
-                KeyType.RSA,
-                _RSA_BITS[algorithm],
-                id=ref.key_id,
-                label=ref.key_label,
-                store=True,
-                private_template=private_template,
-            )
-        else:
-            raise ConfigurationError(f"unknown key algorithm {algorithm!r}")
+        token_lib.generate_keypair(session, algorithm, key_id=ref.key_id, label=ref.key_label)
         return _public_of(session, ref)
 
     return _token(ref).run("key generation", make)
@@ -245,130 +195,8 @@ def load_key(ref: TokenKeyRef) -> TokenRsaKey | TokenEcKey:
     """The token-held private key as a ``cryptography`` key whose ``sign()`` uses the token."""
     token = _token(ref)
 
-    def find(session: Any) -> TokenPublicKey:
+    def find(session: pkcs11.Session) -> TokenPublicKey:
         token.private_key()
         return _public_of(session, ref)
 
-    public = token.run("key lookup", find)
-    if isinstance(public, rsa.RSAPublicKey):
-        return TokenRsaKey(token, public)
-    if isinstance(public, ec.EllipticCurvePublicKey):
-        return TokenEcKey(token, public)
-    raise ConfigurationError(f"key {ref.key_label!r} is neither RSA nor EC")
-
-
-def _no_export(what: str) -> NoReturn:
-    raise TypeError(f"a token-held key cannot {what}: it never leaves the token")
-
-
-class TokenRsaKey(rsa.RSAPrivateKey):
-    def __init__(self, token: _Token, public: rsa.RSAPublicKey) -> None:
-        self._token = token
-        self._public = public
-
-    def sign(
-        self,
-        data: bytes,
-        padding: padding.AsymmetricPadding,
-        algorithm: utils.Prehashed | hashes.HashAlgorithm | utils.NoDigestInfo,
-    ) -> bytes:
-        if padding.name != "EMSA-PKCS1-v1_5" or isinstance(
-            algorithm, utils.Prehashed | utils.NoDigestInfo
-        ):
-            raise TypeError("the token key signs PKCS#1 v1.5 over unhashed data only")
-        mechanism = _RSA_MECHANISMS.get(algorithm.name)
-        if mechanism is None:
-            raise TypeError(f"the token key does not sign with {algorithm.name}")
-        token = self._token
-
-        def sign(session: Any) -> bytes:
-            return bytes(token.private_key().sign(data, mechanism=mechanism))
-
-        return self._token.run("signing", sign)
-
-    @property
-    def key_size(self) -> int:
-        return self._public.key_size
-
-    def public_key(self) -> rsa.RSAPublicKey:
-        return self._public
-
-    def decrypt(self, ciphertext: bytes, padding: padding.AsymmetricPadding) -> bytes:
-        _no_export("decrypt here")
-
-    def private_numbers(self) -> rsa.RSAPrivateNumbers:
-        _no_export("give its private numbers")
-
-    def private_bytes(
-        self,
-        encoding: serialization.Encoding,
-        format: serialization.PrivateFormat,
-        encryption_algorithm: serialization.KeySerializationEncryption,
-    ) -> bytes:
-        _no_export("be serialised")
-
-    def __copy__(self) -> TokenRsaKey:
-        return self
-
-    def __deepcopy__(self, memo: dict[int, object]) -> TokenRsaKey:
-        return self
-
-
-class TokenEcKey(ec.EllipticCurvePrivateKey):
-    def __init__(self, token: _Token, public: ec.EllipticCurvePublicKey) -> None:
-        self._token = token
-        self._public = public
-
-    def sign(
-        self,
-        data: bytes | bytearray | memoryview,
-        signature_algorithm: ec.EllipticCurveSignatureAlgorithm,
-    ) -> bytes:
-        if not isinstance(signature_algorithm, ec.ECDSA):
-            raise TypeError("the token key signs ECDSA only")
-        algorithm = signature_algorithm.algorithm
-        if isinstance(algorithm, utils.Prehashed):
-            digest = bytes(data)
-        else:
-            # SoftHSM2 has no CKM_ECDSA_SHA256: hash here, sign the digest on the token.
-            h = hashes.Hash(algorithm)
-            h.update(data)
-            digest = h.finalize()
-        token = self._token
-
-        def sign(session: Any) -> bytes:
-            raw = token.private_key().sign(digest, mechanism=Mechanism.ECDSA)
-            return bytes(encode_ecdsa_signature(raw))
-
-        return self._token.run("signing", sign)
-
-    @property
-    def curve(self) -> ec.EllipticCurve:
-        return self._public.curve
-
-    @property
-    def key_size(self) -> int:
-        return self._public.curve.key_size
-
-    def public_key(self) -> ec.EllipticCurvePublicKey:
-        return self._public
-
-    def exchange(self, algorithm: ec.ECDH, peer_public_key: ec.EllipticCurvePublicKey) -> bytes:
-        _no_export("do key agreement here")
-
-    def private_numbers(self) -> ec.EllipticCurvePrivateNumbers:
-        _no_export("give its private numbers")
-
-    def private_bytes(
-        self,
-        encoding: serialization.Encoding,
-        format: serialization.PrivateFormat,
-        encryption_algorithm: serialization.KeySerializationEncryption,
-    ) -> bytes:
-        _no_export("be serialised")
-
-    def __copy__(self) -> TokenEcKey:
-        return self
-
-    def __deepcopy__(self, memo: dict[int, object]) -> TokenEcKey:
-        return self
+    return token_lib.token_key(token, token.run("key lookup", find))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +25,7 @@ from producers.approvals import approve_batch
 from producers.batch_import import import_batch
 from producers.generate import write_users_csv
 from schemas.errors import ConfigurationError
+from tests.hw.softhsm import shared_softhsm
 from workers import hsm
 from workers.ca import CertificateAuthority
 
@@ -38,22 +38,9 @@ SO_PIN = "so-pin-5519"
 
 @pytest.fixture(scope="module")
 def softhsm(tmp_path_factory):
-    """A private SoftHSM2 token directory for this module (SOFTHSM2_CONF)."""
-    if not (Path(MODULE).exists() and shutil.which("softhsm2-util")):
-        if os.environ.get("CI") == "true":
-            pytest.fail("SoftHSM2 is missing: `make test` installs softhsm2 and opensc")
-        pytest.skip("SoftHSM2 not installed (apt-get install softhsm2 opensc)")
-    root = tmp_path_factory.mktemp("softhsm")
-    (root / "tokens").mkdir()
-    conf = root / "softhsm2.conf"
-    conf.write_text(f"directories.tokendir = {root / 'tokens'}\nobjectstore.backend = file\n")
-    before = os.environ.get("SOFTHSM2_CONF")
-    os.environ["SOFTHSM2_CONF"] = str(conf)
-    yield conf
-    if before is None:
-        os.environ.pop("SOFTHSM2_CONF", None)
-    else:
-        os.environ["SOFTHSM2_CONF"] = before
+    """The process's private SoftHSM2 token directory (SOFTHSM2_CONF), shared with every
+    other SoftHSM test in this pytest process: the library reads it once (tests.hw)."""
+    return shared_softhsm(tmp_path_factory)
 
 
 def _init_token(label: str) -> None:
