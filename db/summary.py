@@ -12,9 +12,17 @@ from db import outbox
 from db.audit import verify_chain
 from db.models import Certificate, Credential, ProductionAttempt, SoftToken, Station
 from schemas.messages import line_queue
-from schemas.states import IN_PRODUCTION, AttemptState, CardState, CertState, SoftTokenState
+from schemas.states import (
+    IN_PRODUCTION,
+    AttemptState,
+    CardState,
+    CertState,
+    SoftTokenState,
+    TempCardState,
+)
 
-PIN_LETTER_STATES = (CardState.ACTIVE, CardState.ISSUED)
+# A card in these states has a holder who gets a PIN letter.
+PIN_LETTER_STATES = (CardState.ACTIVE, CardState.ISSUED, TempCardState.ASSIGNED)
 
 
 def _counts(session: Session, column: Any, *where: Any) -> dict[str, int]:
@@ -73,12 +81,22 @@ class LineSummary:
 
 def progress(session: Session) -> tuple[dict[str, int], int, int]:
     """Cheap counts for a progress bar: cards per state, unsent messages, deliveries due
-    (PIN letters not yet written, soft tokens approved but not yet issued or delivered)."""
+    (PIN letters not yet written, soft tokens approved but not yet issued or delivered,
+    cards waiting for new certificates)."""
     return (
         _counts(session, Credential.state),
         outbox.unsent_count(session),
-        _letters_pending(session) + _softtokens_pending(session),
+        _letters_pending(session) + _softtokens_pending(session) + _recertify_pending(session),
     )
+
+
+def _recertify_pending(session: Session) -> int:
+    stmt = (
+        select(func.count())
+        .select_from(Credential)
+        .where(Credential.recertify_requested_at.is_not(None))
+    )
+    return int(session.scalar(stmt) or 0)
 
 
 def _softtokens_pending(session: Session) -> int:

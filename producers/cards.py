@@ -19,13 +19,13 @@ from sqlalchemy.orm import Session
 
 from db import outbox
 from db.engine import Store
-from db.models import BatchOrder, Certificate, Credential, User
+from db.models import BatchOrder, Certificate, Credential, User, utcnow
 from db.transition import create, transition
 from producers.lookup import find_card, find_user
 from producers.users import MAX_PAGE, Page
 from schemas.batch import LINE_NAME
 from schemas.errors import FourEyesViolation, PermanentError, ValidationFailed
-from schemas.messages import PrepareCard
+from schemas.messages import PrepareCard, RecertifyCard
 from schemas.policy import Policy
 from schemas.states import (
     LIVE_CARD_STATES,
@@ -280,3 +280,19 @@ def search_cards(
         rows = s.scalars(stmt.order_by(Credential.id).offset((page - 1) * per_page).limit(per_page))
         items = [view(s, c) for c in rows]
     return Page(items=items, total=total, page=page, per_page=per_page)
+
+
+def renew_card(store: Store, card: str, *, by: str) -> str:
+    """New certificates for the card's keys (the old ones revoked as superseded); the
+    PIN and PUK stay. The ``pki`` worker does the issuing (``RecertifyCard``)."""
+    with store.tx() as s:
+        cred = find_card(s, card, lock=True)
+        return transition(
+            s,
+            cred,
+            "renew",
+            actor=by,
+            reason="certificates renewed",
+            changes={"recertify_requested_at": utcnow()},
+            messages=[RecertifyCard(credential_id=cred.id)],
+        )

@@ -126,49 +126,57 @@ def _lock_reason(reason: RevocationReason | str) -> RevocationReason:
 # --- cards ---------------------------------------------------------------------------
 
 
+def deactivate_card_in(session: Session, cred: Credential, *, by: str, reason: str) -> int:
+    transition(session, cred, "deactivate", actor=by, reason=reason)
+    certs = _certificates(session, states=[CertState.VALID], card=cred.id)
+    held = _hold(session, certs, by=by, reason=reason)
+    _crl(session, held, f"card {cred.id} deactivated")
+    return held
+
+
 def deactivate_card(store: Store, card: str, *, by: str, reason: str | None = None) -> int:
     """``active -> inactive``; its valid certificates go on hold. Returns how many."""
     why = _reason(reason, "card deactivated")
     with store.tx() as s:
-        cred = find_card(s, card, lock=True)
-        transition(s, cred, "deactivate", actor=by, reason=why)
-        held = _hold(s, _certificates(s, states=[CertState.VALID], card=cred.id), by=by, reason=why)
-        _crl(s, held, f"card {cred.id} deactivated")
-        return held
+        return deactivate_card_in(s, find_card(s, card, lock=True), by=by, reason=why)
+
+
+def reactivate_card_in(session: Session, cred: Credential, *, by: str, reason: str) -> int:
+    if cred.user is not None and cred.user.state != UserState.ACTIVE:
+        raise PermanentError(
+            f"card {cred.id} belongs to {cred.user.email}, who is {cred.user.state}; "
+            "reactivate the user instead"
+        )
+    transition(session, cred, "reactivate", actor=by, reason=reason)
+    certs = _certificates(session, states=[CertState.HOLD], card=cred.id)
+    released = _release(session, certs, by=by, reason=reason)
+    _crl(session, released, f"card {cred.id} reactivated")
+    return released
 
 
 def reactivate_card(store: Store, card: str, *, by: str, reason: str | None = None) -> int:
     """``inactive -> active``; its held certificates are released. Returns how many."""
     why = _reason(reason, "card reactivated")
     with store.tx() as s:
-        cred = find_card(s, card, lock=True)
-        if cred.user is not None and cred.user.state != UserState.ACTIVE:
-            raise PermanentError(
-                f"card {card} belongs to {cred.user.email}, who is {cred.user.state}; "
-                "reactivate the user instead"
-            )
-        transition(s, cred, "reactivate", actor=by, reason=why)
-        released = _release(
-            s, _certificates(s, states=[CertState.HOLD], card=cred.id), by=by, reason=why
-        )
-        _crl(s, released, f"card {cred.id} reactivated")
-        return released
+        return reactivate_card_in(s, find_card(s, card, lock=True), by=by, reason=why)
+
+
+def lock_card_in(
+    session: Session, cred: Credential, *, by: str, reason: RevocationReason | str
+) -> int:
+    why = _lock_reason(reason)
+    transition(session, cred, "lock", actor=by, reason=why)
+    certs = _certificates(session, states=[CertState.VALID, CertState.HOLD], card=cred.id)
+    revoked = _revoke(session, certs, by=by, reason=why)
+    _crl(session, revoked, f"card {cred.id} locked")
+    return revoked
 
 
 def lock_card(store: Store, card: str, *, by: str, reason: RevocationReason | str) -> int:
     """Lock the card for good; its valid and held certificates are revoked."""
     why = _lock_reason(reason)
     with store.tx() as s:
-        cred = find_card(s, card, lock=True)
-        transition(s, cred, "lock", actor=by, reason=why)
-        revoked = _revoke(
-            s,
-            _certificates(s, states=[CertState.VALID, CertState.HOLD], card=cred.id),
-            by=by,
-            reason=why,
-        )
-        _crl(s, revoked, f"card {cred.id} locked")
-        return revoked
+        return lock_card_in(s, find_card(s, card, lock=True), by=by, reason=why)
 
 
 # --- users ---------------------------------------------------------------------------

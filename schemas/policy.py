@@ -29,6 +29,13 @@ class Policy(BaseModel):
     default_line: str = Field("default", pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")
     # The state of a user created one at a time (the Blueprints' "status after create").
     user_status_after_create: Literal["active", "inactive"] = "active"
+    # Temporary cards: stock runs need approval; how long an assignment lasts (extend
+    # adds to it); how many a user may hold at once.
+    temp_card_approval_required: bool = True
+    temp_card_validity_days: int = Field(14, ge=1, le=366)
+    temp_cards_per_user: int = Field(1, ge=1, le=10)
+    # Replacement requests made by a device incident wait for an approver.
+    replacement_approval_required: bool = True
 
     @property
     def on_card_usages(self) -> tuple[CertUsage, ...]:

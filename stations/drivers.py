@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from db.secrets import Secret
 from schemas.states import CertUsage
@@ -80,3 +80,11 @@ class Token(Protocol):
 
     def close(self) -> None:
         """Log out and release the chip."""
+
+
+@runtime_checkable
+class AdminKeyHolder(Protocol):
+    """A token that keeps the card's admin key for remote unblock (challenge/response)."""
+
+    def store_admin_key(self, admin_key: Secret) -> None:
+        """Write the card's admin key to the chip."""

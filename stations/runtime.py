@@ -31,7 +31,7 @@ from schemas.errors import ConflictError, DeviceFault
 from schemas.messages import PRODUCE_JOB, IssueCertificate, line_queue
 from schemas.policy import Policy
 from schemas.states import AttemptState, CardState, CertState, CertUsage, FaultKind
-from stations.drivers import ChipInfo, Printer, Reader, Token
+from stations.drivers import AdminKeyHolder, ChipInfo, Printer, Reader, Token
 from stations.faces import render_faces
 
 log = structlog.get_logger(__name__)
@@ -68,6 +68,7 @@ class CardJob:
     puk_sealed: str
     escrow_key_sealed: str | None
     recovered_keys: tuple[production.EscrowedKey, ...] = ()
+    admin_key_sealed: str | None = None
 
 
 class LostCard(Exception):
@@ -232,6 +233,10 @@ class Station:
             so_pin=self.box.open(job.puk_sealed, context=context("credential", cid, "puk")),
             pin=self.box.open(job.pin_sealed, context=context("credential", cid, "pin")),
         )
+        if job.admin_key_sealed is not None and isinstance(self.token, AdminKeyHolder):
+            self.token.store_admin_key(
+                self.box.open(job.admin_key_sealed, context=context("credential", cid, "admin_key"))
+            )
         keys: dict[CertUsage, str] = {}
         requests: list[IssueCertificate] = []
         for usage in self.policy.on_card_usages:
@@ -396,4 +401,5 @@ def _card_job(s: Session, cred: Credential, attempt: ProductionAttempt) -> CardJ
         puk_sealed=cred.puk_sealed,
         escrow_key_sealed=cred.escrow_key_sealed,
         recovered_keys=tuple(production.escrow_history(s, cred)),
+        admin_key_sealed=cred.admin_key_sealed,
     )

@@ -17,11 +17,12 @@ from sqlalchemy.orm import Session
 
 from db.models import Certificate, Credential, ProductionAttempt
 from db.transition import create
-from schemas.messages import IssueCertificate, IssueSoftToken, PublishCrl
+from schemas.messages import IssueCertificate, IssueSoftToken, PublishCrl, RecertifyCard
 from schemas.states import AttemptState, CertState
-from workers.ca import Holder
 from workers.context import WorkerContext
 from workers.crl import publish_crl
+from workers.holders import holder_of
+from workers.recertify import recertify_card
 from workers.softtokens import issue_softtoken
 
 log = structlog.get_logger(__name__)
@@ -38,26 +39,6 @@ def _existing(s: Session, job: IssueCertificate) -> Certificate | None:
     else:
         stmt = stmt.where(Certificate.attempt_id == job.attempt_id)
     return s.scalars(stmt).first()
-
-
-def _holder(cred: Credential) -> Holder:
-    user = cred.user
-    if user is None:
-        name = f"Temporary card {cred.card_number or cred.id}"
-        return Holder(
-            common_name=name,
-            email=f"temp-{cred.id}@invalid",
-            upn=f"temp-{cred.id}",
-            organization="Cardline",
-        )
-    return Holder(
-        common_name=user.display_name,
-        email=user.email,
-        upn=user.upn,
-        organization=user.organization,
-        org_unit=user.org_unit,
-        country=user.country,
-    )
 
 
 def _attempt_live(s: Session, attempt_id: int | None, *, lock: bool) -> bool:
@@ -81,7 +62,7 @@ def issue_certificate(ctx: WorkerContext, job: IssueCertificate) -> None:
         if cred is None:
             log.warning("pki.unknown_credential", credential_id=job.credential_id)
             return
-        holder = _holder(cred)
+        holder = holder_of(cred)
     # Sign outside the transaction; re-check under the attempt's row lock before storing.
     cert = ctx.ca.issue(
         job.csr_pem,
@@ -103,12 +84,16 @@ def issue_certificate(ctx: WorkerContext, job: IssueCertificate) -> None:
     )
 
 
-def pki_job(ctx: WorkerContext, job: IssueCertificate | PublishCrl | IssueSoftToken) -> None:
+def pki_job(
+    ctx: WorkerContext, job: IssueCertificate | PublishCrl | IssueSoftToken | RecertifyCard
+) -> None:
     """The ``pki`` queue's jobs: issue a certificate or a soft token, publish the CRL."""
     if isinstance(job, PublishCrl):
         publish_crl(ctx, job)
     elif isinstance(job, IssueSoftToken):
         issue_softtoken(ctx, job)
+    elif isinstance(job, RecertifyCard):
+        recertify_card(ctx, job)
     else:
         issue_certificate(ctx, job)
 

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from db import outbox, production
 from db.engine import Store
 from db.models import Credential, SoftToken, utcnow
+from db.summary import PIN_LETTER_STATES
 from schemas.errors import ConflictError
 from schemas.messages import (
     DeliverSoftToken,
@@ -29,10 +30,11 @@ from schemas.messages import (
     PrepareCard,
     ProduceCard,
     PublishCrl,
+    RecertifyCard,
     SendPinLetter,
 )
 from schemas.policy import Policy
-from schemas.states import CardState, SoftTokenState
+from schemas.states import CardState, SoftTokenState, TempCardState
 
 log = structlog.get_logger(__name__)
 
@@ -130,7 +132,9 @@ def _job_for(cred: Credential) -> JobMessage | None:
         return PrepareCard(credential_id=cred.id)
     if cred.state == CardState.READY:
         return ProduceCard(credential_id=cred.id, line=cred.line)
-    if cred.state in (CardState.ACTIVE, CardState.ISSUED) and cred.pin_letter_path is None:
+    if cred.recertify_requested_at is not None:
+        return RecertifyCard(credential_id=cred.id, pin_letter=cred.state == TempCardState.ASSIGNED)
+    if cred.state in PIN_LETTER_STATES and cred.pin_letter_path is None:
         return SendPinLetter(credential_id=cred.id)
     return None
 
@@ -153,8 +157,8 @@ def redrive(store: Store, stall: StallPolicy, *, everything: bool = False) -> in
             + _stalled(s, [CardState.READY], cutoff(stall.ready_s))
             + [
                 c
-                for c in _stalled(s, [CardState.ACTIVE, CardState.ISSUED], cutoff(stall.letter_s))
-                if c.pin_letter_path is None
+                for c in _stalled(s, PIN_LETTER_STATES, cutoff(stall.letter_s))
+                if c.pin_letter_path is None or c.recertify_requested_at is not None
             ]
         )
         for cred in creds:

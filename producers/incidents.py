@@ -1,0 +1,230 @@
+"""Device incidents (seed 003): a card forgotten, lost, stolen or damaged.
+
+Declaring one puts the card out of use at once and opens a replacement request:
+
+=========  ====================================  ==========================
+kind       the card                              replacement (default)
+=========  ====================================  ==========================
+forgotten  deactivated (certificates on hold)    temporary card
+lost       deactivated (certificates on hold)    permanent card
+stolen     locked (revoked: key compromise)      permanent card
+damaged    locked (revoked: cessation)           permanent card
+=========  ====================================  ==========================
+
+A permanent replacement is a card request; a temporary one is the assignment of a
+temporary card from stock. Either waits for an approver (four-eyes against whoever
+declared the incident) unless the policy says otherwise; approving closes the incident.
+Cancelling (the card was found) withdraws the replacement request and, for a card that
+was only deactivated, puts it back in use. Each step is one transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from db.engine import Store
+from db.models import Credential, Incident
+from db.transition import create, transition
+from producers import lifecycle
+from producers.cards import new_cards_in
+from producers.lookup import find_card
+from producers.tempcards import assign_in, first_in_stock
+from schemas.errors import (
+    AlreadyExists,
+    FourEyesViolation,
+    NotFound,
+    PermanentError,
+    ValidationFailed,
+)
+from schemas.messages import PrepareCard
+from schemas.policy import Policy
+from schemas.states import (
+    CardState,
+    CredentialKind,
+    IncidentKind,
+    IncidentState,
+    RevocationReason,
+)
+
+_LOCKING = {
+    IncidentKind.STOLEN: RevocationReason.KEY_COMPROMISE,
+    IncidentKind.DAMAGED: RevocationReason.CESSATION_OF_OPERATION,
+}
+_OUT_OF_USE_STATES = (CardState.ACTIVE, CardState.INACTIVE, CardState.ISSUED)
+
+
+@dataclass(frozen=True)
+class IncidentView:
+    id: int
+    card_id: int
+    kind: str
+    temporary: bool
+    state: str
+    replacement_id: int | None
+    declared_by: str
+
+
+def _view(incident: Incident) -> IncidentView:
+    return IncidentView(
+        id=incident.id,
+        card_id=incident.credential_id,
+        kind=incident.kind,
+        temporary=incident.temporary,
+        state=incident.state,
+        replacement_id=incident.replacement_id,
+        declared_by=incident.declared_by,
+    )
+
+
+def _incident(session: Session, incident_id: int) -> Incident:
+    row = session.get(Incident, incident_id, with_for_update=True)
+    if row is None:
+        raise NotFound("incident", incident_id)
+    return row
+
+
+def _put_out_of_use(session: Session, card: Credential, kind: IncidentKind, by: str) -> None:
+    why = f"device incident: {kind.value}"
+    if kind in _LOCKING:
+        lifecycle.lock_card_in(session, card, by=by, reason=_LOCKING[kind])
+    elif card.state == CardState.ACTIVE:
+        lifecycle.deactivate_card_in(session, card, by=by, reason=why)
+
+
+def declare(
+    store: Store,
+    card: str,
+    kind: str,
+    *,
+    by: str,
+    policy: Policy,
+    temporary: bool | None = None,
+    note: str | None = None,
+) -> IncidentView:
+    try:
+        chosen = IncidentKind(kind)
+    except ValueError:
+        raise ValidationFailed(
+            f"one of {', '.join(k.value for k in IncidentKind)}", field="kind"
+        ) from None
+    if note is not None and len(note) > 400:
+        raise ValidationFailed("at most 400 characters", field="note")
+    temp = chosen is IncidentKind.FORGOTTEN if temporary is None else temporary
+    with store.tx() as s:
+        cred = find_card(s, card, lock=True)
+        if cred.kind != CredentialKind.CARD or cred.user is None:
+            raise PermanentError(f"card {card} is not a holder's permanent card")
+        if cred.state not in _OUT_OF_USE_STATES:
+            raise PermanentError(f"card {card} is {cred.state}; only a card in use has incidents")
+        open_one = s.scalars(
+            select(Incident.id).where(
+                Incident.credential_id == cred.id, Incident.state == IncidentState.OPEN
+            )
+        ).first()
+        if open_one is not None:
+            raise AlreadyExists(f"incident {open_one} for card {card} is still open")
+        user = cred.user
+        _put_out_of_use(s, cred, chosen, by)
+        incident = create(
+            s,
+            Incident(
+                state=IncidentState.OPEN,
+                credential_id=cred.id,
+                kind=chosen.value,
+                temporary=temp,
+                declared_by=by,
+                note=note,
+            ),
+            actor=by,
+            reason=f"card {cred.id} {chosen.value}; {'temporary' if temp else 'permanent'} "
+            "replacement requested",
+        )
+        if not temp:
+            (replacement,) = new_cards_in(
+                s,
+                [str(user.id)],
+                by=by,
+                policy=policy,
+                line=cred.line,
+                approved=False,
+                why=f"replacement for card {cred.id} ({chosen.value})",
+            )
+            incident.replacement_id = replacement
+        if not policy.replacement_approval_required:
+            _approve_in(s, incident, by="policy:no-approval", policy=policy)
+        s.flush()
+        return _view(incident)
+
+
+def _approve_in(session: Session, incident: Incident, *, by: str, policy: Policy) -> None:
+    if incident.temporary:
+        card = session.get(Credential, incident.credential_id)
+        assert card is not None
+        assert card.user is not None
+        stock = first_in_stock(session)
+        if stock is None:
+            raise PermanentError("no temporary card in stock: run a stock run first")
+        assign_in(
+            session,
+            stock,
+            card.user,
+            by=by,
+            policy=policy,
+            why=f"replacement for card {card.id} ({incident.kind})",
+        )
+        incident.replacement_id = stock.id
+    else:
+        replacement = session.get(Credential, incident.replacement_id, with_for_update=True)
+        assert replacement is not None
+        transition(
+            session,
+            replacement,
+            "approve",
+            actor=by,
+            reason=f"replacement (incident {incident.id})",
+            messages=[PrepareCard(credential_id=replacement.id)],
+        )
+    transition(session, incident, "close", actor=by, reason="replacement approved")
+
+
+def approve(store: Store, incident_id: int, *, by: str, policy: Policy) -> IncidentView:
+    """Approve the replacement: a temporary card from stock is assigned to the holder,
+    or the replacement card goes to production."""
+    with store.tx() as s:
+        incident = _incident(s, incident_id)
+        if by.strip().casefold() == incident.declared_by.strip().casefold():
+            raise FourEyesViolation(by, f"the replacement of incident {incident_id}")
+        if incident.state != IncidentState.OPEN:
+            transition(s, incident, "close", actor=by)  # raises StateConflict, names the state
+        _approve_in(s, incident, by=by, policy=policy)
+        return _view(incident)
+
+
+def cancel(store: Store, incident_id: int, *, by: str, reason: str | None = None) -> IncidentView:
+    """The card was found: withdraw the replacement request; a card that was only
+    deactivated is in use again."""
+    with store.tx() as s:
+        incident = _incident(s, incident_id)
+        transition(s, incident, "cancel", actor=by, reason=reason or "card found")
+        if incident.replacement_id is not None:
+            replacement = s.get(Credential, incident.replacement_id, with_for_update=True)
+            assert replacement is not None
+            transition(
+                s, replacement, "cancel", actor=by, reason=f"incident {incident.id} cancelled"
+            )
+        card = s.get(Credential, incident.credential_id, with_for_update=True)
+        assert card is not None
+        if card.state == CardState.INACTIVE:
+            lifecycle.reactivate_card_in(s, card, by=by, reason="card found")
+        return _view(incident)
+
+
+def list_incidents(store: Store, *, state: str | None = None) -> list[IncidentView]:
+    with store.read() as s:
+        stmt = select(Incident).order_by(Incident.id)
+        if state is not None:
+            stmt = stmt.where(Incident.state == state)
+        return [_view(i) for i in s.scalars(stmt)]

@@ -1,0 +1,212 @@
+"""Temporary cards: stock runs, assign, extend, withdraw (lock is ``lifecycle.lock_card``).
+
+A stock run is a batch order of N temporary cards without holders; once approved (or
+at once, when the policy asks no approval) the line produces them as ``unassigned``,
+each with device certificates. Assigning one to a user re-certifies its keys in the
+user's name and sends the user its PIN letter (``RecertifyCard`` with ``pin_letter``);
+the assignment lasts ``temp_card_validity_days`` and ``extend`` adds to it, never past
+the card's own validity. Withdrawing revokes the user's certificates and puts the card
+back in stock.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from db import outbox
+from db.engine import Store
+from db.models import BatchOrder, Certificate, Credential, User, utcnow
+from db.transition import create, transition
+from producers.lookup import find_card, find_user
+from schemas.batch import LINE_NAME
+from schemas.errors import PermanentError, ValidationFailed
+from schemas.messages import PrepareCard, PublishCrl, RecertifyCard
+from schemas.policy import Policy
+from schemas.states import (
+    BatchState,
+    CertState,
+    CredentialKind,
+    RevocationReason,
+    TempCardState,
+    UserState,
+)
+
+MAX_STOCK_RUN = 10_000
+
+
+def request_stock(
+    store: Store, count: int, *, by: str, policy: Policy, line: str | None = None
+) -> tuple[int, list[int]]:
+    """A stock run of ``count`` temporary cards in one batch order: (batch id, card ids)."""
+    if not 1 <= count <= MAX_STOCK_RUN:
+        raise ValidationFailed(f"between 1 and {MAX_STOCK_RUN}", field="count")
+    chosen = line or policy.default_line
+    if not LINE_NAME.match(chosen):
+        raise ValidationFailed("lower-case letters, digits, '-' or '_'", field="line")
+    approved = not policy.temp_card_approval_required
+    with store.tx() as s:
+        batch = create(
+            s,
+            BatchOrder(
+                name=f"temporary card stock run of {count}",
+                requested_by=by,
+                approved_by="policy:no-approval" if approved else None,
+                state=BatchState.APPROVED if approved else BatchState.REQUESTED,
+                card_count=count,
+            ),
+            actor=by,
+            reason="temporary card stock run",
+        )
+        ids = []
+        for _ in range(count):
+            card = Credential(
+                kind=CredentialKind.TEMP_CARD,
+                batch_id=batch.id,
+                line=chosen,
+                requested_by=by,
+                state=TempCardState.APPROVED if approved else TempCardState.REQUESTED,
+            )
+            create(s, card, actor=by, reason=f"stock run {batch.id}")
+            if approved:
+                outbox.add(s, PrepareCard(credential_id=card.id))
+            ids.append(card.id)
+        return batch.id, ids
+
+
+def _temp_card(session: Session, card: str) -> Credential:
+    cred = find_card(session, card, lock=True)
+    if cred.kind != CredentialKind.TEMP_CARD:
+        raise PermanentError(f"card {card} is not a temporary card")
+    return cred
+
+
+def _days(days: int | None, policy: Policy) -> int:
+    chosen = policy.temp_card_validity_days if days is None else days
+    if not 1 <= chosen <= 366:
+        raise ValidationFailed("between 1 and 366 days", field="days")
+    return chosen
+
+
+def _until(cred: Credential, start: dt.datetime, days: int) -> dt.datetime:
+    end = start + dt.timedelta(days=days)
+    return min(end, cred.valid_until) if cred.valid_until else end
+
+
+def _assigned_to(session: Session, user: User) -> int:
+    stmt = select(func.count()).where(
+        Credential.user_id == user.id,
+        Credential.kind == CredentialKind.TEMP_CARD,
+        Credential.state == TempCardState.ASSIGNED,
+    )
+    return int(session.scalar(stmt) or 0)
+
+
+def assign_in(
+    session: Session,
+    cred: Credential,
+    user: User,
+    *,
+    by: str,
+    policy: Policy,
+    days: int | None = None,
+    why: str = "assigned",
+) -> str:
+    """Assign ``cred`` (unassigned) to ``user`` inside the caller's transaction."""
+    if user.state != UserState.ACTIVE:
+        raise PermanentError(f"user {user.email} is {user.state}; no card can be assigned")
+    held = _assigned_to(session, user)
+    if held >= policy.temp_cards_per_user:
+        raise PermanentError(
+            f"user {user.email} already holds {held} temporary card(s); "
+            f"the policy allows {policy.temp_cards_per_user}"
+        )
+    now = utcnow()
+    return transition(
+        session,
+        cred,
+        "assign",
+        actor=by,
+        reason=f"{why} to {user.email}",
+        changes={
+            "user_id": user.id,
+            "assigned_until": _until(cred, now, _days(days, policy)),
+            "recertify_requested_at": now,
+        },
+        messages=[RecertifyCard(credential_id=cred.id, pin_letter=True)],
+    )
+
+
+def assign(
+    store: Store, card: str, user: str, *, by: str, policy: Policy, days: int | None = None
+) -> str:
+    with store.tx() as s:
+        cred = _temp_card(s, card)
+        return assign_in(s, cred, find_user(s, user, lock=True), by=by, policy=policy, days=days)
+
+
+def extend(store: Store, card: str, *, by: str, policy: Policy, days: int | None = None) -> str:
+    """Lengthen the assignment by ``days`` (default: the policy's validity)."""
+    with store.tx() as s:
+        cred = _temp_card(s, card)
+        start = max(cred.assigned_until or utcnow(), utcnow())
+        return transition(
+            s,
+            cred,
+            "extend",
+            actor=by,
+            reason="assignment extended",
+            changes={"assigned_until": _until(cred, start, _days(days, policy))},
+        )
+
+
+def withdraw(store: Store, card: str, *, by: str, reason: str | None = None) -> int:
+    """Take the card back: the holder's certificates revoked, the card in stock again.
+    Returns how many certificates were revoked."""
+    with store.tx() as s:
+        cred = _temp_card(s, card)
+        transition(
+            s,
+            cred,
+            "withdraw",
+            actor=by,
+            reason=(reason or "withdrawn").strip()[:400],
+            changes={"user_id": None, "assigned_until": None, "pin_letter_path": None},
+        )
+        certs = s.scalars(
+            select(Certificate).where(
+                Certificate.credential_id == cred.id,
+                Certificate.state.in_([CertState.VALID, CertState.HOLD]),
+            )
+        ).all()
+        for cert in certs:
+            transition(
+                s,
+                cert,
+                "revoke",
+                actor=by,
+                reason=RevocationReason.CESSATION_OF_OPERATION,
+                changes={
+                    "revoked_at": utcnow(),
+                    "revocation_reason": RevocationReason.CESSATION_OF_OPERATION,
+                },
+            )
+        if certs:
+            outbox.add(s, PublishCrl(reason=f"temporary card {cred.id} withdrawn"))
+        return len(certs)
+
+
+def first_in_stock(session: Session) -> Credential | None:
+    """The oldest unassigned temporary card, locked, for an assignment."""
+    return session.scalars(
+        select(Credential)
+        .where(
+            Credential.kind == CredentialKind.TEMP_CARD,
+            Credential.state == TempCardState.UNASSIGNED,
+        )
+        .order_by(Credential.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+    ).first()

@@ -1,0 +1,239 @@
+"""Temporary cards, renewal and device incidents on a running embedded line: what the
+operator does, what the line and the PKI worker make of it, and what ends up valid."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from sqlalchemy import select
+
+from db.models import Certificate, Credential, Incident
+from ops.config import Settings
+from ops.line import EmbeddedLine, LineOptions, open_migrated
+from producers import cards, incidents, lifecycle, tempcards, users
+from producers.approvals import approve_batch
+from schemas.errors import FourEyesViolation, PermanentError, StateConflict
+from schemas.policy import Policy
+
+PERSON = {
+    "first_name": "Ada",
+    "last_name": "Lovelace",
+    "email": "ada@example.org",
+    "upn": "ada@corp.example.org",
+    "organization": "Analytical Engines",
+    "org_unit": "R&D",
+}
+
+
+@pytest.fixture
+def world(tmp_path: Path):
+    settings = Settings(data_dir=tmp_path / "data")
+    store = open_migrated(settings)
+    return settings, store
+
+
+def _run(settings: Settings) -> None:
+    line = EmbeddedLine(settings, settings.policy(), LineOptions(stations=1, time_scale=0, seed=3))
+    line.start()
+    try:
+        assert line.wait_drained(timeout_s=120)
+    finally:
+        line.stop()
+
+
+def _user(store, policy: Policy, email: str = "ada@example.org") -> str:
+    users.create_user(store, {**PERSON, "email": email, "upn": email}, by="rita", policy=policy)
+    return email
+
+
+def _certs(store, card_id: int) -> list[Certificate]:
+    with store.read() as s:
+        rows = list(
+            s.scalars(
+                select(Certificate)
+                .where(Certificate.credential_id == card_id)
+                .order_by(Certificate.id)
+            )
+        )
+        for row in rows:
+            s.expunge(row)
+        return rows
+
+
+def _valid(store, card_id: int) -> dict[str, Certificate]:
+    return {c.usage: c for c in _certs(store, card_id) if c.state == "valid"}
+
+
+def _spki(pem: str) -> bytes:
+    return (
+        x509.load_pem_x509_certificate(pem.encode())
+        .public_key()
+        .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+
+
+def _card(store, card_id: int) -> Credential:
+    with store.read() as s:
+        cred = s.get(Credential, card_id)
+        assert cred is not None
+        s.expunge(cred)
+        return cred
+
+
+def test_temporary_cards_from_a_stock_run_are_assigned_extended_withdrawn_and_locked(world):
+    settings, store = world
+    policy = settings.policy()
+    batch, ids = tempcards.request_stock(store, 2, by="alice", policy=policy)
+    approve_batch(store, batch, by="bob")
+    _run(settings)
+    assert [_card(store, i).state for i in ids] == ["unassigned", "unassigned"]
+    device = _valid(store, ids[0])
+    assert set(device) == {"authentication", "signature", "encryption"}
+    assert all("Temporary card" in c.subject for c in device.values())
+
+    email = _user(store, policy)
+    assert tempcards.assign(store, str(ids[0]), email, by="olga", policy=policy) == "assigned"
+    with pytest.raises(PermanentError, match="allows 1"):
+        tempcards.assign(store, str(ids[1]), email, by="olga", policy=policy)
+    _run(settings)
+    card = _card(store, ids[0])
+    assert card.recertify_requested_at is None
+    assert card.pin_letter_path is not None
+    assert Path(card.pin_letter_path).is_file()
+    assert card.assigned_until is not None
+    days = (card.assigned_until - dt.datetime.now(dt.UTC)).days
+    assert 12 <= days <= 14
+    personal = _valid(store, ids[0])
+    assert set(personal) == set(device)
+    for usage, cert in personal.items():
+        assert "Ada Lovelace" in cert.subject
+        assert _spki(cert.pem) == _spki(device[usage].pem)  # the keys on the chip, re-certified
+    old = {c.serial: c for c in _certs(store, ids[0])}
+    assert all(old[c.serial].revocation_reason == "superseded" for c in device.values())
+
+    tempcards.extend(store, str(ids[0]), by="olga", policy=policy, days=7)
+    extended = _card(store, ids[0]).assigned_until
+    assert extended is not None
+    assert (extended - card.assigned_until).days == 7
+
+    assert tempcards.withdraw(store, str(ids[0]), by="olga", reason="returned") == 3
+    back = _card(store, ids[0])
+    assert (back.state, back.user_id, back.assigned_until) == ("unassigned", None, None)
+    assert _valid(store, ids[0]) == {}
+
+    other = _user(store, policy, "grace@example.org")
+    tempcards.assign(store, str(ids[0]), other, by="olga", policy=policy)
+    _run(settings)
+    again = _valid(store, ids[0])
+    assert all("Lovelace" in c.subject for c in again.values())  # Grace got PERSON's name
+    assert {u: _spki(c.pem) for u, c in again.items()} == {
+        u: _spki(c.pem) for u, c in device.items()
+    }
+    assert lifecycle.lock_card(store, str(ids[0]), by="olga", reason="key_compromise") == 3
+    assert _valid(store, ids[0]) == {}
+
+
+def test_renewal_gives_the_card_new_certificates_for_its_keys_and_keeps_the_pin(world):
+    settings, store = world
+    policy = settings.policy()
+    email = _user(store, policy)
+    (card_id,) = cards.request_cards(store, [email], by="rita", policy=policy)
+    cards.approve_card(store, str(card_id), by="bob")
+    _run(settings)
+    before = _card(store, card_id)
+    first = _valid(store, card_id)
+    assert cards.renew_card(store, str(card_id), by="olga") == "active"
+    _run(settings)
+    after = _card(store, card_id)
+    renewed = _valid(store, card_id)
+    assert set(renewed) == set(first)
+    for usage in first:
+        assert renewed[usage].serial != first[usage].serial
+        assert _spki(renewed[usage].pem) == _spki(first[usage].pem)
+    assert (after.pin_sealed, after.puk_sealed) == (before.pin_sealed, before.puk_sealed)
+    assert after.recertify_requested_at is None
+    revoked = [c for c in _certs(store, card_id) if c.serial in {x.serial for x in first.values()}]
+    assert {c.revocation_reason for c in revoked} == {"superseded"}
+
+
+def _active_card(settings: Settings, store, email: str | None = None) -> int:
+    policy = settings.policy()
+    holder = email or _user(store, policy)
+    (card_id,) = cards.request_cards(store, [holder], by="rita", policy=policy)
+    cards.approve_card(store, str(card_id), by="bob")
+    _run(settings)
+    return card_id
+
+
+def test_a_lost_card_is_deactivated_and_its_approved_replacement_produced(world):
+    settings, store = world
+    policy = settings.policy()
+    card_id = _active_card(settings, store)
+    incident = incidents.declare(store, str(card_id), "lost", by="ada-helpdesk", policy=policy)
+    assert (incident.temporary, incident.state) == (False, "open")
+    assert _card(store, card_id).state == "inactive"
+    assert {c.state for c in _certs(store, card_id)} == {"hold"}
+    assert incident.replacement_id is not None
+    assert _card(store, incident.replacement_id).state == "requested"
+    with pytest.raises(FourEyesViolation):
+        incidents.approve(store, incident.id, by="ada-helpdesk", policy=policy)
+    closed = incidents.approve(store, incident.id, by="bob", policy=policy)
+    assert closed.state == "closed"
+    _run(settings)
+    assert _card(store, incident.replacement_id).state == "active"
+    with pytest.raises(StateConflict):
+        incidents.cancel(store, incident.id, by="ada-helpdesk")
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason"), [("stolen", "key_compromise"), ("damaged", "cessation_of_operation")]
+)
+def test_a_stolen_or_damaged_card_is_locked_with_the_matching_reason(world, kind, reason):
+    settings, store = world
+    card_id = _active_card(settings, store)
+    incidents.declare(store, str(card_id), kind, by="helpdesk", policy=settings.policy())
+    assert _card(store, card_id).state == "locked"
+    assert {(c.state, c.revocation_reason) for c in _certs(store, card_id)} == {("revoked", reason)}
+
+
+def test_a_forgotten_card_gets_a_temporary_card_and_cancelling_restores_the_card(world):
+    settings, store = world
+    policy = settings.policy()
+    card_id = _active_card(settings, store)
+    first = incidents.declare(store, str(card_id), "forgotten", by="helpdesk", policy=policy)
+    assert first.temporary is True
+    with pytest.raises(PermanentError, match="no temporary card in stock"):
+        incidents.approve(store, first.id, by="bob", policy=policy)
+    assert incidents.cancel(store, first.id, by="helpdesk").state == "cancelled"
+    assert _card(store, card_id).state == "active"
+    assert {c.state for c in _certs(store, card_id)} == {"valid"}
+
+    batch, stock = tempcards.request_stock(store, 1, by="alice", policy=policy)
+    approve_batch(store, batch, by="bob")
+    _run(settings)
+    second = incidents.declare(store, str(card_id), "forgotten", by="helpdesk", policy=policy)
+    done = incidents.approve(store, second.id, by="bob", policy=policy)
+    assert done.replacement_id == stock[0]
+    _run(settings)
+    temp = _card(store, stock[0])
+    assert temp.state == "assigned"
+    assert temp.user_id == _card(store, card_id).user_id
+    with store.read() as s:
+        assert [i.state for i in s.scalars(select(Incident).order_by(Incident.id))] == [
+            "cancelled",
+            "closed",
+        ]
+
+
+def test_one_open_incident_per_card(world):
+    settings, store = world
+    card_id = _active_card(settings, store)
+    incidents.declare(store, str(card_id), "lost", by="helpdesk", policy=settings.policy())
+    from schemas.errors import AlreadyExists
+
+    with pytest.raises(AlreadyExists):
+        incidents.declare(store, str(card_id), "stolen", by="helpdesk", policy=settings.policy())
