@@ -201,3 +201,41 @@ class SoftTokenOut(BaseModel):
 
 class PassphraseOut(BaseModel):
     passphrase: str
+
+
+class StockIn(_In):
+    count: int = Field(ge=1, le=10_000)
+    line: str | None = Field(None, max_length=32)
+
+
+class StockOut(BaseModel):
+    batch_id: int
+    ids: list[int]
+
+
+class AssignIn(_In):
+    user: str = Field(min_length=1, max_length=254)  # e-mail or id
+    days: int | None = Field(None, ge=1, le=366)
+
+
+class DaysIn(_In):
+    days: int | None = Field(None, ge=1, le=366)
+
+
+IncidentKindName = Literal["forgotten", "lost", "stolen", "damaged"]
+
+
+class IncidentIn(_In):
+    kind: IncidentKindName
+    temporary: bool | None = None  # default: forgotten -> temporary, others -> permanent
+    note: str | None = Reason
+
+
+class IncidentOut(BaseModel):
+    id: int
+    card_id: int
+    kind: str
+    temporary: bool
+    state: str
+    replacement_id: int | None
+    declared_by: str

@@ -20,6 +20,7 @@ from producers.api import (
     routes_batches,
     routes_cards,
     routes_cpr,
+    routes_life,
     routes_pki,
     routes_users,
 )
@@ -80,7 +81,14 @@ def create_app(ctx: ApiContext) -> FastAPI:
         with ctx.store.read() as s:
             return summarise(s, verify_audit=False).as_dict()
 
-    for module in (routes_users, routes_cards, routes_batches, routes_pki, routes_cpr):
+    for module in (
+        routes_users,
+        routes_cards,
+        routes_life,
+        routes_batches,
+        routes_pki,
+        routes_cpr,
+    ):
         _mark_roles(api_routes(module.router.routes))
         app.include_router(module.router)
     _mark_roles(r for r in app.router.routes if isinstance(r, APIRoute))

@@ -132,6 +132,16 @@ POLICY: dict[tuple[str, str], set[Role] | frozenset[Role] | None] = {
     ("POST", "/softtokens/{token_id}/revoke"): {R.OPERATOR},
     ("POST", "/softtokens/{token_id}/passphrase"): {R.OPERATOR},
     ("POST", "/cpr"): {R.REQUESTER},
+    ("POST", "/tempcards/stock"): {R.REQUESTER},
+    ("POST", "/tempcards/{card}/assign"): {R.OPERATOR},
+    ("POST", "/tempcards/{card}/extend"): {R.OPERATOR},
+    ("POST", "/tempcards/{card}/withdraw"): {R.OPERATOR},
+    ("POST", "/tempcards/{card}/lock"): {R.OPERATOR},
+    ("POST", "/cards/{card}/renew"): {R.OPERATOR},
+    ("POST", "/cards/{card}/incidents"): {R.OPERATOR, R.REQUESTER},
+    ("GET", "/incidents"): {R.APPROVER, R.AUDITOR, R.OPERATOR},
+    ("POST", "/incidents/{incident_id}/approve"): {R.APPROVER},
+    ("POST", "/incidents/{incident_id}/cancel"): {R.OPERATOR, R.REQUESTER},
 }
 
 
@@ -149,6 +159,7 @@ def _call(client: TestClient, method: str, path: str, headers: dict[str, str]):
         .replace("{serial}", "ab")
         .replace("{token_id}", "1")
         .replace("{batch_id}", "1")
+        .replace("{incident_id}", "1")
     )
     body = b"" if method in ("GET", "DELETE") else b"{}"
     return client.request(

@@ -1,0 +1,131 @@
+"""/tempcards, card renewal, and device incidents (/cards/{card}/incidents, /incidents)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+
+from producers import cards, incidents, lifecycle, tempcards
+from producers.api.auth import Allow, context
+from producers.api.context import ApiContext
+from producers.tokens import Principal
+from schemas.api import (
+    AssignIn,
+    CountOut,
+    DaysIn,
+    IncidentIn,
+    IncidentOut,
+    LockIn,
+    ReasonIn,
+    StateOut,
+    StockIn,
+    StockOut,
+)
+from schemas.roles import Role
+
+router = APIRouter()
+Ctx = Annotated[ApiContext, Depends(context)]
+Operators = Allow(Role.OPERATOR)
+
+
+@router.post("/tempcards/stock", status_code=201, tags=["temporary cards"])
+def stock_run(
+    body: StockIn, ctx: Ctx, who: Annotated[Principal, Depends(Allow(Role.REQUESTER))]
+) -> StockOut:
+    """A stock run of N temporary cards (one batch order; approve it like a batch)."""
+    batch_id, ids = tempcards.request_stock(
+        ctx.store, body.count, by=who.name, policy=ctx.policy, line=body.line
+    )
+    return StockOut(batch_id=batch_id, ids=ids)
+
+
+@router.post("/tempcards/{card}/assign", tags=["temporary cards"])
+def assign(
+    card: str, body: AssignIn, ctx: Ctx, who: Annotated[Principal, Depends(Operators)]
+) -> StateOut:
+    state = tempcards.assign(
+        ctx.store, card, body.user, by=who.name, policy=ctx.policy, days=body.days
+    )
+    return StateOut(state=state)
+
+
+@router.post("/tempcards/{card}/extend", tags=["temporary cards"])
+def extend(
+    card: str, body: DaysIn, ctx: Ctx, who: Annotated[Principal, Depends(Operators)]
+) -> StateOut:
+    state = tempcards.extend(ctx.store, card, by=who.name, policy=ctx.policy, days=body.days)
+    return StateOut(state=state)
+
+
+@router.post("/tempcards/{card}/withdraw", tags=["temporary cards"])
+def withdraw(
+    card: str, body: ReasonIn, ctx: Ctx, who: Annotated[Principal, Depends(Operators)]
+) -> CountOut:
+    revoked = tempcards.withdraw(ctx.store, card, by=who.name, reason=body.reason)
+    return CountOut(certificates=revoked)
+
+
+@router.post("/tempcards/{card}/lock", tags=["temporary cards"])
+def lock(
+    card: str, body: LockIn, ctx: Ctx, who: Annotated[Principal, Depends(Operators)]
+) -> CountOut:
+    revoked = lifecycle.lock_card(ctx.store, card, by=who.name, reason=body.reason)
+    return CountOut(certificates=revoked)
+
+
+@router.post("/cards/{card}/renew", tags=["cards"])
+def renew(card: str, ctx: Ctx, who: Annotated[Principal, Depends(Operators)]) -> StateOut:
+    """New certificates for the card's keys; PIN and PUK kept."""
+    return StateOut(state=cards.renew_card(ctx.store, card, by=who.name))
+
+
+@router.post("/cards/{card}/incidents", status_code=201, tags=["incidents"])
+def declare(
+    card: str,
+    body: IncidentIn,
+    ctx: Ctx,
+    who: Annotated[Principal, Depends(Allow(Role.REQUESTER, Role.OPERATOR))],
+) -> IncidentOut:
+    """Declare the card forgotten, lost, stolen or damaged: it goes out of use and a
+    replacement request (temporary or permanent) waits for approval."""
+    incident = incidents.declare(
+        ctx.store,
+        card,
+        body.kind,
+        by=who.name,
+        policy=ctx.policy,
+        temporary=body.temporary,
+        note=body.note,
+    )
+    return IncidentOut(**asdict(incident))
+
+
+@router.get("/incidents", tags=["incidents"])
+def list_incidents(
+    ctx: Ctx,
+    who: Annotated[Principal, Depends(Allow(Role.APPROVER, Role.OPERATOR, Role.AUDITOR))],
+    state: str | None = None,
+) -> list[IncidentOut]:
+    return [IncidentOut(**asdict(i)) for i in incidents.list_incidents(ctx.store, state=state)]
+
+
+@router.post("/incidents/{incident_id}/approve", tags=["incidents"])
+def approve_incident(
+    incident_id: int, ctx: Ctx, who: Annotated[Principal, Depends(Allow(Role.APPROVER))]
+) -> IncidentOut:
+    incident = incidents.approve(ctx.store, incident_id, by=who.name, policy=ctx.policy)
+    return IncidentOut(**asdict(incident))
+
+
+@router.post("/incidents/{incident_id}/cancel", tags=["incidents"])
+def cancel_incident(
+    incident_id: int,
+    body: ReasonIn,
+    ctx: Ctx,
+    who: Annotated[Principal, Depends(Allow(Role.REQUESTER, Role.OPERATOR))],
+) -> IncidentOut:
+    """The card was found: the replacement request is withdrawn."""
+    incident = incidents.cancel(ctx.store, incident_id, by=who.name, reason=body.reason)
+    return IncidentOut(**asdict(incident))
