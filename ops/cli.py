@@ -18,6 +18,7 @@ from db.summary import summarise
 from ops import config as config_mod
 from ops import logging as logging_mod
 from ops.config import Settings
+from ops.expiry import expiry
 from ops.line import DataPaths, LineOptions, open_migrated
 from ops.render import summary_json, summary_tables
 from producers.certificates import OPERATOR_REASONS
@@ -113,6 +114,9 @@ def print_json(obj: dict[str, Any]) -> None:
 @click.version_option(package_name="cardline")
 def main() -> None:
     """Cardline: smart card production, from requests to active cards."""
+
+
+main.add_command(expiry)
 
 
 # --- the status store --------------------------------------------------------------
@@ -643,6 +647,459 @@ def user_lock(who: str, by: str, reason: str, data_dir: Path | None) -> None:
 
     revoked = lock_user(open_migrated(settings_for(data_dir)), who, by=by, reason=reason)
     click.echo(f"user {who} locked; {revoked} certificates revoked")
+
+
+# --- operators: users, cards, temporary cards, incidents -------------------------------
+
+USER_FIELDS = (
+    "first_name",
+    "last_name",
+    "email",
+    "upn",
+    "organization",
+    "org_unit",
+    "title",
+    "country",
+    "username",
+    "identifier",
+    "external_id",
+)
+
+
+def _pairs(values: tuple[str, ...]) -> dict[str, str | None]:
+    """``name=value`` options as a dict (an empty value clears an optional attribute)."""
+    out: dict[str, str | None] = {}
+    for item in values:
+        name, sep, value = item.partition("=")
+        if not sep or name not in USER_FIELDS:
+            raise click.BadParameter(f"{item!r}: use NAME=VALUE with NAME one of {USER_FIELDS}")
+        out[name] = value or None
+    return out
+
+
+def _user_table(items: list[Any], total: int, page: int) -> None:
+    from rich.table import Table
+
+    table = Table("id", "state", "email", "name", "organization", "cards", "roles")
+    table.title = f"users {len(items)} of {total} (page {page})"
+    for u in items:
+        table.add_row(
+            str(u.id),
+            u.state,
+            u.email,
+            f"{u.first_name} {u.last_name}",
+            f"{u.organization} / {u.org_unit}",
+            str(u.cards),
+            ", ".join(u.roles),
+        )
+    out_console.print(table)
+
+
+@user.command("create")
+@click.option("--set", "values", multiple=True, required=True, help="NAME=VALUE (repeat).")
+@click.option("--by", required=True)
+@data_dir_option
+@handle_errors
+def user_create(values: tuple[str, ...], by: str, data_dir: Path | None) -> None:
+    """Create one user from NAME=VALUE attributes (the batch CSV's columns)."""
+    from producers.users import create_user
+
+    settings = settings_for(data_dir)
+    user_id = create_user(open_migrated(settings), _pairs(values), by=by, policy=settings.policy())
+    click.echo(f"user {user_id} created")
+
+
+@user.command("edit")
+@click.argument("who", metavar="USER")
+@click.option("--set", "values", multiple=True, required=True, help="NAME=VALUE (repeat).")
+@click.option("--by", required=True)
+@data_dir_option
+@handle_errors
+def user_edit(who: str, values: tuple[str, ...], by: str, data_dir: Path | None) -> None:
+    """Change attributes of USER (e-mail or id)."""
+    from producers.users import update_user
+
+    changed = update_user(open_migrated(settings_for(data_dir)), who, _pairs(values), by=by)
+    click.echo(f"changed: {', '.join(changed) or 'nothing'}")
+
+
+@user.command("list")
+@click.option("--state", default=None)
+@click.option("--text", default=None, help="In name, e-mail, organisation or external id.")
+@click.option("--page", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--per-page", type=click.IntRange(1, 500), default=50, show_default=True)
+@data_dir_option
+@handle_errors
+def user_list(
+    state: str | None, text: str | None, page: int, per_page: int, data_dir: Path | None
+) -> None:
+    """Users by id, one page at a time."""
+    from producers.users import search_users
+
+    found = search_users(
+        open_migrated(settings_for(data_dir)), state=state, text=text, page=page, per_page=per_page
+    )
+    _user_table(found.items, found.total, found.page)
+
+
+@user.command("roles")
+@click.argument("who", metavar="USER")
+@click.option("--role", "roles", multiple=True, help="A role (repeat; none clears them).")
+@click.option("--by", required=True)
+@data_dir_option
+@handle_errors
+def user_roles(who: str, roles: tuple[str, ...], by: str, data_dir: Path | None) -> None:
+    """Replace the roles of USER."""
+    from producers.users import set_roles
+
+    chosen = set_roles(open_migrated(settings_for(data_dir)), who, roles, by=by)
+    click.echo(f"roles: {', '.join(chosen) or 'none'}")
+
+
+@user.command("delete")
+@click.argument("who", metavar="USER")
+@click.option("--by", required=True)
+@data_dir_option
+@handle_errors
+def user_delete(who: str, by: str, data_dir: Path | None) -> None:
+    """Delete a locked USER."""
+    from producers.users import delete_user
+
+    click.echo(delete_user(open_migrated(settings_for(data_dir)), who, by=by))
+
+
+@user.command("bulk")
+@click.argument("action", type=click.Choice(["deactivate", "lock", "delete"]))
+@click.option("--state", default=None, help="Only users in this state.")
+@click.option("--text", default=None, help="Only users matching this text.")
+@click.option("--reason", default=None)
+@click.option("--lock-reason", type=LOCK_REASONS_CHOICE, default="privilege_withdrawn")
+@click.option("--by", required=True)
+@data_dir_option
+@handle_errors
+def user_bulk(
+    action: str,
+    state: str | None,
+    text: str | None,
+    reason: str | None,
+    lock_reason: str,
+    by: str,
+    data_dir: Path | None,
+) -> None:
+    """The multi-user forms: ACTION every user the search finds, one at a time."""
+    from rich.progress import Progress
+
+    from producers import lifecycle, users
+
+    store = open_migrated(settings_for(data_dir))
+    actions = {
+        "deactivate": lambda u: lifecycle.deactivate_user(store, u, by=by, reason=reason),
+        "lock": lambda u: lifecycle.lock_user(store, u, by=by, reason=lock_reason),
+        "delete": lambda u: users.delete_user(store, u, by=by, reason=reason),
+    }
+    with Progress(console=err_console, transient=True) as progress:
+        bar = progress.add_task(f"{action} users", total=None)
+        report = users.for_each_user(
+            store,
+            state=state,
+            text=text,
+            action=actions[action],
+            on_progress=lambda done, total: progress.update(bar, completed=done, total=total),
+        )
+    click.echo(f"{action}: {len(report.done)} done, {len(report.refused)} refused")
+    for user_id, why in sorted(report.refused.items()):
+        click.echo(f"  user {user_id}: {why}")
+
+
+def _card_table(items: list[Any], total: int, page: int) -> None:
+    from rich.table import Table
+
+    table = Table("id", "kind", "state", "number", "holder", "line", "valid until", "certs")
+    table.title = f"cards {len(items)} of {total} (page {page})"
+    for c in items:
+        valid = sum(1 for state in c.certificates.values() if state == "valid")
+        table.add_row(
+            str(c.id),
+            c.kind,
+            c.state,
+            c.card_number or "",
+            c.user_email or "",
+            c.line,
+            (c.valid_until or "")[:10],
+            f"{valid}/{len(c.certificates)}",
+        )
+    out_console.print(table)
+
+
+@card.command("request")
+@click.argument("users", nargs=-1, required=True)
+@click.option("--by", required=True)
+@click.option("--line", default=None)
+@data_dir_option
+@handle_errors
+def card_request(users: tuple[str, ...], by: str, line: str | None, data_dir: Path | None) -> None:
+    """Request a card for each USER (e-mail or id); several make one batch order."""
+    from producers.cards import request_cards
+
+    settings = settings_for(data_dir)
+    ids = request_cards(open_migrated(settings), users, by=by, policy=settings.policy(), line=line)
+    click.echo(f"cards requested: {', '.join(map(str, ids))}")
+
+
+@card.command("issue")
+@click.argument("users", nargs=-1, required=True)
+@click.option("--by", required=True)
+@click.option("--line", default=None)
+@data_dir_option
+@handle_errors
+def card_issue(users: tuple[str, ...], by: str, line: str | None, data_dir: Path | None) -> None:
+    """Issue a card for each USER at once (the operator's issuance: no approval step)."""
+    from producers.cards import issue_cards
+
+    settings = settings_for(data_dir)
+    ids = issue_cards(open_migrated(settings), users, by=by, policy=settings.policy(), line=line)
+    click.echo(f"cards issued: {', '.join(map(str, ids))}")
+
+
+@card.command("decide")
+@click.argument("decision", type=click.Choice(["approve", "reject", "postpone"]))
+@click.argument("card_ref", metavar="CARD")
+@click.option("--by", required=True)
+@click.option("--reason", default=None, help="Required to reject or postpone.")
+@click.option("--comment", default=None)
+@data_dir_option
+@handle_errors
+def card_decide(
+    decision: str,
+    card_ref: str,
+    by: str,
+    reason: str | None,
+    comment: str | None,
+    data_dir: Path | None,
+) -> None:
+    """Approve, reject or postpone the request CARD (never your own)."""
+    from producers import cards
+
+    store = open_migrated(settings_for(data_dir))
+    if decision == "approve":
+        state = cards.approve_card(store, card_ref, by=by, comment=comment)
+    elif decision == "reject":
+        state = cards.reject_card(store, card_ref, by=by, reason=reason or "", comment=comment)
+    else:
+        state = cards.postpone_card(store, card_ref, by=by, reason=reason or "")
+    click.echo(state)
+
+
+@card.command("step")
+@click.argument("step", type=click.Choice(["cancel", "activate", "renew"]))
+@click.argument("card_ref", metavar="CARD")
+@click.option("--by", required=True)
+@data_dir_option
+@handle_errors
+def card_step(step: str, card_ref: str, by: str, data_dir: Path | None) -> None:
+    """Cancel a request, activate an issued card, or renew an active card's certificates."""
+    from producers import cards
+
+    store = open_migrated(settings_for(data_dir))
+    steps = {
+        "cancel": lambda: cards.cancel_card(store, card_ref, by=by),
+        "activate": lambda: cards.activate_card(store, card_ref, by=by),
+        "renew": lambda: cards.renew_card(store, card_ref, by=by),
+    }
+    click.echo(steps[step]())
+
+
+@card.command("list")
+@click.option("--state", default=None)
+@click.option("--kind", type=click.Choice(["card", "temp_card"]), default=None)
+@click.option("--user", "who", default=None, help="Only this holder's (e-mail or id).")
+@click.option("--page", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--per-page", type=click.IntRange(1, 500), default=50, show_default=True)
+@data_dir_option
+@handle_errors
+def card_list(
+    state: str | None,
+    kind: str | None,
+    who: str | None,
+    page: int,
+    per_page: int,
+    data_dir: Path | None,
+) -> None:
+    """Cards and temporary cards by id, one page at a time."""
+    from producers.cards import search_cards
+
+    found = search_cards(
+        open_migrated(settings_for(data_dir)),
+        state=state,
+        kind=kind,
+        user=who,
+        page=page,
+        per_page=per_page,
+    )
+    _card_table(found.items, found.total, found.page)
+
+
+@main.group()
+def tempcard() -> None:
+    """Temporary cards: stock runs, assign, extend, withdraw, lock."""
+
+
+@tempcard.command("stock")
+@click.argument("count", type=click.IntRange(1, 10_000))
+@click.option("--by", required=True)
+@click.option("--line", default=None)
+@data_dir_option
+@handle_errors
+def tempcard_stock(count: int, by: str, line: str | None, data_dir: Path | None) -> None:
+    """A stock run of COUNT temporary cards (a batch order: approve it with batch approve)."""
+    from producers.tempcards import request_stock
+
+    settings = settings_for(data_dir)
+    batch_id, ids = request_stock(
+        open_migrated(settings), count, by=by, policy=settings.policy(), line=line
+    )
+    click.echo(f"batch {batch_id}: temporary cards {ids[0]}..{ids[-1]}")
+
+
+@tempcard.command("assign")
+@click.argument("card_ref", metavar="CARD")
+@click.argument("who", metavar="USER")
+@click.option("--by", required=True)
+@click.option("--days", type=click.IntRange(1, 366), default=None)
+@data_dir_option
+@handle_errors
+def tempcard_assign(
+    card_ref: str, who: str, by: str, days: int | None, data_dir: Path | None
+) -> None:
+    """Assign the temporary CARD to USER (certificates in their name, PIN letter)."""
+    from producers.tempcards import assign
+
+    settings = settings_for(data_dir)
+    click.echo(
+        assign(open_migrated(settings), card_ref, who, by=by, policy=settings.policy(), days=days)
+    )
+
+
+@tempcard.command("extend")
+@click.argument("card_ref", metavar="CARD")
+@click.option("--by", required=True)
+@click.option("--days", type=click.IntRange(1, 366), default=None)
+@data_dir_option
+@handle_errors
+def tempcard_extend(card_ref: str, by: str, days: int | None, data_dir: Path | None) -> None:
+    """Lengthen the assignment of CARD."""
+    from producers.tempcards import extend
+
+    settings = settings_for(data_dir)
+    click.echo(
+        extend(open_migrated(settings), card_ref, by=by, policy=settings.policy(), days=days)
+    )
+
+
+@tempcard.command("withdraw")
+@click.argument("card_ref", metavar="CARD")
+@click.option("--by", required=True)
+@click.option("--reason", default=None)
+@data_dir_option
+@handle_errors
+def tempcard_withdraw(card_ref: str, by: str, reason: str | None, data_dir: Path | None) -> None:
+    """Take CARD back into stock; its holder's certificates are revoked."""
+    from producers.tempcards import withdraw
+
+    revoked = withdraw(open_migrated(settings_for(data_dir)), card_ref, by=by, reason=reason)
+    click.echo(f"temporary card {card_ref} unassigned; {revoked} certificates revoked")
+
+
+@main.group()
+def incident() -> None:
+    """Device incidents: a card forgotten, lost, stolen or damaged, and its replacement."""
+
+
+@incident.command("declare")
+@click.argument("card_ref", metavar="CARD")
+@click.option(
+    "--kind", required=True, type=click.Choice(["forgotten", "lost", "stolen", "damaged"])
+)
+@click.option("--temporary/--permanent", default=None, help="The replacement's kind.")
+@click.option("--note", default=None)
+@click.option("--by", required=True)
+@data_dir_option
+@handle_errors
+def incident_declare(
+    card_ref: str,
+    kind: str,
+    temporary: bool | None,
+    note: str | None,
+    by: str,
+    data_dir: Path | None,
+) -> None:
+    """Declare an incident on CARD: it goes out of use, a replacement is requested."""
+    from producers.incidents import declare
+
+    settings = settings_for(data_dir)
+    found = declare(
+        open_migrated(settings),
+        card_ref,
+        kind,
+        by=by,
+        policy=settings.policy(),
+        temporary=temporary,
+        note=note,
+    )
+    replacement = "temporary card" if found.temporary else f"card {found.replacement_id}"
+    click.echo(f"incident {found.id} {found.state}; replacement: {replacement}")
+
+
+@incident.command("approve")
+@click.argument("incident_id", type=int)
+@click.option("--by", required=True)
+@data_dir_option
+@handle_errors
+def incident_approve(incident_id: int, by: str, data_dir: Path | None) -> None:
+    """Approve the replacement of INCIDENT_ID (never your own declaration)."""
+    from producers.incidents import approve
+
+    settings = settings_for(data_dir)
+    found = approve(open_migrated(settings), incident_id, by=by, policy=settings.policy())
+    click.echo(f"incident {found.id} {found.state}; replacement card {found.replacement_id}")
+
+
+@incident.command("cancel")
+@click.argument("incident_id", type=int)
+@click.option("--by", required=True)
+@click.option("--reason", default=None)
+@data_dir_option
+@handle_errors
+def incident_cancel(incident_id: int, by: str, reason: str | None, data_dir: Path | None) -> None:
+    """The card was found: withdraw the replacement request."""
+    from producers.incidents import cancel
+
+    found = cancel(open_migrated(settings_for(data_dir)), incident_id, by=by, reason=reason)
+    click.echo(f"incident {found.id} {found.state}")
+
+
+@incident.command("list")
+@click.option("--state", default=None)
+@data_dir_option
+@handle_errors
+def incident_list(state: str | None, data_dir: Path | None) -> None:
+    """Incidents with their card, kind and replacement."""
+    from rich.table import Table
+
+    from producers.incidents import list_incidents
+
+    table = Table("id", "card", "kind", "replacement", "state", "declared by")
+    for i in list_incidents(open_migrated(settings_for(data_dir)), state=state):
+        kind = "temporary" if i.temporary else "permanent"
+        table.add_row(
+            str(i.id),
+            str(i.card_id),
+            i.kind,
+            f"{kind} {i.replacement_id or ''}".strip(),
+            i.state,
+            i.declared_by,
+        )
+    out_console.print(table)
 
 
 # --- HTTP API and its tokens -----------------------------------------------------------

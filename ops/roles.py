@@ -16,6 +16,7 @@ import dramatiq
 import structlog
 
 from ops.config import Settings
+from ops.expiry import expiry_config, run_expiry_loop
 from ops.line import DataPaths, open_migrated, worker_context
 from schemas.station import StationEntry
 from stations.runtime import Station, StationConfig
@@ -43,12 +44,22 @@ def stop_on_signals() -> threading.Event:
 
 def run_relay(settings: Settings, stop: threading.Event, *, stall: StallPolicy) -> None:
     store = open_migrated(settings)
+    expiry = expiry_config(settings)  # a wrong [expiry] table stops the start, not a thread
     broker = make_broker(settings.broker_url)
     relay = Relay(store, broker, settings.policy(), stall=stall)
+    checker = threading.Thread(
+        target=run_expiry_loop,
+        args=(settings, stop),
+        kwargs={"store": store, "config": expiry},
+        name="expiry-check",
+        daemon=True,
+    )
     log.info("relay.started", broker=_safe_url(settings.broker_url))
+    checker.start()
     try:
         relay.run(stop)
     finally:
+        checker.join(timeout=30)
         broker.close()
         store.dispose()
     log.info("relay.stopped", published=relay.published)

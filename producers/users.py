@@ -293,9 +293,11 @@ def for_each_user(
     text: str | None,
     action: Callable[[str], object],
     limit: int = 1000,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> BulkReport:
     """Apply ``action`` (one of the single-user operations, each its own transaction)
     to every user the search finds. A user it refuses keeps its state; the others go on.
+    ``on_progress(done, total)`` follows along (the CLI's progress bar).
     """
     if not (state or (text and text.strip())):
         raise ValidationFailed("narrow the search: give a state or a text", field="text")
@@ -306,11 +308,13 @@ def for_each_user(
             f"the search finds {len(ids)} users; at most {limit} at once", field="text"
         )
     report = BulkReport()
-    for user_id in ids:
+    for index, user_id in enumerate(ids, start=1):
         try:
             action(str(user_id))
         except CardlineError as exc:
             report.refused[user_id] = str(exc)
         else:
             report.done.append(user_id)
+        if on_progress is not None:
+            on_progress(index, len(ids))
     return report

@@ -129,14 +129,25 @@ class SendPinLetter(JobMessage):
         return NOTIFY_QUEUE
 
 
+class SendReminder(JobMessage):
+    """Mail one expiry reminder (``db.models.Reminder``) to its recipient, once."""
+
+    actor: ClassVar[str] = "notify"
+    type: Literal["send_reminder"] = "send_reminder"
+    reminder_id: int
+
+    def queue(self) -> str:
+        return NOTIFY_QUEUE
+
+
 PkiJob = Annotated[
     IssueCertificate | PublishCrl | IssueSoftToken | RecertifyCard, Field(discriminator="type")
 ]
-NotifyJob = Annotated[SendPinLetter | DeliverSoftToken, Field(discriminator="type")]
+NotifyJob = Annotated[SendPinLetter | DeliverSoftToken | SendReminder, Field(discriminator="type")]
 
 PREPARE_JOB: TypeAdapter[PrepareCard] = TypeAdapter(PrepareCard)
 PKI_JOB: TypeAdapter[IssueCertificate | PublishCrl | IssueSoftToken | RecertifyCard] = TypeAdapter(
     PkiJob
 )
-NOTIFY_JOB: TypeAdapter[SendPinLetter | DeliverSoftToken] = TypeAdapter(NotifyJob)
+NOTIFY_JOB: TypeAdapter[SendPinLetter | DeliverSoftToken | SendReminder] = TypeAdapter(NotifyJob)
 PRODUCE_JOB: TypeAdapter[ProduceCard] = TypeAdapter(ProduceCard)

@@ -1,4 +1,5 @@
-"""``notify``: PIN letters and soft token delivery. Idempotent per credential / token."""
+"""``notify``: PIN letters, soft token delivery and expiry reminders. Idempotent per
+credential / token / reminder."""
 
 from __future__ import annotations
 
@@ -8,18 +9,21 @@ from sqlalchemy import update
 from db import audit
 from db.models import Credential
 from db.secrets import context
-from schemas.messages import DeliverSoftToken, SendPinLetter
+from schemas.messages import DeliverSoftToken, SendPinLetter, SendReminder
 from workers.context import WorkerContext
 from workers.letters import write_pin_letter
+from workers.reminders import send_reminder
 from workers.softtokens import deliver_softtoken
 
 log = structlog.get_logger(__name__)
 
 
-def notify_job(ctx: WorkerContext, job: SendPinLetter | DeliverSoftToken) -> None:
-    """The ``notify`` queue's jobs: PIN letters and soft token delivery."""
+def notify_job(ctx: WorkerContext, job: SendPinLetter | DeliverSoftToken | SendReminder) -> None:
+    """The ``notify`` queue's jobs: PIN letters, soft token delivery, expiry reminders."""
     if isinstance(job, DeliverSoftToken):
         deliver_softtoken(ctx, job)
+    elif isinstance(job, SendReminder):
+        send_reminder(ctx, job)
     else:
         send_pin_letter(ctx, job)
 

@@ -126,3 +126,41 @@ def test_a_token_is_printed_once_and_the_api_routes_list_their_roles(tmp_path):
     assert token not in listing.output
     routes = _invoke("api", "routes", "--markdown", "--data-dir", data)
     assert "| POST | `/cards/{card}/approve` | admin, approver |" in routes.output
+
+
+def test_an_operator_runs_the_card_life_from_the_command_line(tmp_path):
+    data = tmp_path / "d"
+
+    def ok(*args):
+        result = _invoke(*args, "--data-dir", data)
+        assert result.exit_code == 0, (args, result.output)
+        return result.output
+
+    def run():
+        ok("run", "--stations", "1", "--time-scale", "0")
+
+    person = ("first_name=Ada", "last_name=Lovelace", "email=ada@example.org")
+    rest = ("upn=ada@corp.example.org", "organization=Engines", "org_unit=R&D")
+    ok("user", "create", *[f"--set={v}" for v in person + rest], "--by", "rita")
+    assert "user 1 created" not in _invoke("user", "create", "--set=email=x", "--by", "r").output
+    ok("card", "request", "ada@example.org", "--by", "rita")
+    own = _invoke("card", "decide", "approve", "1", "--by", "rita", "--data-dir", data)
+    assert own.exit_code == 2
+    assert "four-eyes" in own.output
+    ok("card", "decide", "approve", "1", "--by", "bob")
+    run()
+    assert "active" in ok("card", "list", "--state", "active")
+    assert ok("card", "step", "renew", "1", "--by", "olga").strip() == "active"
+    run()
+    ok("tempcard", "stock", "1", "--by", "alice")
+    ok("batch", "approve", "1", "--by", "bob")
+    run()
+    assert ok("tempcard", "assign", "2", "ada@example.org", "--by", "olga").strip() == "assigned"
+    run()
+    declared = ok("incident", "declare", "1", "--kind", "lost", "--by", "helpdesk")
+    assert "incident 1 open; replacement: card 3" in declared
+    ok("incident", "approve", "1", "--by", "bob")
+    assert "closed" in ok("incident", "list")
+    bulk = ok("user", "bulk", "deactivate", "--text", "lovelace", "--by", "olga")
+    assert "deactivate: 1 done, 0 refused" in bulk
+    assert "inactive" in ok("user", "list", "--text", "ada")
