@@ -945,7 +945,7 @@ def tempcard() -> None:
 
 
 @tempcard.command("stock")
-@click.argument("count", type=click.IntRange(1, 10_000))
+@click.argument("count", type=click.IntRange(1, 1000))
 @click.option("--by", required=True)
 @click.option("--line", default=None)
 @data_dir_option

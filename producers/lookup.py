@@ -12,10 +12,15 @@ from schemas.errors import NotFound
 _MAX_ID_DIGITS = 9
 
 
+def _is_id(text: str) -> bool:
+    """ASCII digits only ("¹" and "٣" are digits to str.isdigit, not to int())."""
+    return text.isascii() and text.isdigit() and len(text) <= _MAX_ID_DIGITS
+
+
 def find_card(session: Session, card: str, *, lock: bool = False) -> Credential:
     """The credential with card number ``card``, or with id ``card``."""
     stmt = select(Credential).where(Credential.card_number == card)
-    if card.isdigit() and len(card) <= _MAX_ID_DIGITS:
+    if _is_id(card):
         stmt = select(Credential).where(Credential.id == int(card))
     cred = session.scalars(stmt.with_for_update() if lock else stmt).first()
     if cred is None:
@@ -26,7 +31,7 @@ def find_card(session: Session, card: str, *, lock: bool = False) -> Credential:
 def find_user(session: Session, who: str, *, lock: bool = False) -> User:
     """The user with e-mail ``who`` (any case), or with id ``who``."""
     stmt = select(User).where(User.email == who.strip().lower())
-    if who.isdigit():
+    if _is_id(who):
         stmt = select(User).where(User.id == int(who))
     user = session.scalars(stmt.with_for_update() if lock else stmt).first()
     if user is None:

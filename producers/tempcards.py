@@ -34,7 +34,7 @@ from schemas.states import (
     UserState,
 )
 
-MAX_STOCK_RUN = 10_000
+MAX_STOCK_RUN = 1000  # one transaction: a bigger run is several runs
 
 
 def request_stock(

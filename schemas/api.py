@@ -204,7 +204,7 @@ class PassphraseOut(BaseModel):
 
 
 class StockIn(_In):
-    count: int = Field(ge=1, le=10_000)
+    count: int = Field(ge=1, le=1000)
     line: str | None = Field(None, max_length=32)
 
 

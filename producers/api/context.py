@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from fastapi import Path as PathParam
 
 from db.engine import Store
 from db.secrets import SecretBox
@@ -25,3 +27,8 @@ class ApiContext:
     cpr: CprConfig = field(default_factory=CprConfig)
     # Each identity system's CPR signing key (producers.cpr.load_identity_systems).
     cpr_keys: dict[str, Any] = field(default_factory=dict)
+
+
+# A row id in a path: a positive 32-bit integer (larger ones cannot name a row, and
+# SQLite would refuse them as parameters).
+RowId = Annotated[int, PathParam(ge=1, le=2**31 - 1)]

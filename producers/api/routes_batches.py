@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Depends, Query
 
 from producers.api.auth import Allow, context
-from producers.api.context import ApiContext
+from producers.api.context import ApiContext, RowId
 from producers.approvals import approve_batch, reject_batch
 from producers.batch_import import import_batch
 from producers.tokens import Principal
@@ -47,7 +47,7 @@ def import_csv(
 
 @router.post("/batches/{batch_id}/approve")
 def approve(
-    batch_id: int, ctx: Ctx, who: Annotated[Principal, Depends(Allow(Role.APPROVER))]
+    batch_id: RowId, ctx: Ctx, who: Annotated[Principal, Depends(Allow(Role.APPROVER))]
 ) -> DecisionOut:
     report = approve_batch(ctx.store, batch_id, by=who.name)
     return DecisionOut(batch_id=batch_id, approved=report.approved, rejected=report.rejected)
@@ -55,7 +55,7 @@ def approve(
 
 @router.post("/batches/{batch_id}/reject")
 def reject(
-    batch_id: int,
+    batch_id: RowId,
     body: RequiredReasonIn,
     ctx: Ctx,
     who: Annotated[Principal, Depends(Allow(Role.APPROVER))],

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends
 
 from producers import cards, incidents, lifecycle, tempcards
 from producers.api.auth import Allow, context
-from producers.api.context import ApiContext
+from producers.api.context import ApiContext, RowId
 from producers.tokens import Principal
 from schemas.api import (
     AssignIn,
@@ -113,7 +113,7 @@ def list_incidents(
 
 @router.post("/incidents/{incident_id}/approve", tags=["incidents"])
 def approve_incident(
-    incident_id: int, ctx: Ctx, who: Annotated[Principal, Depends(Allow(Role.APPROVER))]
+    incident_id: RowId, ctx: Ctx, who: Annotated[Principal, Depends(Allow(Role.APPROVER))]
 ) -> IncidentOut:
     incident = incidents.approve(ctx.store, incident_id, by=who.name, policy=ctx.policy)
     return IncidentOut(**asdict(incident))
@@ -121,7 +121,7 @@ def approve_incident(
 
 @router.post("/incidents/{incident_id}/cancel", tags=["incidents"])
 def cancel_incident(
-    incident_id: int,
+    incident_id: RowId,
     body: ReasonIn,
     ctx: Ctx,
     who: Annotated[Principal, Depends(Allow(Role.REQUESTER, Role.OPERATOR))],

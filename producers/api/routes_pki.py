@@ -9,7 +9,7 @@ from fastapi.responses import Response
 
 from producers import certificates, softtokens
 from producers.api.auth import Allow, context
-from producers.api.context import ApiContext
+from producers.api.context import ApiContext, RowId
 from producers.tokens import Principal
 from schemas.api import (
     CardsCreated,
@@ -114,14 +114,14 @@ def list_softtokens(
 
 @router.post("/softtokens/{token_id}/approve", tags=["softtokens"])
 def approve_softtoken(
-    token_id: int, body: CommentIn, ctx: Ctx, who: Annotated[Principal, Depends(Approvers)]
+    token_id: RowId, body: CommentIn, ctx: Ctx, who: Annotated[Principal, Depends(Approvers)]
 ) -> StateOut:
     return StateOut(state=softtokens.approve(ctx.store, token_id, by=who.name))
 
 
 @router.post("/softtokens/{token_id}/reject", tags=["softtokens"])
 def reject_softtoken(
-    token_id: int, body: RequiredReasonIn, ctx: Ctx, who: Annotated[Principal, Depends(Approvers)]
+    token_id: RowId, body: RequiredReasonIn, ctx: Ctx, who: Annotated[Principal, Depends(Approvers)]
 ) -> StateOut:
     state = softtokens.reject(ctx.store, token_id, by=who.name, reason=body.reason)
     return StateOut(state=state)
@@ -129,7 +129,7 @@ def reject_softtoken(
 
 @router.post("/softtokens/{token_id}/cancel", tags=["softtokens"])
 def cancel_softtoken(
-    token_id: int,
+    token_id: RowId,
     body: ReasonIn,
     ctx: Ctx,
     who: Annotated[Principal, Depends(Allow(Role.REQUESTER, Role.OPERATOR))],
@@ -140,7 +140,7 @@ def cancel_softtoken(
 
 @router.post("/softtokens/{token_id}/revoke", tags=["softtokens"])
 def revoke_softtoken(
-    token_id: int, body: RevokeIn, ctx: Ctx, who: Annotated[Principal, Depends(Operators)]
+    token_id: RowId, body: RevokeIn, ctx: Ctx, who: Annotated[Principal, Depends(Operators)]
 ) -> StateOut:
     reason = RevocationReason(body.reason)
     return StateOut(state=softtokens.revoke(ctx.store, token_id, by=who.name, reason=reason))
@@ -148,7 +148,7 @@ def revoke_softtoken(
 
 @router.post("/softtokens/{token_id}/passphrase", tags=["softtokens"])
 def display_passphrase(
-    token_id: int, ctx: Ctx, who: Annotated[Principal, Depends(Operators)]
+    token_id: RowId, ctx: Ctx, who: Annotated[Principal, Depends(Operators)]
 ) -> PassphraseOut:
     """ "Display password": audited; a POST, so no cache or log keeps it as a URL."""
     secret = softtokens.reveal_passphrase(

@@ -393,3 +393,10 @@ def test_the_multi_user_form_deactivates_everyone_the_search_finds(store, client
     ).json()
     assert sorted(report["done"]) == ids
     assert report["refused"] == {}
+
+
+def test_a_reference_of_unicode_digits_is_not_found_rather_than_a_server_error(store, client):
+    operator = _auth(store, "olga", "operator")
+    for path in ("/cards/%C2%B9", "/users/%D9%A3"):  # "¹", "٣"
+        response = client.get(path, headers=operator)
+        assert response.status_code == 404, response.text
