@@ -166,6 +166,8 @@ class Credential(Stateful, Base):
     admin_key_sealed: Mapped[str | None] = mapped_column(Text)
     escrow_key_sealed: Mapped[str | None] = mapped_column(Text)
     pin_letter_path: Mapped[str | None] = mapped_column(String(500))
+    # When the PIN letter was mailed to the holder (``pin_letter_delivery = "mail"``).
+    pin_letter_mailed_at: Mapped[dt.datetime | None]
     faces_path: Mapped[str | None] = mapped_column(String(500))
     # Write the holder's earlier escrowed encryption keys to this card too (key recovery).
     recover_escrow: Mapped[bool] = mapped_column(default=False, server_default=false())

@@ -570,7 +570,14 @@ def card_deactivate(card_ref: str, by: str, reason: str | None, data_dir: Path |
     """Take CARD (number or id) out of use; its certificates go on hold."""
     from producers.lifecycle import deactivate_card
 
-    held = deactivate_card(open_migrated(settings_for(data_dir)), card_ref, by=by, reason=reason)
+    settings = settings_for(data_dir)
+    held = deactivate_card(
+        open_migrated(settings),
+        card_ref,
+        by=by,
+        reason=reason,
+        reasons=settings.policy().deactivation_reasons,
+    )
     click.echo(f"card {card_ref} inactive; {held} certificates on hold")
 
 
@@ -584,7 +591,14 @@ def card_reactivate(card_ref: str, by: str, reason: str | None, data_dir: Path |
     """Put CARD back in use; its held certificates are released."""
     from producers.lifecycle import reactivate_card
 
-    done = reactivate_card(open_migrated(settings_for(data_dir)), card_ref, by=by, reason=reason)
+    settings = settings_for(data_dir)
+    done = reactivate_card(
+        open_migrated(settings),
+        card_ref,
+        by=by,
+        reason=reason,
+        reasons=settings.policy().deactivation_reasons,
+    )
     click.echo(f"card {card_ref} active; {done} certificates released")
 
 
@@ -617,7 +631,14 @@ def user_deactivate(who: str, by: str, reason: str | None, data_dir: Path | None
     """USER (e-mail or id) inactive: their cards inactive, certificates on hold."""
     from producers.lifecycle import deactivate_user
 
-    held = deactivate_user(open_migrated(settings_for(data_dir)), who, by=by, reason=reason)
+    settings = settings_for(data_dir)
+    held = deactivate_user(
+        open_migrated(settings),
+        who,
+        by=by,
+        reason=reason,
+        reasons=settings.policy().deactivation_reasons,
+    )
     click.echo(f"user {who} inactive; {held} certificates on hold")
 
 
@@ -631,7 +652,14 @@ def user_reactivate(who: str, by: str, reason: str | None, data_dir: Path | None
     """USER active again, with what their deactivation put out of use."""
     from producers.lifecycle import reactivate_user
 
-    done = reactivate_user(open_migrated(settings_for(data_dir)), who, by=by, reason=reason)
+    settings = settings_for(data_dir)
+    done = reactivate_user(
+        open_migrated(settings),
+        who,
+        by=by,
+        reason=reason,
+        reasons=settings.policy().deactivation_reasons,
+    )
     click.echo(f"user {who} active; {done} certificates released")
 
 
@@ -791,9 +819,12 @@ def user_bulk(
 
     from producers import lifecycle, users
 
-    store = open_migrated(settings_for(data_dir))
+    settings = settings_for(data_dir)
+    store = open_migrated(settings)
     actions = {
-        "deactivate": lambda u: lifecycle.deactivate_user(store, u, by=by, reason=reason),
+        "deactivate": lambda u: lifecycle.deactivate_user(
+            store, u, by=by, reason=reason, reasons=settings.policy().deactivation_reasons
+        ),
         "lock": lambda u: lifecycle.lock_user(store, u, by=by, reason=lock_reason),
         "delete": lambda u: users.delete_user(store, u, by=by, reason=reason),
     }
@@ -907,6 +938,23 @@ def card_step(step: str, card_ref: str, by: str, data_dir: Path | None) -> None:
         "renew": lambda: cards.renew_card(store, card_ref, by=by),
     }
     click.echo(steps[step]())
+
+
+@card.command("edit")
+@click.argument("card_ref", metavar="CARD")
+@click.option("--line", required=True, help="The production line it goes to.")
+@click.option("--by", required=True)
+@data_dir_option
+@handle_errors
+def card_edit(card_ref: str, line: str, by: str, data_dir: Path | None) -> None:
+    """Move CARD (not yet at a station) to another production line."""
+    from producers.cards import edit_card
+
+    settings = settings_for(data_dir)
+    changed = edit_card(
+        open_migrated(settings), card_ref, by=by, line=line, policy=settings.policy()
+    )
+    click.echo(f"changed: {', '.join(changed) or 'nothing'}")
 
 
 @card.command("list")

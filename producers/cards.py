@@ -17,14 +17,14 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from db import outbox
+from db import audit, outbox
 from db.engine import Store
 from db.models import BatchOrder, Certificate, Credential, User, utcnow
 from db.transition import create, transition
 from producers.lookup import find_card, find_user
 from producers.users import MAX_PAGE, Page
 from schemas.batch import LINE_NAME
-from schemas.errors import FourEyesViolation, PermanentError, ValidationFailed
+from schemas.errors import FourEyesViolation, PermanentError, StateConflict, ValidationFailed
 from schemas.messages import PrepareCard, RecertifyCard
 from schemas.policy import Policy
 from schemas.states import (
@@ -296,3 +296,29 @@ def renew_card(store: Store, card: str, *, by: str) -> str:
             changes={"recertify_requested_at": utcnow()},
             messages=[RecertifyCard(credential_id=cred.id)],
         )
+
+
+def edit_card(store: Store, card: str, *, by: str, line: str, policy: Policy) -> list[str]:
+    """Change what may still change on a card not yet at a station: its production line.
+    Returns the names of the attributes that changed."""
+    chosen = _line(line, policy)
+    editable = (CardState.REQUESTED, CardState.APPROVED)
+    with store.tx() as s:
+        cred = find_card(s, card, lock=True)
+        if cred.state not in editable:
+            raise StateConflict(cred.machine.name, cred.id, "edit", cred.state, editable)
+        if cred.line == chosen:
+            return []
+        before, cred.line = cred.line, chosen
+        cred.updated_at = utcnow()
+        audit.append(
+            s,
+            actor=by,
+            entity=cred.machine.name,
+            entity_id=cred.id,
+            action="update",
+            from_state=cred.state,
+            to_state=cred.state,
+            reason=f"line {before} -> {chosen}",
+        )
+        return ["line"]

@@ -40,8 +40,16 @@ LOCK_REASONS = (
 _NOT_YET_PRODUCED = (CardState.REQUESTED, CardState.APPROVED, CardState.READY)
 
 
-def _reason(reason: str | None, default: str) -> str:
-    text = (reason or "").strip() or default
+def _reason(reason: str | None, default: str, reasons: Sequence[str] = ()) -> str:
+    """The reason given (``default`` if none); with a configured list of ``reasons``
+    (``Policy.deactivation_reasons``) it must be one of them."""
+    text = (reason or "").strip()
+    if reasons:
+        chosen = {r.casefold(): r for r in reasons}.get(text.casefold())
+        if chosen is None:
+            raise ValidationFailed(f"choose one of: {'; '.join(reasons)}", field="reason")
+        return chosen
+    text = text or default
     if len(text) > 400:
         raise ValidationFailed("a reason is at most 400 characters", field="reason")
     return text
@@ -134,9 +142,16 @@ def deactivate_card_in(session: Session, cred: Credential, *, by: str, reason: s
     return held
 
 
-def deactivate_card(store: Store, card: str, *, by: str, reason: str | None = None) -> int:
+def deactivate_card(
+    store: Store,
+    card: str,
+    *,
+    by: str,
+    reason: str | None = None,
+    reasons: Sequence[str] = (),
+) -> int:
     """``active -> inactive``; its valid certificates go on hold. Returns how many."""
-    why = _reason(reason, "card deactivated")
+    why = _reason(reason, "card deactivated", reasons)
     with store.tx() as s:
         return deactivate_card_in(s, find_card(s, card, lock=True), by=by, reason=why)
 
@@ -154,9 +169,16 @@ def reactivate_card_in(session: Session, cred: Credential, *, by: str, reason: s
     return released
 
 
-def reactivate_card(store: Store, card: str, *, by: str, reason: str | None = None) -> int:
+def reactivate_card(
+    store: Store,
+    card: str,
+    *,
+    by: str,
+    reason: str | None = None,
+    reasons: Sequence[str] = (),
+) -> int:
     """``inactive -> active``; its held certificates are released. Returns how many."""
-    why = _reason(reason, "card reactivated")
+    why = _reason(reason, "card reactivated", reasons)
     with store.tx() as s:
         return reactivate_card_in(s, find_card(s, card, lock=True), by=by, reason=why)
 
@@ -206,10 +228,17 @@ def _refuse_if_in_production(user: User, cards: Iterable[Credential]) -> None:
         )
 
 
-def deactivate_user(store: Store, who: str, *, by: str, reason: str | None = None) -> int:
+def deactivate_user(
+    store: Store,
+    who: str,
+    *,
+    by: str,
+    reason: str | None = None,
+    reasons: Sequence[str] = (),
+) -> int:
     """The user and every active card of theirs inactive; every valid certificate of
     theirs (cards and soft tokens) on hold. Returns how many certificates."""
-    why = f"{_BY_USER}: {_reason(reason, 'no reason given')}"
+    why = f"{_BY_USER}: {_reason(reason, 'no reason given', reasons)}"
     with store.tx() as s:
         user = find_user(s, who, lock=True)
         cards = _cards_of(s, user)
@@ -229,10 +258,17 @@ def deactivate_user(store: Store, who: str, *, by: str, reason: str | None = Non
         return held
 
 
-def reactivate_user(store: Store, who: str, *, by: str, reason: str | None = None) -> int:
+def reactivate_user(
+    store: Store,
+    who: str,
+    *,
+    by: str,
+    reason: str | None = None,
+    reasons: Sequence[str] = (),
+) -> int:
     """Undo ``deactivate_user``: the user active, and each card and certificate the
     deactivation put out of use back in use. Returns how many certificates."""
-    why = _reason(reason, "user reactivated")
+    why = _reason(reason, "user reactivated", reasons)
     with store.tx() as s:
         user = find_user(s, who, lock=True)
         transition(s, user, "reactivate", actor=by, reason=why)

@@ -239,3 +239,9 @@ class IncidentOut(BaseModel):
     state: str
     replacement_id: int | None
     declared_by: str
+
+
+class CardPatch(_In):
+    """What may change on a card not yet at a station."""
+
+    line: str = Field(min_length=1, max_length=32)

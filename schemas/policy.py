@@ -36,6 +36,11 @@ class Policy(BaseModel):
     temp_cards_per_user: int = Field(1, ge=1, le=10)
     # Replacement requests made by a device incident wait for an approver.
     replacement_approval_required: bool = True
+    # The reasons an operator chooses from to deactivate or reactivate a user or a card;
+    # empty: any reason, in free text.
+    deactivation_reasons: tuple[str, ...] = ()
+    # PIN letters: written as PDF for printing, or also mailed to the holder.
+    pin_letter_delivery: Literal["print", "mail"] = "print"
 
     @property
     def on_card_usages(self) -> tuple[CertUsage, ...]:

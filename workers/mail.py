@@ -91,6 +91,19 @@ class Mailer:
         msg.add_attachment(p12, maintype="application", subtype="x-pkcs12", filename=filename)
         self.send(msg)
 
+    def send_pin_letter(
+        self, *, to: str, holder: str, card_number: str, letter: bytes, filename: str
+    ) -> None:
+        msg = EmailMessage()
+        msg["To"] = to
+        msg["Subject"] = f"The PIN letter of your card {card_number}"
+        msg.set_content(
+            f"Dear {holder},\n\nattached is the PIN letter of your card {card_number}. "
+            "Keep it apart from the card,\nand change the PIN the first time you use it.\n"
+        )
+        msg.add_attachment(letter, maintype="application", subtype="pdf", filename=filename)
+        self.send(msg)
+
     def send_passphrase(self, *, to: str, holder: str, token_type: str, passphrase: Secret) -> None:
         msg = EmailMessage()
         msg["To"] = to

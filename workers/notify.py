@@ -3,11 +3,13 @@ credential / token / reminder."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import structlog
 from sqlalchemy import update
 
 from db import audit
-from db.models import Credential
+from db.models import Credential, utcnow
 from db.secrets import context
 from schemas.messages import DeliverSoftToken, SendPinLetter, SendReminder
 from workers.context import WorkerContext
@@ -28,11 +30,21 @@ def notify_job(ctx: WorkerContext, job: SendPinLetter | DeliverSoftToken | SendR
         send_pin_letter(ctx, job)
 
 
+def _mail_wanted(ctx: WorkerContext) -> bool:
+    return ctx.policy.pin_letter_delivery == "mail" and ctx.mailer is not None
+
+
 def send_pin_letter(ctx: WorkerContext, job: SendPinLetter) -> None:
     with ctx.store.read() as s:
         cred = s.get(Credential, job.credential_id)
-        if cred is None or cred.pin_letter_path or cred.pin_sealed is None:
+        if cred is None or cred.pin_sealed is None:
             log.info("notify.skipped", credential_id=job.credential_id)
+            return
+        if cred.pin_letter_path:
+            if _mail_wanted(ctx) and cred.pin_letter_mailed_at is None:
+                mail_pin_letter(ctx, job.credential_id)
+            else:
+                log.info("notify.skipped", credential_id=job.credential_id)
             return
         user = cred.user
         number, valid_until, sealed = cred.card_number, cred.valid_until, cred.pin_sealed
@@ -70,3 +82,44 @@ def send_pin_letter(ctx: WorkerContext, job: SendPinLetter) -> None:
                 reason="PIN letter written",
             )
     log.info("notify.pin_letter", credential_id=job.credential_id, card_number=number)
+    if _mail_wanted(ctx):
+        mail_pin_letter(ctx, job.credential_id)
+
+
+def mail_pin_letter(ctx: WorkerContext, credential_id: int) -> None:
+    """Mail the written PIN letter to its holder, once (``pin_letter_delivery = "mail"``).
+
+    A failed send raises ``MailError`` and the message is retried; a second delivery
+    after a sent mail finds ``pin_letter_mailed_at`` set and does nothing."""
+    assert ctx.mailer is not None
+    with ctx.store.read() as s:
+        cred = s.get(Credential, credential_id)
+        if cred is None or cred.user is None or cred.pin_letter_path is None:
+            return
+        if cred.pin_letter_mailed_at is not None:
+            return
+        to, holder, number = cred.user.email, cred.user.display_name, cred.card_number or ""
+        path = Path(cred.pin_letter_path)
+    ctx.mailer.send_pin_letter(
+        to=to, holder=holder, card_number=number, letter=path.read_bytes(), filename=path.name
+    )
+    with ctx.store.tx() as s:
+        result = s.execute(
+            update(Credential)
+            .where(Credential.id == credential_id, Credential.pin_letter_mailed_at.is_(None))
+            .values(pin_letter_mailed_at=utcnow())
+        )
+        if result.rowcount:  # type: ignore[attr-defined]  # CursorResult of an UPDATE
+            cred = s.get(Credential, credential_id)
+            assert cred is not None
+            audit.append(
+                s,
+                actor="worker:notify",
+                entity=cred.machine.name,
+                entity_id=cred.id,
+                action="pin_letter_mail",
+                from_state=cred.state,
+                to_state=cred.state,
+                reason=f"PIN letter mailed to {to}",
+            )
+    log.info("notify.pin_letter_mailed", credential_id=credential_id)

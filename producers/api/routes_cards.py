@@ -16,6 +16,7 @@ from producers.users import MAX_PAGE
 from schemas.api import (
     CardOut,
     CardPage,
+    CardPatch,
     CardRequestIn,
     CardsCreated,
     CommentIn,
@@ -76,6 +77,14 @@ def get_card(card: str, ctx: Ctx, who: Annotated[Principal, Depends(Readers)]) -
     return CardOut(**asdict(cards.get_card(ctx.store, card)))
 
 
+@router.patch("/cards/{card}")
+def edit_card(
+    card: str, body: CardPatch, ctx: Ctx, who: Annotated[Principal, Depends(Operators)]
+) -> CardOut:
+    cards.edit_card(ctx.store, card, by=who.name, line=body.line, policy=ctx.policy)
+    return CardOut(**asdict(cards.get_card(ctx.store, card)))
+
+
 @router.post("/cards/{card}/approve")
 def approve_card(
     card: str, body: CommentIn, ctx: Ctx, who: Annotated[Principal, Depends(Approvers)]
@@ -119,7 +128,9 @@ def activate_card(card: str, ctx: Ctx, who: Annotated[Principal, Depends(Operato
 def deactivate_card(
     card: str, body: ReasonIn, ctx: Ctx, who: Annotated[Principal, Depends(Operators)]
 ) -> CountOut:
-    held = lifecycle.deactivate_card(ctx.store, card, by=who.name, reason=body.reason)
+    held = lifecycle.deactivate_card(
+        ctx.store, card, by=who.name, reason=body.reason, reasons=ctx.policy.deactivation_reasons
+    )
     return CountOut(certificates=held)
 
 
@@ -127,7 +138,9 @@ def deactivate_card(
 def reactivate_card(
     card: str, body: ReasonIn, ctx: Ctx, who: Annotated[Principal, Depends(Operators)]
 ) -> CountOut:
-    released = lifecycle.reactivate_card(ctx.store, card, by=who.name, reason=body.reason)
+    released = lifecycle.reactivate_card(
+        ctx.store, card, by=who.name, reason=body.reason, reasons=ctx.policy.deactivation_reasons
+    )
     return CountOut(certificates=released)
 
 

@@ -77,7 +77,9 @@ def edit_user(
 def deactivate_user(
     user: str, body: ReasonIn, ctx: Ctx, who: Annotated[Principal, Depends(Operators)]
 ) -> CountOut:
-    held = lifecycle.deactivate_user(ctx.store, user, by=who.name, reason=body.reason)
+    held = lifecycle.deactivate_user(
+        ctx.store, user, by=who.name, reason=body.reason, reasons=ctx.policy.deactivation_reasons
+    )
     return CountOut(certificates=held)
 
 
@@ -85,7 +87,9 @@ def deactivate_user(
 def reactivate_user(
     user: str, body: ReasonIn, ctx: Ctx, who: Annotated[Principal, Depends(Operators)]
 ) -> CountOut:
-    released = lifecycle.reactivate_user(ctx.store, user, by=who.name, reason=body.reason)
+    released = lifecycle.reactivate_user(
+        ctx.store, user, by=who.name, reason=body.reason, reasons=ctx.policy.deactivation_reasons
+    )
     return CountOut(certificates=released)
 
 
@@ -117,7 +121,9 @@ def deactivate_users(
         ctx.store,
         state=body.state,
         text=body.text,
-        action=lambda u: lifecycle.deactivate_user(ctx.store, u, by=who.name, reason=body.reason),
+        action=lambda u: lifecycle.deactivate_user(
+            ctx.store, u, by=who.name, reason=body.reason, reasons=ctx.policy.deactivation_reasons
+        ),
     )
     return BulkOut(done=report.done, refused=report.refused)
 

@@ -138,6 +138,7 @@ POLICY: dict[tuple[str, str], set[Role] | frozenset[Role] | None] = {
     ("POST", "/tempcards/{card}/withdraw"): {R.OPERATOR},
     ("POST", "/tempcards/{card}/lock"): {R.OPERATOR},
     ("POST", "/cards/{card}/renew"): {R.OPERATOR},
+    ("PATCH", "/cards/{card}"): {R.OPERATOR},
     ("POST", "/cards/{card}/incidents"): {R.OPERATOR, R.REQUESTER},
     ("GET", "/incidents"): {R.APPROVER, R.AUDITOR, R.OPERATOR},
     ("POST", "/incidents/{incident_id}/approve"): {R.APPROVER},
@@ -400,3 +401,34 @@ def test_a_reference_of_unicode_digits_is_not_found_rather_than_a_server_error(s
     for path in ("/cards/%C2%B9", "/users/%D9%A3"):  # "¹", "٣"
         response = client.get(path, headers=operator)
         assert response.status_code == 404, response.text
+
+
+def test_a_card_not_yet_at_a_station_moves_to_another_line_and_a_produced_one_does_not(
+    store, client
+):
+    with store.tx() as s:
+        waiting = factories.credential(s, "requested").id
+        produced = factories.credential(s, "active").id
+    operator = _auth(store, "olga", "operator")
+    moved = client.patch(f"/cards/{waiting}", json={"line": "east"}, headers=operator)
+    assert moved.json()["line"] == "east"
+    refused = client.patch(f"/cards/{produced}", json={"line": "east"}, headers=operator)
+    assert refused.status_code == 409
+    bad = client.patch(f"/cards/{waiting}", json={"line": "East Wing"}, headers=operator)
+    assert bad.json()["error"]["field"] == "line"
+
+
+def test_with_configured_reasons_a_deactivation_takes_only_one_of_them(store, tmp_path):
+    reasons = ("left the organisation", "long leave")
+    client = _app(store, tmp_path, Policy(deactivation_reasons=reasons))
+    with store.tx() as s:
+        email = factories.user(s).email
+    operator = _auth(store, "olga", "operator")
+    free = client.post(f"/users/{email}/deactivate", json={"reason": "bored"}, headers=operator)
+    assert free.status_code == 422
+    assert free.json()["error"]["field"] == "reason"
+    assert "long leave" in free.json()["error"]["message"]
+    listed = client.post(
+        f"/users/{email}/deactivate", json={"reason": "Long Leave"}, headers=operator
+    )
+    assert listed.status_code == 200, listed.json()

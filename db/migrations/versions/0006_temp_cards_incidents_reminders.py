@@ -1,4 +1,5 @@
-"""temporary card assignment, re-certification, device incidents, expiry reminders
+"""temporary card assignment, re-certification, PIN letters by mail, device incidents,
+expiry reminders
 
 Revision ID: 0006
 Revises: 0005
@@ -27,6 +28,10 @@ def upgrade() -> None:
     op.add_column(
         "credentials",
         sa.Column("recertify_requested_at", db.models.UTCDateTime(timezone=True), nullable=True),
+    )
+    op.add_column(
+        "credentials",
+        sa.Column("pin_letter_mailed_at", db.models.UTCDateTime(timezone=True), nullable=True),
     )
     op.create_table(
         "incidents",
@@ -78,5 +83,6 @@ def downgrade() -> None:
     op.drop_index(op.f("ix_incidents_credential_id"), table_name="incidents")
     op.drop_table("incidents")
     with op.batch_alter_table("credentials") as batch:
+        batch.drop_column("pin_letter_mailed_at")
         batch.drop_column("recertify_requested_at")
         batch.drop_column("assigned_until")
