@@ -22,12 +22,37 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade(store: Store, revision: str = "head") -> str | None:
-    """Bring the schema to ``revision``; return the revision now in force."""
+    """Bring the schema to ``revision``; return the revision now in force.
+
+    On SQLite a migration that alters a table rebuilds it, which foreign keys would
+    refuse midway; so, as SQLite's documentation prescribes for schema changes, they are
+    switched off around the one transaction and every reference is checked before it
+    commits (a dangling one rolls the whole upgrade back).
+    """
     cfg = alembic_config(store.engine.url.render_as_string(hide_password=False))
-    with store.engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, revision)
+    sqlite = store.engine.dialect.name == "sqlite"
+    with store.engine.connect() as conn:
+        # On the DBAPI connection itself: an SQLAlchemy-level execute would first begin a
+        # transaction, inside which SQLite ignores this pragma.
+        raw = conn.connection.dbapi_connection
+        if sqlite and raw is not None:
+            raw.execute("PRAGMA foreign_keys = OFF")
+        try:
+            with conn.begin():
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, revision)
+                if sqlite:
+                    dangling = conn.exec_driver_sql("PRAGMA foreign_key_check").all()
+                    if dangling:
+                        raise MigrationError(f"foreign keys left dangling: {dangling[:5]}")
+        finally:
+            if sqlite and raw is not None:
+                raw.execute("PRAGMA foreign_keys = ON")
     return current_revision(store)
+
+
+class MigrationError(RuntimeError):
+    """A migration would leave the store inconsistent; nothing of it was kept."""
 
 
 def current_revision(store: Store) -> str | None:

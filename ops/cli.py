@@ -747,7 +747,14 @@ def user_edit(who: str, values: tuple[str, ...], by: str, data_dir: Path | None)
     """Change attributes of USER (e-mail or id)."""
     from producers.users import update_user
 
-    changed = update_user(open_migrated(settings_for(data_dir)), who, _pairs(values), by=by)
+    settings = settings_for(data_dir)
+    changed = update_user(
+        open_migrated(settings),
+        who,
+        _pairs(values),
+        by=by,
+        unique_email=settings.policy().email_unique,
+    )
     click.echo(f"changed: {', '.join(changed) or 'nothing'}")
 
 

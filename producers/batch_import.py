@@ -241,6 +241,9 @@ class _Import:
         self.users_updated = 0
         self.cards_requested = 0
         self.by_email: dict[str, User] = {}
+        # E-mails several users share (possible when ``email_unique`` is off): a row
+        # naming one must say which user it means by external_id.
+        self.shared_emails: set[str] = set()
         self.by_external_id: dict[str, User] = {}
         self.live_cards: dict[int, int] = {}
 
@@ -337,6 +340,12 @@ class _Import:
 
     def _existing_user(self, row: BatchRow) -> User | None:
         by_email = self.by_email.get(row.email)
+        if row.email in self.shared_emails:
+            by_email = self.by_external_id.get(row.external_id) if row.external_id else None
+            if by_email is None:
+                raise _Rejected(
+                    "email", "several users have this email; give the external_id of one"
+                )
         by_external_id = self.by_external_id.get(row.external_id) if row.external_id else None
         if by_email and by_external_id and by_email is not by_external_id:
             raise _Rejected(
@@ -427,6 +436,9 @@ class _Import:
         self.cards_requested += 1
 
     def _remember(self, user: User) -> None:
+        known = self.by_email.get(user.email.lower())
+        if known is not None and known.id != user.id:
+            self.shared_emails.add(user.email.lower())
         self.by_email[user.email.lower()] = user
         if user.external_id:
             self.by_external_id[user.external_id] = user

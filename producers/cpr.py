@@ -108,7 +108,10 @@ def _find_user(session: Session, cpr: Cpr) -> User | None:
         by_id = session.scalars(
             select(User).where(User.external_id == cpr.user.external_id).with_for_update()
         ).first()
-    by_email = session.scalars(select(User).where(User.email == email).with_for_update()).first()
+    sharing = session.scalars(select(User).where(User.email == email).with_for_update()).all()
+    if len(sharing) > 1 and by_id is None:
+        raise InvalidCpr("several users have this e-mail; the CPR must carry the external id")
+    by_email = by_id if len(sharing) > 1 else (sharing[0] if sharing else None)
     if by_id is not None and by_email is not None and by_id.id != by_email.id:
         raise InvalidCpr(
             f"the external id belongs to user {by_id.id} but the e-mail to user {by_email.id}"
@@ -166,7 +169,9 @@ def intake(
         if user is None:
             if not config.create_users:
                 raise NotFound("user (and CPRs may not create users)", cpr.user.email)
-            user = create_in(s, row, by=actor, state=UserState.ACTIVE, why=why)
+            user = create_in(
+                s, row, by=actor, state=UserState.ACTIVE, why=why, unique_email=policy.email_unique
+            )
         else:
             if user.state != UserState.ACTIVE:
                 raise InvalidCpr(f"user {user.id} is {user.state}; no card can be issued")
@@ -177,7 +182,14 @@ def intake(
                     f"{open_request.id} is {open_request.state}; cancel it, then send the "
                     "CPR again"
                 )
-            update_in(s, user, attributes, by=actor, why=f"{why} replaced")
+            update_in(
+                s,
+                user,
+                attributes,
+                by=actor,
+                why=f"{why} replaced",
+                unique_email=policy.email_unique,
+            )
         replaced = _keep(s, user, signed, cpr, payload)
         (card_id,) = new_cards_in(
             s,

@@ -6,7 +6,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.models import Credential, User
-from schemas.errors import NotFound
+from schemas.errors import NotFound, ValidationFailed
 
 # Card numbers are long; a short all-digit reference is a credential id.
 _MAX_ID_DIGITS = 9
@@ -33,7 +33,9 @@ def find_user(session: Session, who: str, *, lock: bool = False) -> User:
     stmt = select(User).where(User.email == who.strip().lower())
     if _is_id(who):
         stmt = select(User).where(User.id == int(who))
-    user = session.scalars(stmt.with_for_update() if lock else stmt).first()
-    if user is None:
+    found = session.scalars((stmt.with_for_update() if lock else stmt).limit(2)).all()
+    if not found:
         raise NotFound("user", who)
-    return user
+    if len(found) > 1:  # e-mails may be shared when Policy.email_unique is off
+        raise ValidationFailed(f"several users have the e-mail {who}; name one by id", field="user")
+    return found[0]

@@ -107,8 +107,11 @@ def validated(values: dict[str, Any]) -> BatchRow:
         raise ValidationFailed(reason, field=where) from None
 
 
-def _check_unique(session: Session, row: BatchRow, *, other_than: int | None = None) -> None:
-    checks = [("email", func.lower(User.email) == row.email)]
+def _check_unique(
+    session: Session, row: BatchRow, *, other_than: int | None = None, email: bool = True
+) -> None:
+    """External ids are always unique; e-mails unless ``Policy.email_unique`` is off."""
+    checks = [("email", func.lower(User.email) == row.email)] if email else []
     if row.external_id:
         checks.append(("external_id", User.external_id == row.external_id))
     for name, condition in checks:
@@ -120,9 +123,11 @@ def _check_unique(session: Session, row: BatchRow, *, other_than: int | None = N
             raise AlreadyExists(f"{name} {getattr(row, name)!r} belongs to user {holder}")
 
 
-def create_in(session: Session, row: BatchRow, *, by: str, state: str, why: str) -> User:
+def create_in(
+    session: Session, row: BatchRow, *, by: str, state: str, why: str, unique_email: bool = True
+) -> User:
     """A new user from validated attributes, inside the caller's transaction."""
-    _check_unique(session, row)
+    _check_unique(session, row, email=unique_email)
     user = User(state=state, **row.model_dump(exclude={"photo"}))
     return create(session, user, actor=by, reason=why)
 
@@ -134,12 +139,25 @@ def create_user(store: Store, values: dict[str, Any], *, by: str, policy: Policy
     """
     row = validated(values)
     with store.tx() as s:
-        user = create_in(s, row, by=by, state=policy.user_status_after_create, why="user created")
+        user = create_in(
+            s,
+            row,
+            by=by,
+            state=policy.user_status_after_create,
+            why="user created",
+            unique_email=policy.email_unique,
+        )
         return user.id
 
 
 def update_in(
-    session: Session, user: User, changes: dict[str, Any], *, by: str, why: str = "changed"
+    session: Session,
+    user: User,
+    changes: dict[str, Any],
+    *,
+    by: str,
+    why: str = "changed",
+    unique_email: bool = True,
 ) -> list[str]:
     """Change attributes of ``user`` inside the caller's transaction (audited); returns
     the names of those that changed."""
@@ -150,7 +168,7 @@ def update_in(
         raise PermanentError(f"user {user.id} is {user.state}; it cannot be edited")
     current = {name: getattr(user, name) for name in EDITABLE}
     row = validated({**current, **changes})
-    _check_unique(session, row, other_than=user.id)
+    _check_unique(session, row, other_than=user.id, email=unique_email)
     wanted = row.model_dump(exclude={"photo"})
     changed = sorted(k for k in EDITABLE if wanted[k] != current[k])
     if not changed:
@@ -171,10 +189,13 @@ def update_in(
     return changed
 
 
-def update_user(store: Store, who: str, changes: dict[str, Any], *, by: str) -> list[str]:
+def update_user(
+    store: Store, who: str, changes: dict[str, Any], *, by: str, unique_email: bool = True
+) -> list[str]:
     """Change attributes of user ``who``; returns the names of those that changed."""
     with store.tx() as s:
-        return update_in(s, find_user(s, who, lock=True), changes, by=by)
+        user = find_user(s, who, lock=True)
+        return update_in(s, user, changes, by=by, unique_email=unique_email)
 
 
 def set_roles(store: Store, who: str, roles: Iterable[str], *, by: str) -> list[str]:

@@ -29,6 +29,9 @@ class Policy(BaseModel):
     default_line: str = Field("default", pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")
     # The state of a user created one at a time (the Blueprints' "status after create").
     user_status_after_create: Literal["active", "inactive"] = "active"
+    # No two users share an e-mail (the Blueprints' "email uniqueness"). Off, a shared
+    # e-mail names no one: imports and CPRs then need the external_id.
+    email_unique: bool = True
     # Temporary cards: stock runs need approval; how long an assignment lasts (extend
     # adds to it); how many a user may hold at once.
     temp_card_approval_required: bool = True

@@ -69,7 +69,13 @@ def get_user(user: str, ctx: Ctx, who: Annotated[Principal, Depends(Readers)]) -
 def edit_user(
     user: str, body: UserPatch, ctx: Ctx, who: Annotated[Principal, Depends(Operators)]
 ) -> UserOut:
-    users.update_user(ctx.store, user, body.model_dump(exclude_unset=True), by=who.name)
+    users.update_user(
+        ctx.store,
+        user,
+        body.model_dump(exclude_unset=True),
+        by=who.name,
+        unique_email=ctx.policy.email_unique,
+    )
     return UserOut(**asdict(users.get_user(ctx.store, user)))
 
 

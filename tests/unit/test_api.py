@@ -432,3 +432,16 @@ def test_with_configured_reasons_a_deactivation_takes_only_one_of_them(store, tm
         f"/users/{email}/deactivate", json={"reason": "Long Leave"}, headers=operator
     )
     assert listed.status_code == 200, listed.json()
+
+
+def test_without_email_uniqueness_two_users_share_an_email_and_are_named_by_id(store, tmp_path):
+    client = _app(store, tmp_path, Policy(email_unique=False))
+    requester = _auth(store, "rita", "requester")
+    first = client.post("/users", json=USER, headers=requester)
+    second = client.post("/users", json={**USER, "first_name": "Amazing"}, headers=requester)
+    assert (first.status_code, second.status_code) == (201, 201)
+    ambiguous = client.get("/users/grace@example.org", headers=requester)
+    assert ambiguous.status_code == 422
+    assert ambiguous.json()["error"]["field"] == "user"
+    by_id = client.get(f"/users/{second.json()['id']}", headers=requester)
+    assert by_id.json()["first_name"] == "Amazing"

@@ -554,3 +554,27 @@ def test_row_value_out_of_bounds_is_refused(field, value):
         BatchRow.model_validate(person(1, **{field: value}))
 
     assert caught.value.errors()[0]["loc"] == (field,)
+
+
+def test_a_shared_email_needs_the_external_id_to_say_which_user_a_row_means(store, tmp_path):
+    from producers.users import create_user
+
+    lax = Policy(email_unique=False)
+    for n in (1, 2):
+        values = {k: v or None for k, v in person(n, email="shared@example.org").items()}
+        create_user(store, {k: v for k, v in values.items() if k != "photo"}, by="r", policy=lax)
+    vague = write_csv(tmp_path / "a.csv", [person(3, email="shared@example.org", external_id="")])
+    refused = run(store, vague, lax)
+    assert where(refused) == [(2, "email")]
+    assert "external_id" in refused.rejected[0].reason
+    named = write_csv(
+        tmp_path / "b.csv", [person(4, email="shared@example.org", external_id="EMP-2")]
+    )
+    report = run(store, named, lax)
+    assert not report.rejected
+    assert report.cards_requested == 1
+    with store.read() as s:
+        card = s.scalars(select(Credential)).one()
+        owner = s.get(User, card.user_id)
+        assert owner is not None
+        assert owner.external_id == "EMP-2"

@@ -23,3 +23,35 @@ def test_upgrading_again_is_harmless(database_url):
     store = open_store(database_url, pool_size=1)
     assert upgrade(store) == head_revision()
     store.dispose()
+
+
+def test_a_populated_sqlite_store_upgrades_keeping_every_reference(tmp_path):
+    from sqlalchemy import text
+
+    from db.engine import open_store, sqlite_url
+    from db.migrate import upgrade
+
+    store = open_store(sqlite_url(tmp_path))
+    upgrade(store, "0006")
+    with store.engine.begin() as c:
+        c.execute(
+            text(
+                "insert into users (id, email, first_name, last_name, upn, organization, "
+                "org_unit, state, version, created_at, updated_at, roles) values (7, "
+                "'a@example.org', 'A', 'B', 'a@corp', 'O', 'U', 'active', 1, "
+                "'2026-01-01', '2026-01-01', '[]')"
+            )
+        )
+        c.execute(
+            text(
+                "insert into credentials (id, kind, user_id, line, requested_by, attempt_count,"
+                " state, version, created_at, updated_at, recover_escrow) values (3, 'card', 7,"
+                " 'default', 't', 0, 'requested', 1, '2026-01-01', '2026-01-01', 0)"
+            )
+        )
+    upgrade(store)  # 0007 rebuilds the users table on SQLite
+    with store.engine.connect() as c:
+        assert c.execute(text("pragma foreign_key_check")).all() == []
+        assert c.execute(text("select user_id from credentials")).scalar() == 7
+        assert c.execute(text("pragma foreign_keys")).scalar() == 1
+    store.dispose()
