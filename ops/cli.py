@@ -23,6 +23,7 @@ from ops.line import DataPaths, LineOptions, open_migrated
 from ops.render import summary_json, summary_tables
 from producers.certificates import OPERATOR_REASONS
 from producers.lifecycle import LOCK_REASONS
+from producers.users import EDITABLE
 from schemas.errors import CardlineError, ConfigurationError
 from schemas.roles import Role
 
@@ -679,19 +680,7 @@ def user_lock(who: str, by: str, reason: str, data_dir: Path | None) -> None:
 
 # --- operators: users, cards, temporary cards, incidents -------------------------------
 
-USER_FIELDS = (
-    "first_name",
-    "last_name",
-    "email",
-    "upn",
-    "organization",
-    "org_unit",
-    "title",
-    "country",
-    "username",
-    "identifier",
-    "external_id",
-)
+USER_FIELDS = EDITABLE  # the attributes an operator may set
 
 
 def _pairs(values: tuple[str, ...]) -> dict[str, str | None]:
