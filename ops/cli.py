@@ -817,9 +817,10 @@ def user_bulk(
 
     settings = settings_for(data_dir)
     store = open_migrated(settings)
+    reasons = settings.policy().deactivation_reasons  # read the configuration once
     actions = {
         "deactivate": lambda u: lifecycle.deactivate_user(
-            store, u, by=by, reason=reason, reasons=settings.policy().deactivation_reasons
+            store, u, by=by, reason=reason, reasons=reasons
         ),
         "lock": lambda u: lifecycle.lock_user(store, u, by=by, reason=lock_reason),
         "delete": lambda u: users.delete_user(store, u, by=by, reason=reason),

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -23,6 +22,7 @@ from db.models import BatchOrder, Certificate, Credential, User, utcnow
 from db.transition import create, transition
 from producers.lookup import find_card, find_user
 from producers.users import MAX_PAGE, Page
+from schemas.api import CardOut
 from schemas.batch import LINE_NAME
 from schemas.errors import FourEyesViolation, PermanentError, StateConflict, ValidationFailed
 from schemas.messages import PrepareCard, RecertifyCard
@@ -39,46 +39,40 @@ from schemas.states import (
 _MAX_REASON = 400
 
 
-@dataclass(frozen=True)
-class CardView:
-    id: int
-    kind: str
-    state: str
-    card_number: str | None
-    user_id: int | None
-    user_email: str | None
-    batch_id: int | None
-    line: str
-    requested_by: str
-    attempts: int
-    valid_from: str | None
-    valid_until: str | None
-    certificates: dict[str, str]  # serial -> state
-
-
 def _iso(value: dt.datetime | None) -> str | None:
     return value.isoformat(timespec="seconds") if value is not None else None
 
 
-def view(session: Session, cred: Credential) -> CardView:
-    certs = session.execute(
-        select(Certificate.serial, Certificate.state).where(Certificate.credential_id == cred.id)
-    ).all()
-    return CardView(
-        id=cred.id,
-        kind=cred.kind,
-        state=cred.state,
-        card_number=cred.card_number,
-        user_id=cred.user_id,
-        user_email=cred.user.email if cred.user else None,
-        batch_id=cred.batch_id,
-        line=cred.line,
-        requested_by=cred.requested_by,
-        attempts=cred.attempt_count,
-        valid_from=_iso(cred.valid_from),
-        valid_until=_iso(cred.valid_until),
-        certificates={serial: state for serial, state in certs},
-    )
+def views(session: Session, creds: Sequence[Credential]) -> list[CardOut]:
+    """The cards as the API shows them, with their certificates (one query for all)."""
+    certs: dict[int, dict[str, str]] = {c.id: {} for c in creds}
+    if certs:
+        rows = session.execute(
+            select(Certificate.credential_id, Certificate.serial, Certificate.state).where(
+                Certificate.credential_id.in_(list(certs))
+            )
+        )
+        for cid, serial, state in rows:
+            if cid is not None:  # the query asks only for these cards'
+                certs[cid][serial] = state
+    return [
+        CardOut(
+            id=cred.id,
+            kind=cred.kind,
+            state=cred.state,
+            card_number=cred.card_number,
+            user_id=cred.user_id,
+            user_email=cred.user.email if cred.user else None,
+            batch_id=cred.batch_id,
+            line=cred.line,
+            requested_by=cred.requested_by,
+            attempts=cred.attempt_count,
+            valid_from=_iso(cred.valid_from),
+            valid_until=_iso(cred.valid_until),
+            certificates=certs[cred.id],
+        )
+        for cred in creds
+    ]
 
 
 def _reason(reason: str | None, *, required: bool) -> str | None:
@@ -245,9 +239,9 @@ def activate_card(store: Store, card: str, *, by: str) -> str:
         return transition(s, cred, "activate", actor=by, reason="card activated")
 
 
-def get_card(store: Store, card: str) -> CardView:
+def get_card(store: Store, card: str) -> CardOut:
     with store.read() as s:
-        return view(s, find_card(s, card))
+        return views(s, [find_card(s, card)])[0]
 
 
 def search_cards(
@@ -258,7 +252,7 @@ def search_cards(
     user: str | None = None,
     page: int = 1,
     per_page: int = 50,
-) -> Page[CardView]:
+) -> Page[CardOut]:
     if page < 1:
         raise ValidationFailed("pages start at 1", field="page")
     if not 1 <= per_page <= MAX_PAGE:
@@ -278,7 +272,7 @@ def search_cards(
             stmt = stmt.where(Credential.user_id == find_user(s, user).id)
         total = int(s.scalar(select(func.count()).select_from(stmt.subquery())) or 0)
         rows = s.scalars(stmt.order_by(Credential.id).offset((page - 1) * per_page).limit(per_page))
-        items = [view(s, c) for c in rows]
+        items = views(s, list(rows))
     return Page(items=items, total=total, page=page, per_page=per_page)
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
@@ -29,7 +28,7 @@ from db.engine import Store
 from db.models import CardProductionRequest, Credential, User, utcnow
 from producers.cards import new_cards_in
 from producers.users import create_in, update_in, validated
-from schemas.cpr import Cpr, CprConfig, SignedCpr
+from schemas.cpr import Cpr, CprConfig, CprOutcome, SignedCpr
 from schemas.errors import AlreadyExists, ConfigurationError, InvalidCpr, NotFound
 from schemas.policy import Policy
 from schemas.states import CardState, CredentialKind, UserState
@@ -37,15 +36,6 @@ from schemas.states import CardState, CredentialKind, UserState
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
 # Card states in which an issuance request is still in progress.
 _IN_PROGRESS = (CardState.REQUESTED, CardState.APPROVED, CardState.READY, CardState.PRODUCING)
-
-
-@dataclass(frozen=True)
-class CprOutcome:
-    user_id: int
-    card_id: int
-    card_state: str
-    user_created: bool
-    cpr_replaced: bool
 
 
 def load_identity_systems(config: CprConfig) -> dict[str, PublicKey]:

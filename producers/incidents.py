@@ -20,8 +20,6 @@ was only deactivated, puts it back in use. Each step is one transaction.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -32,6 +30,7 @@ from producers import lifecycle
 from producers.cards import new_cards_in
 from producers.lookup import find_card
 from producers.tempcards import assign_in, first_in_stock
+from schemas.api import IncidentOut
 from schemas.errors import (
     AlreadyExists,
     FourEyesViolation,
@@ -56,19 +55,8 @@ _LOCKING = {
 _OUT_OF_USE_STATES = (CardState.ACTIVE, CardState.INACTIVE, CardState.ISSUED)
 
 
-@dataclass(frozen=True)
-class IncidentView:
-    id: int
-    card_id: int
-    kind: str
-    temporary: bool
-    state: str
-    replacement_id: int | None
-    declared_by: str
-
-
-def _view(incident: Incident) -> IncidentView:
-    return IncidentView(
+def _view(incident: Incident) -> IncidentOut:
+    return IncidentOut(
         id=incident.id,
         card_id=incident.credential_id,
         kind=incident.kind,
@@ -103,7 +91,7 @@ def declare(
     policy: Policy,
     temporary: bool | None = None,
     note: str | None = None,
-) -> IncidentView:
+) -> IncidentOut:
     try:
         chosen = IncidentKind(kind)
     except ValueError:
@@ -190,7 +178,7 @@ def _approve_in(session: Session, incident: Incident, *, by: str, policy: Policy
     transition(session, incident, "close", actor=by, reason="replacement approved")
 
 
-def approve(store: Store, incident_id: int, *, by: str, policy: Policy) -> IncidentView:
+def approve(store: Store, incident_id: int, *, by: str, policy: Policy) -> IncidentOut:
     """Approve the replacement: a temporary card from stock is assigned to the holder,
     or the replacement card goes to production."""
     with store.tx() as s:
@@ -203,7 +191,7 @@ def approve(store: Store, incident_id: int, *, by: str, policy: Policy) -> Incid
         return _view(incident)
 
 
-def cancel(store: Store, incident_id: int, *, by: str, reason: str | None = None) -> IncidentView:
+def cancel(store: Store, incident_id: int, *, by: str, reason: str | None = None) -> IncidentOut:
     """The card was found: withdraw the replacement request; a card that was only
     deactivated is in use again."""
     with store.tx() as s:
@@ -222,7 +210,7 @@ def cancel(store: Store, incident_id: int, *, by: str, reason: str | None = None
         return _view(incident)
 
 
-def list_incidents(store: Store, *, state: str | None = None) -> list[IncidentView]:
+def list_incidents(store: Store, *, state: str | None = None) -> list[IncidentOut]:
     with store.read() as s:
         stmt = select(Incident).order_by(Incident.id)
         if state is not None:

@@ -21,6 +21,7 @@ from db.engine import Store
 from db.models import Credential, User, utcnow
 from db.transition import create, transition
 from producers.lookup import find_user
+from schemas.api import UserOut
 from schemas.batch import BatchRow, describe_errors
 from schemas.errors import AlreadyExists, CardlineError, PermanentError, ValidationFailed
 from schemas.policy import Policy
@@ -44,27 +45,6 @@ _CLOSED = (UserState.LOCKED, UserState.DELETED)
 MAX_PAGE = 500
 
 
-@dataclass(frozen=True)
-class UserView:
-    id: int
-    state: str
-    email: str
-    first_name: str
-    last_name: str
-    upn: str
-    organization: str
-    org_unit: str
-    title: str | None
-    country: str | None
-    username: str | None
-    identifier: str | None
-    external_id: str | None
-    roles: list[str]
-    cards: int
-    created_at: str
-    updated_at: str
-
-
 T = TypeVar("T")
 
 
@@ -76,8 +56,8 @@ class Page(Generic[T]):
     per_page: int
 
 
-def view(user: User, cards: int) -> UserView:
-    return UserView(
+def view(user: User, cards: int) -> UserOut:
+    return UserOut(
         id=user.id,
         state=user.state,
         email=user.email,
@@ -247,7 +227,7 @@ def _cards_of(session: Session, user_ids: list[int]) -> dict[int, int]:
     return {uid: int(n) for uid, n in session.execute(stmt) if uid is not None}
 
 
-def get_user(store: Store, who: str) -> UserView:
+def get_user(store: Store, who: str) -> UserOut:
     with store.read() as s:
         user = find_user(s, who)
         return view(user, _cards_of(s, [user.id]).get(user.id, 0))
@@ -279,7 +259,7 @@ def search_users(
     text: str | None = None,
     page: int = 1,
     per_page: int = 50,
-) -> Page[UserView]:
+) -> Page[UserOut]:
     """Users in ``state`` whose name, e-mail, organisation or external id contains
     ``text``, by id, one page at a time."""
     if page < 1:

@@ -51,3 +51,13 @@ class CprConfig(BaseModel):
     # own process approved them).
     approval_required: bool = False
     identity_systems: dict[str, IdentitySystem] = Field(default_factory=dict)
+
+
+class CprOutcome(BaseModel):
+    """What a stored CPR made: the user (new or updated) and the card request."""
+
+    user_id: int
+    card_id: int
+    card_state: str
+    user_created: bool
+    cpr_replaced: bool

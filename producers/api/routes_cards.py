@@ -3,7 +3,6 @@ recovery of escrowed keys onto a card."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
@@ -65,7 +64,7 @@ def search_cards(
         ctx.store, state=state, kind=kind, user=user, page=page, per_page=per_page
     )
     return CardPage(
-        items=[CardOut(**asdict(c)) for c in found.items],
+        items=found.items,
         total=found.total,
         page=found.page,
         per_page=found.per_page,
@@ -74,7 +73,7 @@ def search_cards(
 
 @router.get("/cards/{card}")
 def get_card(card: str, ctx: Ctx, who: Annotated[Principal, Depends(Readers)]) -> CardOut:
-    return CardOut(**asdict(cards.get_card(ctx.store, card)))
+    return cards.get_card(ctx.store, card)
 
 
 @router.patch("/cards/{card}")
@@ -82,7 +81,7 @@ def edit_card(
     card: str, body: CardPatch, ctx: Ctx, who: Annotated[Principal, Depends(Operators)]
 ) -> CardOut:
     cards.edit_card(ctx.store, card, by=who.name, line=body.line, policy=ctx.policy)
-    return CardOut(**asdict(cards.get_card(ctx.store, card)))
+    return cards.get_card(ctx.store, card)
 
 
 @router.post("/cards/{card}/approve")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
@@ -99,7 +98,7 @@ def declare(
         temporary=body.temporary,
         note=body.note,
     )
-    return IncidentOut(**asdict(incident))
+    return incident
 
 
 @router.get("/incidents", tags=["incidents"])
@@ -108,7 +107,7 @@ def list_incidents(
     who: Annotated[Principal, Depends(Allow(Role.APPROVER, Role.OPERATOR, Role.AUDITOR))],
     state: str | None = None,
 ) -> list[IncidentOut]:
-    return [IncidentOut(**asdict(i)) for i in incidents.list_incidents(ctx.store, state=state)]
+    return [i for i in incidents.list_incidents(ctx.store, state=state)]
 
 
 @router.post("/incidents/{incident_id}/approve", tags=["incidents"])
@@ -116,7 +115,7 @@ def approve_incident(
     incident_id: RowId, ctx: Ctx, who: Annotated[Principal, Depends(Allow(Role.APPROVER))]
 ) -> IncidentOut:
     incident = incidents.approve(ctx.store, incident_id, by=who.name, policy=ctx.policy)
-    return IncidentOut(**asdict(incident))
+    return incident
 
 
 @router.post("/incidents/{incident_id}/cancel", tags=["incidents"])
@@ -128,4 +127,4 @@ def cancel_incident(
 ) -> IncidentOut:
     """The card was found: the replacement request is withdrawn."""
     incident = incidents.cancel(ctx.store, incident_id, by=who.name, reason=body.reason)
-    return IncidentOut(**asdict(incident))
+    return incident

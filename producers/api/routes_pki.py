@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
@@ -55,30 +56,29 @@ def release_certificate(
     return StateOut(state=state)
 
 
-def _file(path_name: str, ctx: ApiContext, media_type: str) -> Response:
-    path = ctx.crl_dir / path_name if path_name.endswith(".crl") else ctx.ca_chain
+def _file(path: Path, media_type: str) -> Response:
     try:
         return Response(path.read_bytes(), media_type=media_type)
     except FileNotFoundError:
-        raise NotFound("published file", path_name) from None
+        raise NotFound("published file", path.name) from None
 
 
 @router.get("/crl/issuing.crl", tags=["pki"], response_class=Response)
 def issuing_crl(ctx: Ctx) -> Response:
     """The issuing CA's current CRL (DER): the CRL distribution point. No token needed."""
-    return _file("issuing.crl", ctx, "application/pkix-crl")
+    return _file(ctx.crl_dir / "issuing.crl", "application/pkix-crl")
 
 
 @router.get("/crl/root.crl", tags=["pki"], response_class=Response)
 def root_crl(ctx: Ctx) -> Response:
     """The root's ARL (DER). No token needed."""
-    return _file("root.crl", ctx, "application/pkix-crl")
+    return _file(ctx.crl_dir / "root.crl", "application/pkix-crl")
 
 
 @router.get("/ca/chain.pem", tags=["pki"], response_class=Response)
 def ca_chain(ctx: Ctx) -> Response:
     """The issuing and root CA certificates (PEM). No token needed."""
-    return _file("chain.pem", ctx, "application/x-pem-file")
+    return _file(ctx.ca_chain, "application/x-pem-file")
 
 
 @router.post("/softtokens", status_code=201, tags=["softtokens"])

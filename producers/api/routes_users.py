@@ -3,7 +3,6 @@ multi-user forms under /bulk/users."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
@@ -39,7 +38,7 @@ def create_user(
     body: UserIn, ctx: Ctx, who: Annotated[Principal, Depends(Allow(Role.REQUESTER, Role.OPERATOR))]
 ) -> UserOut:
     user_id = users.create_user(ctx.store, body.model_dump(), by=who.name, policy=ctx.policy)
-    return UserOut(**asdict(users.get_user(ctx.store, str(user_id))))
+    return users.get_user(ctx.store, str(user_id))
 
 
 @router.get("/users")
@@ -53,7 +52,7 @@ def search_users(
 ) -> UserPage:
     found = users.search_users(ctx.store, state=state, text=text, page=page, per_page=per_page)
     return UserPage(
-        items=[UserOut(**asdict(u)) for u in found.items],
+        items=found.items,
         total=found.total,
         page=found.page,
         per_page=found.per_page,
@@ -62,7 +61,7 @@ def search_users(
 
 @router.get("/users/{user}")
 def get_user(user: str, ctx: Ctx, who: Annotated[Principal, Depends(Readers)]) -> UserOut:
-    return UserOut(**asdict(users.get_user(ctx.store, user)))
+    return users.get_user(ctx.store, user)
 
 
 @router.patch("/users/{user}")
@@ -76,7 +75,7 @@ def edit_user(
         by=who.name,
         unique_email=ctx.policy.email_unique,
     )
-    return UserOut(**asdict(users.get_user(ctx.store, user)))
+    return users.get_user(ctx.store, user)
 
 
 @router.post("/users/{user}/deactivate")
