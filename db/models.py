@@ -292,7 +292,7 @@ class Station(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     line: Mapped[str] = mapped_column(String(32))
     instance: Mapped[str] = mapped_column(String(64))
-    status: Mapped[str] = mapped_column(String(16), default="idle")
+    status: Mapped[str] = mapped_column(String(32), default="idle")
     current_credential_id: Mapped[int | None] = mapped_column(Integer)
     started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     heartbeat_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
@@ -386,6 +386,39 @@ class Reminder(Base):
     recipient: Mapped[str] = mapped_column(String(254))
     sent_at: Mapped[dt.datetime | None]
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    redriven_at: Mapped[dt.datetime | None]
+
+
+class Attention(Base):
+    """Work that failed permanently and waits for a person, not for a message.
+
+    The reconciler does not re-drive a row with an open entry (it would only fail the
+    same way again); ``cardline status`` and ``GET /status`` list them with the reason.
+    Resolving one (``cardline attention resolve``) lets the reconciler try again.
+    """
+
+    __tablename__ = "attention"
+    __table_args__ = (
+        Index(
+            "uq_attention_open",
+            "entity",
+            "entity_id",
+            "wait",
+            unique=True,
+            sqlite_where=text("resolved_at IS NULL"),
+            postgresql_where=text("resolved_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    entity: Mapped[str] = mapped_column(String(32))
+    entity_id: Mapped[str] = mapped_column(String(64))
+    wait: Mapped[str] = mapped_column(String(48))
+    reason: Mapped[str] = mapped_column(String(500))
+    actor: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    resolved_at: Mapped[dt.datetime | None]
+    resolved_by: Mapped[str | None] = mapped_column(String(100))
 
 
 class CardProductionRequest(Base):
