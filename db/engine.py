@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.audit import lock_audit_head
@@ -23,6 +23,9 @@ from db.audit import lock_audit_head
 T = TypeVar("T")
 # PostgreSQL: deadlock detected, serialization failure, lock not available.
 TRANSIENT_SQLSTATES = frozenset({"40P01", "40001", "55P03"})
+# Connection exceptions; admin/crash shutdown and "the database system is starting up".
+TRANSIENT_SQLSTATE_CLASSES = ("08", "57P")
+SQLITE_BUSY = ("database is locked", "database table is locked")
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 _READ_ONLY = "cardline_read_only"
@@ -120,13 +123,24 @@ def open_store(url: str, *, readonly: bool = False, pool_size: int = 20) -> Stor
 
 
 def is_transient(exc: BaseException) -> bool:
-    """A database error that a retry of the whole transaction can cure."""
+    """A database error that a retry of the whole transaction can cure: a lost or
+    refused connection, a server shutting down or starting, a deadlock, a busy lock."""
     if not isinstance(exc, DBAPIError):
         return False
     if exc.connection_invalidated:
         return True
     state = getattr(exc.orig, "sqlstate", None)
-    return state in TRANSIENT_SQLSTATES or "database is locked" in str(exc.orig)
+    if state in TRANSIENT_SQLSTATES or (state or "").startswith(TRANSIENT_SQLSTATE_CLASSES):
+        return True
+    text = str(exc.orig)
+    if any(marker in text for marker in SQLITE_BUSY):
+        return True
+    # psycopg raises OperationalError without a SQLSTATE when it cannot connect at all.
+    return (
+        isinstance(exc, OperationalError)
+        and state is None
+        and "sqlite" not in type(exc.orig).__module__
+    )
 
 
 def retry_transient(fn: Callable[[], T], *, attempts: int = 5, backoff_s: float = 0.05) -> T:

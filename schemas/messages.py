@@ -65,6 +65,8 @@ class PublishCrl(JobMessage):
     actor: ClassVar[str] = "pki"
     type: Literal["publish_crl"] = "publish_crl"
     reason: str = "revocation changed"
+    # Publish even when the revoked set equals the last CRL's (the reconciler's re-drive).
+    force: bool = False
 
     def queue(self) -> str:
         return PKI_QUEUE

@@ -181,6 +181,10 @@ CARD = Machine(
         _e("reject", C.REQUESTED, C.REJECTED),
         _e("postpone", C.REQUESTED, C.REQUESTED),
         _e("cancel", (C.REQUESTED, C.APPROVED, C.READY), C.CANCELLED),
+        # Secrets sealed and the escrowed key's certificate requested: the card stays
+        # approved until that certificate exists (a card is ready only when every
+        # server-side part is done).
+        _e("escrow", C.APPROVED, C.APPROVED),
         _e("prepare", C.APPROVED, C.READY),
         _e("claim", C.READY, C.PRODUCING),
         _e("complete", C.PRODUCING, C.ACTIVE),
@@ -207,6 +211,7 @@ TEMP_CARD = Machine(
         _e("reject", T.REQUESTED, T.REJECTED),
         _e("postpone", T.REQUESTED, T.REQUESTED),
         _e("cancel", (T.REQUESTED, T.APPROVED, T.READY), T.CANCELLED),
+        _e("escrow", T.APPROVED, T.APPROVED),
         _e("prepare", T.APPROVED, T.READY),
         _e("claim", T.READY, T.PRODUCING),
         _e("complete", T.PRODUCING, T.UNASSIGNED),

@@ -14,27 +14,31 @@ import datetime as dt
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 
 import dramatiq
 import dramatiq.errors
 import structlog
-from sqlalchemy import or_, select
+from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from db import outbox, production
-from db.engine import Store, retry_transient
+from db import attention, outbox, production
+from db.engine import Store, is_transient
 from db.models import Certificate, Credential, ProductionAttempt
-from db.secrets import SecretBox, context
+from db.secrets import Secret, SecretBox, context
 from schemas.errors import ConflictError, DeviceFault
 from schemas.messages import PRODUCE_JOB, IssueCertificate, line_queue
 from schemas.policy import Policy
 from schemas.states import AttemptState, CardState, CertState, CertUsage, FaultKind
-from stations.drivers import AdminKeyHolder, ChipInfo, Printer, Reader, Token
+from stations.drivers import AdminKeyHolder, CardFaces, ChipInfo, Printer, Reader, Token
 from stations.faces import render_faces
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -44,8 +48,12 @@ class StationConfig:
     lease_s: float = 30.0
     heartbeat_s: float = 5.0
     chip_timeout_s: float = 10.0
+    # Certificates later than this: the station shows ``waiting_for_pki`` and keeps the
+    # card, re-sending its requests with backoff; only after ``server_wait_s`` of
+    # waiting for the server (PKI or store) is the blank given up.
     cert_timeout_s: float = 60.0
     cert_resend_s: float = 5.0
+    server_wait_s: float = 1800.0
     poll_s: float = 0.02
     reconnect_s: float = 1.0
 
@@ -57,7 +65,9 @@ class CardJob:
     credential_id: int
     attempt_id: int
     attempt_number: int
+    prepared: bool
     card_number: str
+    line: str
     holder_name: str
     organization: str
     org_unit: str | None
@@ -73,6 +83,39 @@ class CardJob:
 
 class LostCard(Exception):
     """The attempt was taken from this station (its lease expired); stop working on it."""
+
+
+class ServerAway(Exception):
+    """The store stayed unreachable for longer than ``server_wait_s``."""
+
+
+class NotFinishable(Exception):
+    """The card cannot be finished for a reason of its own data (found before a blank
+    is fed): it is flagged as needing attention and no blank is used."""
+
+
+# What a station is doing, as ``cardline status`` shows it.
+IDLE, BUSY, WAITING_FOR_PKI, WAITING_FOR_STORE, OFFLINE = (
+    "idle",
+    "busy",
+    "waiting_for_pki",
+    "waiting_for_store",
+    "offline",
+)
+
+
+@dataclass(frozen=True)
+class Opened:
+    """The card's secrets, opened before a blank is fed (a value that no longer opens
+    must cost no blank), and its faces, rendered before a blank is fed too."""
+
+    pin: Secret
+    puk: Secret
+    admin_key: Secret | None
+    escrow_key: Secret | None
+    escrow_cert: str | None
+    recovered: tuple[tuple[Secret, str], ...]
+    faces: CardFaces
 
 
 class Station:
@@ -95,8 +138,10 @@ class Station:
         self.faces_dir = faces_dir
         self.instance = uuid.uuid4().hex[:12]
         self.current_attempt: int | None = None
+        self.status = IDLE
         self.produced = 0
         self.spoiled = 0
+        self.not_finishable = 0
         self._log = log.bind(station=config.station_id)
 
     # --- the loop ---------------------------------------------------------------
@@ -123,8 +168,10 @@ class Station:
                     self._log.warning("station.broker_lost", error=str(exc))
                     stop.wait(self.config.reconnect_s)
         finally:
-            with self.store.tx(audited=False) as s:
-                production.heartbeat(s, self.config.station_id, status="offline")
+            self.status = OFFLINE
+            # The store may be away as we stop.
+            with contextlib.suppress(DBAPIError), self.store.tx(audited=False) as s:
+                production.heartbeat(s, self.config.station_id, status=OFFLINE)
             beat.join(timeout=1)
 
     def _consume(self, stop: threading.Event) -> None:
@@ -155,6 +202,9 @@ class Station:
 
     def start_up(self) -> None:
         """Register, and hand back any card a previous run of this station left behind."""
+        self._with_store(self._register, deadline=None)
+
+    def _register(self) -> None:
         with self.store.tx() as s:
             production.register_station(
                 s, self.config.station_id, line=self.config.line, instance=self.instance
@@ -173,24 +223,76 @@ class Station:
     def _heartbeat(self, stop: threading.Event) -> None:
         while not stop.wait(self.config.heartbeat_s):
             try:
-                with self.store.tx(audited=False) as s:
-                    production.heartbeat(s, self.config.station_id)
-                    if self.current_attempt is not None:
-                        production.renew_lease(s, self.current_attempt, self.config.lease_s)
+                self._beat()
+            except DBAPIError as exc:
+                if not is_transient(exc):
+                    self._log.exception("station.heartbeat_failed")
             except Exception:
                 self._log.exception("station.heartbeat_failed")
+
+    def _beat(self) -> None:
+        """Heartbeat with the station's status, and renew the lease of the card in hand."""
+        with self.store.tx(audited=False) as s:
+            production.heartbeat(s, self.config.station_id, status=self.status)
+            if self.current_attempt is not None:
+                production.renew_lease(s, self.current_attempt, self.config.lease_s)
+
+    def _with_store(self, fn: Callable[[], T], *, deadline: float | None) -> T:
+        """Run ``fn`` (whole transactions), waiting out a store outage: the station shows
+        ``waiting_for_store`` and retries with backoff; past ``deadline``, ServerAway.
+        Any other error (including a lost race) goes to the caller."""
+        delay, waited = 0.1, False
+        before = self.status
+        while True:
+            try:
+                result = fn()
+            except DBAPIError as exc:
+                if not is_transient(exc):
+                    raise
+                if deadline is not None and time.monotonic() > deadline:
+                    raise ServerAway(str(exc).splitlines()[0]) from exc
+                if not waited:
+                    self._log.warning("station.waiting_for_store", error=str(exc).splitlines()[0])
+                    waited = True
+                self.status = WAITING_FOR_STORE
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            if waited:
+                self.status = before
+                self._log.info("station.store_back")
+                # Renew the lease at once: it may have run out while the store was away
+                # (the reconciler gives stations a grace period for exactly this).
+                with contextlib.suppress(DBAPIError):
+                    self._beat()
+            return result
 
     # --- one card -----------------------------------------------------------------
 
     def produce(self, credential_id: int) -> str | None:
-        """Produce one card; return the card's new state, or None if it was not ours."""
-        job = self._claim(credential_id)
+        """Produce one card; return the card's new state, or None if it was not ours.
+
+        Everything that can be checked without a blank is checked first (the card is
+        prepared, its escrowed key certified, its secrets open, its faces render); a
+        card that fails one of those is flagged as needing attention and no blank is fed.
+        """
+        job = self._with_store(lambda: self._read_job(credential_id), deadline=None)
         if job is None:
             return None
+        try:
+            opened = self._open(job)
+        except NotFinishable as exc:
+            self._needs_attention(job, str(exc))
+            return None
+        claimed = self._claim(job)
+        if claimed is None:
+            return None
+        job = claimed
         self.current_attempt = job.attempt_id
+        self.status = BUSY
         log_ = self._log.bind(credential_id=job.credential_id, attempt=job.attempt_number)
         try:
-            chip = self._personalise(job)
+            chip = self._personalise(job, opened)
             return self._finish(job, chip)
         except DeviceFault as fault:
             log_.warning("station.fault", kind=fault.kind, code=fault.code, detail=fault.detail)
@@ -201,42 +303,120 @@ class Station:
             return None
         finally:
             self.current_attempt = None
+            self.status = IDLE
             self._close_token()
 
-    def _claim(self, credential_id: int) -> CardJob | None:
+    def _read_job(self, credential_id: int) -> CardJob | None:
         # Duplicate and stale messages are common (redelivery, re-drive): a plain read
         # turns them away without queueing for the audit lock.
         with self.store.read() as s:
             cred = s.get(Credential, credential_id)
             if cred is None or cred.state != CardState.READY:
                 return None
+            if attention.is_open(s, entity="credential", entity_id=credential_id):
+                return None
+            return _card_job(s, cred)
 
+    def _open(self, job: CardJob) -> Opened:
+        cid = job.credential_id
+        if not job.prepared:
+            raise NotFinishable("card is ready but was never prepared")
+        escrow_cert: str | None = None
+        if job.escrow_key_sealed is not None:
+            escrow_cert = self._with_store(lambda: self._escrow_cert(cid), deadline=None)
+            if escrow_cert is None:
+                raise NotFinishable("escrowed key has no valid certificate")
+
+        def unseal(sealed: str, owner: int, what: str) -> Secret:
+            try:
+                return self.box.open(sealed, context=context("credential", owner, what))
+            except Exception as exc:
+                raise NotFinishable(f"sealed {what} does not open ({type(exc).__name__})") from exc
+
+        try:
+            faces = render_faces(
+                self.faces_dir,
+                card_number=job.card_number,
+                holder_name=job.holder_name,
+                organization=job.organization,
+                org_unit=job.org_unit,
+                title=job.title,
+                valid_until=job.valid_until,
+                photo_path=job.photo,
+            )
+        except (OSError, ValueError) as exc:
+            raise NotFinishable(f"card faces cannot be rendered: {exc}") from exc
+        return Opened(
+            pin=unseal(job.pin_sealed, cid, "pin"),
+            puk=unseal(job.puk_sealed, cid, "puk"),
+            admin_key=None
+            if job.admin_key_sealed is None
+            else unseal(job.admin_key_sealed, cid, "admin_key"),
+            escrow_key=None
+            if job.escrow_key_sealed is None
+            else unseal(job.escrow_key_sealed, cid, "escrow_key"),
+            escrow_cert=escrow_cert,
+            recovered=tuple(
+                (unseal(old.key_sealed, old.credential_id, "escrow_key"), old.cert_pem)
+                for old in job.recovered_keys
+            ),
+            faces=faces,
+        )
+
+    def _escrow_cert(self, credential_id: int) -> str | None:
+        with self.store.read() as s:
+            return s.scalar(
+                select(Certificate.pem).where(
+                    Certificate.credential_id == credential_id,
+                    Certificate.attempt_id.is_(None),
+                    Certificate.usage == CertUsage.ENCRYPTION,
+                    Certificate.state == CertState.VALID,
+                )
+            )
+
+    def _needs_attention(self, job: CardJob, reason: str) -> None:
+        self.not_finishable += 1
+        self._log.error(
+            "station.card_needs_attention", credential_id=job.credential_id, reason=reason
+        )
+
+        def flag() -> None:
+            with self.store.tx(audited=False) as s:
+                attention.flag(
+                    s,
+                    entity="credential",
+                    entity_id=job.credential_id,
+                    wait="card ready",
+                    reason=reason,
+                    actor=f"station:{self.config.station_id}",
+                )
+
+        self._with_store(flag, deadline=None)
+
+    def _claim(self, job: CardJob) -> CardJob | None:
         def claim() -> CardJob | None:
             with self.store.tx() as s:
                 claimed = production.claim(
                     s,
-                    credential_id,
+                    job.credential_id,
                     station_id=self.config.station_id,
                     station_instance=self.instance,
                     lease_s=self.config.lease_s,
                 )
-                return None if claimed is None else _card_job(s, *claimed)
+                if claimed is None:
+                    return None
+                _, attempt = claimed
+                return replace(job, attempt_id=attempt.id, attempt_number=attempt.number)
 
-        return retry_transient(claim)
+        return self._with_store(claim, deadline=None)
 
-    def _personalise(self, job: CardJob) -> ChipInfo:
+    def _personalise(self, job: CardJob, opened: Opened) -> ChipInfo:
         self.printer.feed()
         chip = self.reader.read_chip(self.config.chip_timeout_s)
         cid = job.credential_id
-        self.token.initialise(
-            label=job.card_number,
-            so_pin=self.box.open(job.puk_sealed, context=context("credential", cid, "puk")),
-            pin=self.box.open(job.pin_sealed, context=context("credential", cid, "pin")),
-        )
-        if job.admin_key_sealed is not None and isinstance(self.token, AdminKeyHolder):
-            self.token.store_admin_key(
-                self.box.open(job.admin_key_sealed, context=context("credential", cid, "admin_key"))
-            )
+        self.token.initialise(label=job.card_number, so_pin=opened.puk, pin=opened.pin)
+        if opened.admin_key is not None and isinstance(self.token, AdminKeyHolder):
+            self.token.store_admin_key(opened.admin_key)
         keys: dict[CertUsage, str] = {}
         requests: list[IssueCertificate] = []
         for usage in self.policy.on_card_usages:
@@ -251,54 +431,59 @@ class Station:
         certs = self._await_certificates(job, requests)
         for usage, key_id in keys.items():
             self.token.write_certificate(key_id, usage, certs[usage])
-        if job.escrow_key_sealed is not None and CertUsage.ENCRYPTION in certs:
-            key = self.box.open(
-                job.escrow_key_sealed, context=context("credential", cid, "escrow_key")
-            )
-            self.token.import_key(CertUsage.ENCRYPTION, key, certs[CertUsage.ENCRYPTION])
-        for old in job.recovered_keys:  # key recovery: the holder's earlier keys
-            key = self.box.open(
-                old.key_sealed, context=context("credential", old.credential_id, "escrow_key")
-            )
-            self.token.import_key(CertUsage.ENCRYPTION, key, old.cert_pem, retired=True)
+        if opened.escrow_key is not None and opened.escrow_cert is not None:
+            self.token.import_key(CertUsage.ENCRYPTION, opened.escrow_key, opened.escrow_cert)
+        for key, cert_pem in opened.recovered:  # key recovery: the holder's earlier keys
+            self.token.import_key(CertUsage.ENCRYPTION, key, cert_pem, retired=True)
         self.reader.check_present()  # a card pulled mid-encode must not be printed as done
-        faces = render_faces(
-            self.faces_dir,
-            card_number=job.card_number,
-            holder_name=job.holder_name,
-            organization=job.organization,
-            org_unit=job.org_unit,
-            title=job.title,
-            valid_until=job.valid_until,
-            photo_path=job.photo,
-        )
-        self.printer.print_faces(faces)
+        self.printer.print_faces(opened.faces)
         return chip
 
     def _await_certificates(
         self, job: CardJob, requests: list[IssueCertificate]
     ) -> dict[CertUsage, str]:
-        """Ask the PKI worker for the certificates and wait until all are issued."""
+        """Ask the PKI worker for the on-chip keys' certificates and wait until all are
+        issued. The card stays in the encoder while the PKI worker, the broker or the
+        store is away: the station re-sends (idempotently, with backoff) and shows
+        ``waiting_for_pki`` or ``waiting_for_store``; only after ``server_wait_s`` does
+        it give the blank up."""
         wanted = {r.usage for r in requests}
-        if job.escrow_key_sealed is not None:
-            wanted.add(CertUsage.ENCRYPTION)
-        self._request(requests)
         start = time.monotonic()
-        resend_at = start + self.config.cert_resend_s
+        deadline = start + self.config.server_wait_s
+        self._with_store(lambda: self._request(requests), deadline=deadline)
+        resend_every = self.config.cert_resend_s
+        resend_at = start + resend_every
         while True:
-            found, live = self._issued(job)
+            try:
+                found, live = self._with_store(lambda: self._issued(job), deadline=deadline)
+            except ServerAway as exc:
+                raise DeviceFault(FaultKind.CERTIFICATE_TIMEOUT, f"store away: {exc}") from exc
             if not live:
                 raise LostCard
             if wanted <= found.keys():
+                if self.status == WAITING_FOR_PKI:
+                    self._log.info("station.pki_back", waited_s=round(time.monotonic() - start, 1))
+                self.status = BUSY
                 return found
             now = time.monotonic()
-            if now - start > self.config.cert_timeout_s:
-                missing = ", ".join(sorted(wanted - found.keys()))
-                raise DeviceFault(FaultKind.CERTIFICATE_TIMEOUT, f"no certificate for {missing}")
+            missing = sorted(wanted - found.keys())
+            if now > deadline:
+                raise DeviceFault(
+                    FaultKind.CERTIFICATE_TIMEOUT,
+                    f"no certificate for {', '.join(missing)} in {self.config.server_wait_s:g} s",
+                )
+            if now - start > self.config.cert_timeout_s and self.status != WAITING_FOR_PKI:
+                self.status = WAITING_FOR_PKI
+                self._log.warning("station.waiting_for_pki", missing=missing)
+                with contextlib.suppress(DBAPIError):
+                    self._beat()  # show it now, not at the next heartbeat
             if now >= resend_at:
                 # The request or its message may have been lost: ask again (idempotent).
-                self._request([r for r in requests if r.usage not in found])
-                resend_at = now + self.config.cert_resend_s
+                again = [r for r in requests if r.usage not in found]
+                with contextlib.suppress(ServerAway):
+                    self._with_store(lambda: self._request(again), deadline=deadline)  # noqa: B023  # called at once
+                resend_every = min(resend_every * 2, 30.0)
+                resend_at = now + resend_every
             time.sleep(self.config.poll_s)
 
     def _request(self, requests: list[IssueCertificate]) -> None:
@@ -311,12 +496,7 @@ class Station:
             live = attempt is not None and attempt.state == AttemptState.IN_PROGRESS
             rows = s.scalars(
                 select(Certificate).where(
-                    Certificate.state == CertState.VALID,
-                    or_(
-                        Certificate.attempt_id == job.attempt_id,
-                        (Certificate.credential_id == job.credential_id)
-                        & Certificate.attempt_id.is_(None),
-                    ),
+                    Certificate.state == CertState.VALID, Certificate.attempt_id == job.attempt_id
                 )
             ).all()
             return {CertUsage(r.usage): r.pem for r in rows}, live
@@ -332,7 +512,9 @@ class Station:
                 return cred.state
 
         try:
-            state = retry_transient(complete)
+            # The card is encoded and printed: wait for the store as long as it takes
+            # to record that, rather than throw the finished card away.
+            state = self._with_store(complete, deadline=None)
         except ConflictError as exc:
             raise LostCard from exc
         self._eject(reject=False)
@@ -363,7 +545,7 @@ class Station:
                 )
 
         try:
-            return retry_transient(spoil)
+            return self._with_store(spoil, deadline=None)
         except ConflictError:
             return None  # the reconciler spoiled it first
 
@@ -382,23 +564,26 @@ class Station:
             self._log.warning("station.token_close_failed", code=fault.code)
 
 
-def _card_job(s: Session, cred: Credential, attempt: ProductionAttempt) -> CardJob:
-    if not (cred.card_number and cred.valid_until and cred.pin_sealed and cred.puk_sealed):
-        raise RuntimeError(f"credential {cred.id} is ready but was never prepared")
+def _card_job(s: Session, cred: Credential) -> CardJob:
+    """What the station needs of a ``ready`` card, read before it is claimed."""
+    prepared = bool(cred.card_number and cred.valid_until and cred.pin_sealed and cred.puk_sealed)
     user = cred.user
+    now = dt.datetime.now(dt.UTC)
     return CardJob(
         credential_id=cred.id,
-        attempt_id=attempt.id,
-        attempt_number=attempt.number,
-        card_number=cred.card_number,
+        attempt_id=0,  # set at claim
+        attempt_number=0,
+        prepared=prepared,
+        card_number=cred.card_number or f"unprepared-{cred.id}",
+        line=cred.line,
         holder_name=user.display_name if user else "Temporary card",
         organization=user.organization if user else "",
         org_unit=user.org_unit if user else None,
         title=user.title if user else None,
         photo=Path(user.photo_path) if user and user.photo_path else None,
-        valid_until=cred.valid_until.date(),
-        pin_sealed=cred.pin_sealed,
-        puk_sealed=cred.puk_sealed,
+        valid_until=(cred.valid_until or now).date(),
+        pin_sealed=cred.pin_sealed or "",
+        puk_sealed=cred.puk_sealed or "",
         escrow_key_sealed=cred.escrow_key_sealed,
         recovered_keys=tuple(production.escrow_history(s, cred)),
         admin_key_sealed=cred.admin_key_sealed,

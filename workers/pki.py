@@ -18,10 +18,11 @@ from sqlalchemy.orm import Session
 from db.models import Certificate, Credential, ProductionAttempt
 from db.transition import create
 from schemas.messages import IssueCertificate, IssueSoftToken, PublishCrl, RecertifyCard
-from schemas.states import AttemptState, CertState
+from schemas.states import AttemptState, CardState, CertState
 from workers.context import WorkerContext
 from workers.crl import publish_crl
 from workers.holders import holder_of
+from workers.prepare import make_ready
 from workers.recertify import recertify_card
 from workers.softtokens import issue_softtoken
 
@@ -75,6 +76,11 @@ def issue_certificate(ctx: WorkerContext, job: IssueCertificate) -> None:
             return
         row = _row(job, cert)
         create(s, row, actor="worker:pki", reason=f"{job.usage} certificate")
+        if job.attempt_id is None:
+            # The escrowed key was the last server-side part: the card is ready now.
+            cred = s.get(Credential, job.credential_id, with_for_update=True)
+            if cred is not None and cred.state == CardState.APPROVED:
+                make_ready(s, cred, actor="worker:pki", reason="escrow certificate issued")
     log.info(
         "pki.issued",
         credential_id=job.credential_id,
@@ -89,7 +95,7 @@ def pki_job(
 ) -> None:
     """The ``pki`` queue's jobs: issue a certificate or a soft token, publish the CRL."""
     if isinstance(job, PublishCrl):
-        publish_crl(ctx, job)
+        publish_crl(ctx, job, force=job.force)
     elif isinstance(job, IssueSoftToken):
         issue_softtoken(ctx, job)
     elif isinstance(job, RecertifyCard):

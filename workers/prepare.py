@@ -6,12 +6,18 @@ import datetime as dt
 import os
 
 import structlog
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from db.models import Credential, utcnow
+from db import outbox
+from db.models import Certificate, Credential, utcnow
 from db.secrets import context, random_digits
 from db.transition import transition
+from schemas.errors import PermanentError
 from schemas.messages import IssueCertificate, JobMessage, PrepareCard, ProduceCard
-from schemas.states import CardState, CertUsage
+from schemas.states import CardState, CertState, CertUsage
 from workers import keys
 from workers.context import WorkerContext
 
@@ -34,35 +40,52 @@ def card_number(credential_id: int) -> str:
 
 
 def prepare_card(ctx: WorkerContext, job: PrepareCard) -> None:
-    """Idempotent: a card that is no longer ``approved`` is left as it is."""
+    """Idempotent, and it resumes: a card that is no longer ``approved`` is left as it
+    is; one whose secrets are sealed but whose escrowed key has no certificate yet asks
+    for it again; one whose escrow certificate exists is made ``ready``.
+    """
+    cid = job.credential_id
     with ctx.store.read() as s:
-        cred = s.get(Credential, job.credential_id)
+        cred = s.get(Credential, cid)
         if cred is None or cred.state != CardState.APPROVED:
-            log.info(
-                "prepare.skipped",
-                credential_id=job.credential_id,
-                state=getattr(cred, "state", None),
-            )
+            log.info("prepare.skipped", credential_id=cid, state=getattr(cred, "state", None))
             return
+        sealed_escrow = cred.escrow_key_sealed
+        number = cred.card_number
+        certified = sealed_escrow is not None and escrow_certificate(s, cid) is not None
+    if certified:
+        _make_ready(ctx, cid, reason="escrow certificate already issued")
+    elif sealed_escrow is not None and number is not None:
+        _request_escrow_certificate(ctx, cid, number, sealed_escrow)
+    else:
+        _prepare(ctx, cid)
+
+
+def escrow_certificate(s: Session, credential_id: int) -> Certificate | None:
+    """The card's live escrowed encryption certificate (issued before production)."""
+    return s.scalars(
+        select(Certificate).where(
+            Certificate.credential_id == credential_id,
+            Certificate.attempt_id.is_(None),
+            Certificate.usage == CertUsage.ENCRYPTION,
+            Certificate.state.in_([CertState.VALID, CertState.HOLD]),
+        )
+    ).first()
+
+
+def _prepare(ctx: WorkerContext, cid: int) -> None:
     # Key generation happens outside the transaction: it can take a while (RSA) and
     # must not hold the store's write lock. A duplicate delivery wastes one key.
-    number = card_number(job.credential_id)
+    number = card_number(cid)
     messages: list[JobMessage] = []
     changes: dict[str, object] = {}
-    box, cid = ctx.box, job.credential_id
+    box = ctx.box
     if ctx.policy.escrow:
         key = keys.generate(ctx.policy.card_key_type)
         changes["escrow_key_sealed"] = box.seal(
             keys.private_pem(key), context=context("credential", cid, "escrow_key")
         )
-        messages.append(
-            IssueCertificate(
-                credential_id=cid,
-                attempt_id=None,
-                usage=CertUsage.ENCRYPTION,
-                csr_pem=keys.csr_pem(key, f"{number} encryption"),
-            )
-        )
+        messages.append(_escrow_request(cid, number, key))
     now = utcnow()
     changes.update(
         card_number=number,
@@ -80,8 +103,63 @@ def prepare_card(ctx: WorkerContext, job: PrepareCard) -> None:
     )
     with ctx.store.tx() as s:
         cred = s.get(Credential, cid, with_for_update=True)
-        if cred is None or cred.state != CardState.APPROVED:
+        if cred is None or cred.state != CardState.APPROVED or cred.card_number is not None:
             return
-        messages.append(ProduceCard(credential_id=cid, line=cred.line))
-        transition(s, cred, "prepare", actor="worker:prepare", changes=changes, messages=messages)
-    log.info("prepare.done", credential_id=cid, card_number=number)
+        if ctx.policy.escrow:
+            # Not ready yet: the pki worker makes the card ready in the transaction that
+            # stores the escrow certificate, so no station is sent a card it cannot finish.
+            transition(
+                s,
+                cred,
+                "escrow",
+                actor="worker:prepare",
+                reason="secrets sealed, escrow certificate requested",
+                changes=changes,
+                messages=messages,
+            )
+        else:
+            messages.append(ProduceCard(credential_id=cid, line=cred.line))
+            transition(
+                s, cred, "prepare", actor="worker:prepare", changes=changes, messages=messages
+            )
+    log.info("prepare.done", credential_id=cid, card_number=number, escrow=ctx.policy.escrow)
+
+
+def _escrow_request(cid: int, number: str, key: keys.PrivateKey) -> IssueCertificate:
+    return IssueCertificate(
+        credential_id=cid,
+        attempt_id=None,
+        usage=CertUsage.ENCRYPTION,
+        csr_pem=keys.csr_pem(key, f"{number} encryption"),
+    )
+
+
+def _request_escrow_certificate(ctx: WorkerContext, cid: int, number: str, sealed: str) -> None:
+    """Ask again for the escrow certificate of a card prepared earlier (its request was
+    lost): a CSR made afresh from the sealed key, so the certificate fits that key."""
+    pem = ctx.box.open(sealed, context=context("credential", cid, "escrow_key"))
+    key = serialization.load_pem_private_key(pem.reveal().encode(), password=None)
+    if not isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey)):
+        raise PermanentError(f"credential {cid}: escrowed key of unexpected type {type(key)}")
+    with ctx.store.tx(audited=False) as s:
+        outbox.add(s, _escrow_request(cid, number, key))
+    log.info("prepare.escrow_requested_again", credential_id=cid)
+
+
+def _make_ready(ctx: WorkerContext, cid: int, *, reason: str) -> None:
+    with ctx.store.tx() as s:
+        cred = s.get(Credential, cid, with_for_update=True)
+        if cred is not None and cred.state == CardState.APPROVED:
+            make_ready(s, cred, actor="worker:prepare", reason=reason)
+
+
+def make_ready(s: Session, cred: Credential, *, actor: str, reason: str) -> None:
+    """approved -> ready, and the card goes to its line's queue."""
+    transition(
+        s,
+        cred,
+        "prepare",
+        actor=actor,
+        reason=reason,
+        messages=[ProduceCard(credential_id=cred.id, line=cred.line)],
+    )

@@ -1,8 +1,9 @@
 """The outbox relay and the reconciler.
 
-The relay publishes unsent outbox rows and marks them sent. The reconciler repairs
-what the broker cannot: a station lease that expired (the attempt is spoiled and the
-card queued again) and work whose message was lost (re-published through the outbox).
+The relay publishes unsent outbox rows and marks them sent. The reconciler walks the
+table of waits (``workers.waits``): it spoils an attempt whose station stopped renewing
+its lease (the card is queued again) and re-publishes, through the outbox, the message
+of every piece of work that stalled because its message was lost.
 """
 
 from __future__ import annotations
@@ -10,31 +11,19 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
 
 import dramatiq
+import dramatiq.errors
 import structlog
-from sqlalchemy import and_, or_, select, update
-from sqlalchemy.orm import Session
 
-from db import outbox, production
-from db.engine import Store
-from db.models import Credential, SoftToken, utcnow
-from db.summary import PIN_LETTER_STATES
-from schemas.errors import ConflictError
-from schemas.messages import (
-    DeliverSoftToken,
-    IssueSoftToken,
-    JobMessage,
-    PrepareCard,
-    ProduceCard,
-    PublishCrl,
-    RecertifyCard,
-    SendPinLetter,
-)
+from db import outbox
+from db.engine import Store, is_transient
+from schemas.messages import PublishCrl
 from schemas.policy import Policy
-from schemas.states import CardState, SoftTokenState, TempCardState
+from workers import waits
+from workers.waits import StallPolicy
+
+__all__ = ["Relay", "StallPolicy", "expire_leases", "publish_pending", "redrive"]
 
 log = structlog.get_logger(__name__)
 
@@ -61,134 +50,39 @@ def publish_pending(store: Store, broker: dramatiq.Broker, *, limit: int = 200) 
     return len(rows)
 
 
-@dataclass(frozen=True)
-class StallPolicy:
-    """How long work may sit before the reconciler re-publishes it."""
-
-    approved_s: float = 30.0
-    ready_s: float = 120.0
-    letter_s: float = 30.0
-    reconcile_s: float = 2.0
-    crl_interval_s: float = 3600.0
-
-
 def expire_leases(store: Store, policy: Policy) -> int:
     """Spoil every attempt whose station stopped renewing its lease."""
-    done = 0
-    with store.read() as s:
-        attempts = production.expired_attempts(s)
-    for attempt in attempts:
-        try:
-            with store.tx() as s:
-                fresh = s.get(type(attempt), attempt.id, with_for_update=True)
-                if fresh is None or fresh.lease_expires_at >= utcnow():
-                    continue
-                production.spoil(
-                    s,
-                    fresh,
-                    fault="lease_expired",
-                    detail=f"station {fresh.station_id} stopped renewing its lease",
-                    actor="reconciler",
-                    max_attempts=policy.max_attempts,
-                )
-                done += 1
-        except ConflictError as exc:
-            log.info("reconciler.lease_race", attempt_id=attempt.id, detail=str(exc))
-    return done
-
-
-def _stalled(s: Session, states: Iterable[str], older_than: dt.datetime) -> list[Credential]:
-    stmt = (
-        select(Credential)
-        .where(
-            Credential.state.in_(list(states)),
-            Credential.updated_at < older_than,
-            or_(Credential.redriven_at.is_(None), Credential.redriven_at < older_than),
-        )
-        .limit(500)
+    return waits.WAITS_BY_NAME["attempt certificates"].repair(
+        waits.Reconcile(store=store, policy=policy, stall=StallPolicy())
     )
-    return list(s.scalars(stmt))
 
 
-def _stalled_softtokens(s: Session, older_than: dt.datetime) -> list[SoftToken]:
-    """Soft tokens approved but not issued, or issued but not delivered, for a while."""
-    stmt = (
-        select(SoftToken)
-        .where(
-            or_(
-                SoftToken.state == SoftTokenState.APPROVED,
-                and_(SoftToken.state == SoftTokenState.ISSUED, SoftToken.p12_path.is_(None)),
-            ),
-            SoftToken.updated_at < older_than,
-            or_(SoftToken.redriven_at.is_(None), SoftToken.redriven_at < older_than),
-        )
-        .limit(500)
-    )
-    return list(s.scalars(stmt))
-
-
-def _job_for(cred: Credential) -> JobMessage | None:
-    if cred.state == CardState.APPROVED:
-        return PrepareCard(credential_id=cred.id)
-    if cred.state == CardState.READY:
-        return ProduceCard(credential_id=cred.id, line=cred.line)
-    if cred.recertify_requested_at is not None:
-        return RecertifyCard(credential_id=cred.id, pin_letter=cred.state == TempCardState.ASSIGNED)
-    if cred.state in PIN_LETTER_STATES and cred.pin_letter_path is None:
-        return SendPinLetter(credential_id=cred.id)
-    return None
-
-
-def redrive(store: Store, stall: StallPolicy, *, everything: bool = False) -> int:
-    """Re-publish (through the outbox) the job of every credential whose work stalled.
+def redrive(
+    store: Store,
+    stall: StallPolicy,
+    *,
+    everything: bool = False,
+    policy: Policy | None = None,
+    mail: bool = False,
+) -> int:
+    """Walk the table of waits once, re-publishing (through the outbox) the message of
+    every piece of work that stalled; return how many were re-driven. Leases are not
+    expired here (``expire_leases``, or the relay's turn, does that).
 
     ``everything`` re-drives all pending work at once: right for a process whose
     in-memory broker started empty, where every earlier message is gone.
     """
-    now = utcnow()
-
-    def cutoff(seconds: float) -> dt.datetime:
-        return now if everything else now - dt.timedelta(seconds=seconds)
-
-    count = 0
-    with store.tx() as s:
-        creds = (
-            _stalled(s, [CardState.APPROVED], cutoff(stall.approved_s))
-            + _stalled(s, [CardState.READY], cutoff(stall.ready_s))
-            + [
-                c
-                for c in _stalled(s, PIN_LETTER_STATES, cutoff(stall.letter_s))
-                if c.pin_letter_path is None or c.recertify_requested_at is not None
-            ]
+    done = waits.reconcile(
+        waits.Reconcile(
+            store=store,
+            policy=policy or Policy(),
+            stall=stall,
+            mail=mail,
+            everything=everything,
+            expire_leases=False,
         )
-        for cred in creds:
-            job = _job_for(cred)
-            if job is None:
-                continue
-            outbox.add(s, job)
-            count += 1
-        if creds:
-            s.execute(
-                update(Credential)
-                .where(Credential.id.in_([c.id for c in creds]))
-                .values(redriven_at=now)
-            )
-        tokens = _stalled_softtokens(s, cutoff(stall.approved_s))
-        for token in tokens:
-            if token.state == SoftTokenState.APPROVED:
-                outbox.add(s, IssueSoftToken(soft_token_id=token.id))
-            else:
-                outbox.add(s, DeliverSoftToken(soft_token_id=token.id))
-        count += len(tokens)
-        if tokens:
-            s.execute(
-                update(SoftToken)
-                .where(SoftToken.id.in_([t.id for t in tokens]))
-                .values(redriven_at=now)
-            )
-    if count:
-        log.info("reconciler.redriven", jobs=count, everything=everything)
-    return count
+    )
+    return sum(done.values())
 
 
 class Relay:
@@ -202,11 +96,31 @@ class Relay:
         *,
         stall: StallPolicy | None = None,
         poll_s: float = 0.05,
+        mail: bool = False,
     ) -> None:
         self.store, self.broker, self.policy = store, broker, policy
         self.stall = stall or StallPolicy()
         self.poll_s = poll_s
+        self.mail = mail
         self.published = 0
+        self.store_ok_since = time.monotonic()
+        self._memory: dict[str, dt.datetime] = {}
+
+    def reconcile(self) -> dict[str, int]:
+        """One walk of the table of waits, as the relay does every ``reconcile_s``."""
+        # Leases renewed by stations that could not reach the store either have
+        # expired in the meantime; give them a lease's grace once it is back.
+        grace_over = time.monotonic() - self.store_ok_since >= self.stall.lease_grace_s
+        return waits.reconcile(
+            waits.Reconcile(
+                store=self.store,
+                policy=self.policy,
+                stall=self.stall,
+                mail=self.mail,
+                expire_leases=grace_over,
+                memory=self._memory,
+            )
+        )
 
     def run(self, stop: threading.Event) -> None:
         next_reconcile = 0.0
@@ -223,13 +137,18 @@ class Relay:
                         outbox.add(s, PublishCrl(reason="schedule"))
                     next_crl = now + self.stall.crl_interval_s
                 if now >= next_reconcile:
-                    expire_leases(self.store, self.policy)
-                    redrive(self.store, self.stall)
+                    self.reconcile()
                     next_reconcile = now + self.stall.reconcile_s
-            except Exception:
+            except Exception as exc:
                 # The relay must outlive a failed publish or a busy database; the rows
                 # stay unsent and are tried again on the next turn.
-                log.exception("relay.turn_failed")
+                if is_transient(exc):
+                    log.warning("relay.store_unavailable", error=str(exc).splitlines()[0])
+                    self.store_ok_since = time.monotonic()
+                elif isinstance(exc, dramatiq.errors.ConnectionError):
+                    log.warning("relay.broker_unavailable", error=str(exc))
+                else:
+                    log.exception("relay.turn_failed")
                 sent = 0
             if not sent:
                 stop.wait(self.poll_s)

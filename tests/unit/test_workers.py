@@ -49,7 +49,17 @@ def _approved(store) -> int:
         return factories.credential(s, "approved").id
 
 
-def test_prepare_seals_secrets_and_queues_the_escrow_certificate_and_production(ctx, store):
+def _queued(store):
+    with store.read() as s:
+        return [
+            IssueCertificate.model_validate(m.payload) if m.actor == "pki" else m.payload
+            for m in s.scalars(select(OutboxMessage).order_by(OutboxMessage.id))
+        ]
+
+
+def test_prepare_seals_secrets_and_asks_for_the_escrow_certificate_before_the_card_is_ready(
+    ctx, store
+):
     cid = _approved(store)
     prepare_card(ctx, PrepareCard(credential_id=cid))
     with store.read() as s:
@@ -57,28 +67,63 @@ def test_prepare_seals_secrets_and_queues_the_escrow_certificate_and_production(
         pin = ctx.box.open(cred.pin_sealed, context=context("credential", cid, "pin")).reveal()
         puk = ctx.box.open(cred.puk_sealed, context=context("credential", cid, "puk")).reveal()
         queued = s.scalars(select(OutboxMessage)).all()
-    assert cred.state == "ready"
+    # No station may see the card before its escrowed key is certified.
+    assert cred.state == "approved"
     assert cred.card_number == card_number(cid)
     assert len(pin) == 6
     assert pin.isdigit()
     assert len(puk) == 8
     assert puk.isdigit()
-    assert sorted(m.actor for m in queued) == ["pki", "produce"]
+    assert [m.actor for m in queued] == ["pki"]
     for message in queued:
         assert pin not in str(message.payload)
         assert puk not in str(message.payload)
 
 
-def test_a_second_prepare_delivery_changes_nothing(ctx, store):
+def test_the_escrow_certificate_makes_the_card_ready_and_sends_it_to_its_line(ctx, store):
+    cid = _approved(store)
+    prepare_card(ctx, PrepareCard(credential_id=cid))
+    (request,) = _queued(store)
+    issue_certificate(ctx, request)
+    with store.read() as s:
+        assert s.get(Credential, cid).state == "ready"
+        produce = s.scalars(select(OutboxMessage).where(OutboxMessage.actor == "produce")).all()
+    assert [m.payload["credential_id"] for m in produce] == [cid]
+
+
+def test_a_lost_escrow_request_is_asked_again_for_the_same_sealed_key(ctx, store):
+    cid = _approved(store)
+    prepare_card(ctx, PrepareCard(credential_id=cid))
+    with store.read() as s:
+        sealed = s.get(Credential, cid).escrow_key_sealed
+    prepare_card(ctx, PrepareCard(credential_id=cid))  # the reconciler's re-drive
+    first, again = _queued(store)
+    issue_certificate(ctx, again)
+    with store.read() as s:
+        cred = s.get(Credential, cid)
+        cert = s.scalars(select(Certificate).where(Certificate.credential_id == cid)).one()
+    assert cred.escrow_key_sealed == sealed
+    assert cred.state == "ready"
+    key = serialization.load_pem_private_key(
+        ctx.box.open(sealed, context=context("credential", cid, "escrow_key")).reveal().encode(),
+        None,
+    )
+    issued = x509.load_pem_x509_certificate(cert.pem.encode())
+    assert issued.public_key().public_numbers() == key.public_key().public_numbers()
+    issue_certificate(ctx, first)  # the first request, arriving late, issues nothing
+    assert _count(store, Certificate) == 1
+
+
+def test_a_second_prepare_delivery_changes_no_secret_and_no_state(ctx, store):
     cid = _approved(store)
     prepare_card(ctx, PrepareCard(credential_id=cid))
     with store.read() as s:
         sealed = s.get(Credential, cid).pin_sealed
-    events, messages = _count(store, AuditEvent), _count(store, OutboxMessage)
+    events = _count(store, AuditEvent)
     prepare_card(ctx, PrepareCard(credential_id=cid))
     with store.read() as s:
         assert s.get(Credential, cid).pin_sealed == sealed
-    assert (_count(store, AuditEvent), _count(store, OutboxMessage)) == (events, messages)
+    assert _count(store, AuditEvent) == events
 
 
 def test_card_numbers_are_sixteen_digits_and_pass_luhn():

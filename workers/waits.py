@@ -1,0 +1,495 @@
+"""The table of waits: every state in which work waits for a message, and its owner.
+
+The broker is transport, not truth: the in-process broker loses everything when the
+process dies, Redis on a restart, any broker a message an actor took and never
+finished. So for each wait this table says which message moves the work on, who must
+act, how the reconciler notices that the work has stalled, and how it re-drives it.
+The reconciler (``workers.relay``) walks ``WAITS`` on every turn; ``docs/architecture.md``
+carries the same table, rendered by ``markdown_table()`` (a test keeps them equal).
+
+A row with an open *needs attention* entry (``db.models.Attention``: it failed for a
+reason a retry cannot cure) is not re-driven until a person resolves it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from sqlalchemy import ColumnElement, String, and_, cast, exists, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from db import outbox, production
+from db.engine import Store
+from db.models import (
+    Attention,
+    Certificate,
+    Credential,
+    CrlPublication,
+    Reminder,
+    SoftToken,
+    utcnow,
+)
+from db.summary import PIN_LETTER_STATES
+from schemas.errors import ConflictError
+from schemas.messages import (
+    DeliverSoftToken,
+    IssueSoftToken,
+    JobMessage,
+    PrepareCard,
+    ProduceCard,
+    PublishCrl,
+    RecertifyCard,
+    SendPinLetter,
+    SendReminder,
+)
+from schemas.policy import Policy
+from schemas.states import AttemptState, CardState, CertState, SoftTokenState, TempCardState
+
+log = structlog.get_logger(__name__)
+
+BATCH = 500  # rows re-driven per wait and turn: a big backlog drains over a few turns
+
+
+@dataclass(frozen=True)
+class StallPolicy:
+    """How long work may sit before the reconciler re-drives it."""
+
+    approved_s: float = 30.0
+    ready_s: float = 120.0
+    letter_s: float = 30.0
+    crl_s: float = 30.0
+    reconcile_s: float = 2.0
+    crl_interval_s: float = 3600.0
+    # After the reconciler itself could not reach the store, stations get this long to
+    # renew their leases before an expired one counts: an outage of the store is not
+    # a dead station, and must not cost the blank in it.
+    lease_grace_s: float = 60.0
+
+
+@dataclass
+class Reconcile:
+    """One turn of the reconciler: what it may read, and since when work counts as stalled."""
+
+    store: Store
+    policy: Policy
+    stall: StallPolicy
+    mail: bool = False  # an SMTP server is configured (mail waits exist only then)
+    everything: bool = False  # a fresh in-process broker: re-drive all pending work now
+    expire_leases: bool = True
+    now: dt.datetime = field(default_factory=utcnow)
+    memory: dict[str, dt.datetime] = field(default_factory=dict)  # for waits without a row
+
+    def cutoff(self, seconds: float) -> dt.datetime:
+        return self.now if self.everything else self.now - dt.timedelta(seconds=seconds)
+
+
+@dataclass(frozen=True)
+class Wait:
+    """One row of the table of waits."""
+
+    name: str
+    waiting: str  # what waits, in the store's terms
+    message: str  # the message that moves it on
+    owner: str  # who acts on that message
+    noticed: str  # how the reconciler sees that it stalled
+    redrive: str  # what the reconciler does then
+    repair: Callable[[Reconcile], int]
+
+
+def _open_attention(entity: str, id_column: Any) -> ColumnElement[bool]:
+    return exists(
+        select(Attention.id).where(
+            Attention.entity == entity,
+            Attention.entity_id == cast(id_column, String),
+            Attention.resolved_at.is_(None),
+        )
+    )
+
+
+def _redrive_rows(
+    r: Reconcile,
+    model: Any,
+    entity: str,
+    where: Sequence[ColumnElement[bool]],
+    job: Callable[[Any], JobMessage],
+    stall_s: float,
+    *,
+    since: Any = None,
+) -> int:
+    """Re-publish ``job(row)`` (through the outbox) for every row matching ``where`` that
+    has not moved (``since``, default ``updated_at``) nor been re-driven for ``stall_s``."""
+    cutoff = r.cutoff(stall_s)
+    since = model.updated_at if since is None else since
+    stmt = (
+        select(model)
+        .where(
+            *where,
+            since < cutoff,
+            or_(model.redriven_at.is_(None), model.redriven_at < cutoff),
+            ~_open_attention(entity, model.id),
+        )
+        .order_by(model.id)
+        .limit(BATCH)
+    )
+    with r.store.tx() as s:
+        rows = list(s.scalars(stmt))
+        if not rows:
+            return 0
+        outbox.add_all(s, [job(row) for row in rows])
+        s.execute(
+            update(model).where(model.id.in_([row.id for row in rows])).values(redriven_at=r.now)
+        )
+    return len(rows)
+
+
+# --- the waits ------------------------------------------------------------------------
+
+
+def _approved(r: Reconcile) -> int:
+    return _redrive_rows(
+        r,
+        Credential,
+        "credential",
+        [Credential.state == CardState.APPROVED, Credential.escrow_key_sealed.is_(None)],
+        lambda c: PrepareCard(credential_id=c.id),
+        r.stall.approved_s,
+    )
+
+
+def _escrow(r: Reconcile) -> int:
+    return _redrive_rows(
+        r,
+        Credential,
+        "credential",
+        [Credential.state == CardState.APPROVED, Credential.escrow_key_sealed.is_not(None)],
+        lambda c: PrepareCard(credential_id=c.id),
+        r.stall.approved_s,
+    )
+
+
+def _ready(r: Reconcile) -> int:
+    return _redrive_rows(
+        r,
+        Credential,
+        "credential",
+        [Credential.state == CardState.READY],
+        lambda c: ProduceCard(credential_id=c.id, line=c.line),
+        r.stall.ready_s,
+    )
+
+
+def _leases(r: Reconcile) -> int:
+    """Spoil every attempt whose station stopped renewing its lease."""
+    if not r.expire_leases:
+        return 0
+    done = 0
+    with r.store.read() as s:
+        attempts = production.expired_attempts(s)
+    for attempt in attempts:
+        try:
+            with r.store.tx() as s:
+                fresh = s.get(type(attempt), attempt.id, with_for_update=True)
+                if (
+                    fresh is None
+                    or fresh.state != AttemptState.IN_PROGRESS
+                    or fresh.lease_expires_at >= utcnow()
+                ):
+                    continue
+                production.spoil(
+                    s,
+                    fresh,
+                    fault="lease_expired",
+                    detail=f"station {fresh.station_id} stopped renewing its lease",
+                    actor="reconciler",
+                    max_attempts=r.policy.max_attempts,
+                )
+                done += 1
+        except ConflictError as exc:
+            log.info("reconciler.lease_race", attempt_id=attempt.id, detail=str(exc))
+    return done
+
+
+def _recertify(r: Reconcile) -> int:
+    return _redrive_rows(
+        r,
+        Credential,
+        "credential",
+        [
+            Credential.recertify_requested_at.is_not(None),
+            Credential.state.in_(list(PIN_LETTER_STATES)),
+        ],
+        lambda c: RecertifyCard(credential_id=c.id, pin_letter=c.state == TempCardState.ASSIGNED),
+        r.stall.letter_s,
+    )
+
+
+def _pin_letter(r: Reconcile) -> int:
+    return _redrive_rows(
+        r,
+        Credential,
+        "credential",
+        [
+            Credential.state.in_(list(PIN_LETTER_STATES)),
+            Credential.user_id.is_not(None),
+            Credential.pin_letter_path.is_(None),
+            Credential.recertify_requested_at.is_(None),  # the letter follows the recert
+        ],
+        lambda c: SendPinLetter(credential_id=c.id),
+        r.stall.letter_s,
+    )
+
+
+def _pin_letter_mail(r: Reconcile) -> int:
+    if not (r.mail and r.policy.pin_letter_delivery == "mail"):
+        return 0
+    return _redrive_rows(
+        r,
+        Credential,
+        "credential",
+        [
+            Credential.state.in_(list(PIN_LETTER_STATES)),
+            Credential.pin_letter_path.is_not(None),
+            Credential.pin_letter_mailed_at.is_(None),
+        ],
+        lambda c: SendPinLetter(credential_id=c.id),
+        r.stall.letter_s,
+    )
+
+
+def _softtoken_issue(r: Reconcile) -> int:
+    return _redrive_rows(
+        r,
+        SoftToken,
+        "soft_token",
+        [SoftToken.state == SoftTokenState.APPROVED],
+        lambda t: IssueSoftToken(soft_token_id=t.id),
+        r.stall.approved_s,
+    )
+
+
+def _softtoken_delivery(r: Reconcile) -> int:
+    return _redrive_rows(
+        r,
+        SoftToken,
+        "soft_token",
+        [SoftToken.state == SoftTokenState.ISSUED, SoftToken.p12_path.is_(None)],
+        lambda t: DeliverSoftToken(soft_token_id=t.id),
+        r.stall.approved_s,
+    )
+
+
+def _reminders(r: Reconcile) -> int:
+    if not r.mail:
+        return 0  # without mail a reminder waits for the next expiry check, by design
+    return _redrive_rows(
+        r,
+        Reminder,
+        "reminder",
+        [Reminder.sent_at.is_(None)],
+        lambda m: SendReminder(reminder_id=m.id),
+        r.stall.letter_s,
+        since=Reminder.created_at,
+    )
+
+
+LISTED = (CertState.REVOKED, CertState.HOLD)
+
+
+def crl_stale(s: Session, cutoff: dt.datetime) -> bool:
+    """The revoked set changed before ``cutoff`` and no CRL published since covers it.
+
+    Two cheap, indexed checks stand in for comparing the whole revoked set: the number
+    of listed certificates differs from the last CRL's (a revocation or a release), or
+    a listed certificate changed after that CRL (a hold became a revocation).
+    """
+    last = s.scalars(select(CrlPublication).order_by(CrlPublication.number.desc())).first()
+    listed = int(
+        s.scalar(select(func.count()).select_from(Certificate).where(Certificate.state.in_(LISTED)))
+        or 0
+    )
+    if last is None:
+        return listed > 0 and _oldest_listed_change(s, None) < cutoff
+    if last.this_update >= cutoff:
+        return False
+    if listed != last.revoked_count:
+        return True
+    changed = s.scalar(
+        select(func.min(Certificate.updated_at)).where(
+            Certificate.state.in_(LISTED), Certificate.updated_at > last.this_update
+        )
+    )
+    return changed is not None and changed < cutoff
+
+
+def _oldest_listed_change(s: Session, after: dt.datetime | None) -> dt.datetime:
+    stmt = select(func.min(Certificate.updated_at)).where(Certificate.state.in_(LISTED))
+    if after is not None:
+        stmt = stmt.where(Certificate.updated_at > after)
+    return s.scalar(stmt) or utcnow()
+
+
+def _crl(r: Reconcile) -> int:
+    cutoff = r.cutoff(r.stall.crl_s)
+    last_redrive = r.memory.get("crl")
+    if last_redrive is not None and last_redrive >= cutoff:
+        return 0
+    with r.store.read() as s:
+        if s.scalar(select(Attention.id).where(_crl_attention())) is not None:
+            return 0
+        stale = crl_stale(s, cutoff)
+    if not stale:
+        return 0
+    with r.store.tx(audited=False) as s:
+        # force: the set may be back to what the last CRL listed (a hold released
+        # again), which the worker would otherwise skip, leaving this wait open.
+        outbox.add(s, PublishCrl(reason="re-driven: revocations not yet published", force=True))
+    r.memory["crl"] = r.now
+    return 1
+
+
+def _crl_attention() -> ColumnElement[bool]:
+    return and_(
+        Attention.entity == "crl", Attention.entity_id == "issuing", Attention.resolved_at.is_(None)
+    )
+
+
+WAITS: tuple[Wait, ...] = (
+    Wait(
+        "card approved",
+        "card `approved`, not yet prepared (no escrowed key)",
+        "PrepareCard",
+        "prepare worker",
+        f"`approved` and unchanged for `approved_s` ({StallPolicy.approved_s:g} s)",
+        "PrepareCard again (prepare is idempotent: a prepared card is left alone)",
+        _approved,
+    ),
+    Wait(
+        "escrow certificate",
+        "card `approved` with its escrowed key sealed, waiting for the key's certificate",
+        "IssueCertificate (attempt none, encryption)",
+        "pki worker; storing the certificate makes the card `ready` in the same transaction",
+        f"`approved` with a sealed escrow key, unchanged for `approved_s` "
+        f"({StallPolicy.approved_s:g} s)",
+        "PrepareCard, which asks again with a CSR made from the sealed key, or makes the"
+        " card `ready` if the certificate exists",
+        _escrow,
+    ),
+    Wait(
+        "card ready",
+        "card `ready` (every server-side part done), waiting for a station",
+        "ProduceCard on `line.<line>`",
+        "a station of the card's line",
+        f"`ready` and unchanged for `ready_s` ({StallPolicy.ready_s:g} s)",
+        "ProduceCard again (a station turns away a card that is no longer `ready`)",
+        _ready,
+    ),
+    Wait(
+        "attempt certificates",
+        "attempt `in_progress`: the keys are on the chip, their CSRs at the pki worker",
+        "IssueCertificate (the attempt's id, per usage)",
+        "pki worker; the station holding the attempt polls for the certificates",
+        "the station re-sends what is missing every `cert_resend_s`; the reconciler sees"
+        " an attempt whose lease (renewed by the station's heartbeat) has expired",
+        "the station re-sends idempotently while it lives; a dead station's attempt is"
+        " spoiled at lease expiry (after `lease_grace_s` if the store was away) and the"
+        " card queued on a new blank",
+        _leases,
+    ),
+    Wait(
+        "re-certification",
+        "produced card with `recertify_requested_at` set (renewal, temporary-card assignment)",
+        "RecertifyCard",
+        "pki worker",
+        f"request still set, card unchanged for `letter_s` ({StallPolicy.letter_s:g} s)",
+        "RecertifyCard again (it issues only usages older than the request)",
+        _recertify,
+    ),
+    Wait(
+        "PIN letter",
+        "card `active`, `issued` or `assigned` with no PIN letter written",
+        "SendPinLetter",
+        "notify worker",
+        f"no letter, card unchanged for `letter_s` ({StallPolicy.letter_s:g} s)",
+        "SendPinLetter again (a written letter is not written twice)",
+        _pin_letter,
+    ),
+    Wait(
+        "PIN letter mail",
+        'PIN letter written, `pin_letter_delivery = "mail"`, not yet mailed',
+        "SendPinLetter",
+        "notify worker",
+        f"letter written, no mail stamp, for `letter_s` ({StallPolicy.letter_s:g} s)",
+        "SendPinLetter again (it mails once, then stamps `pin_letter_mailed_at`)",
+        _pin_letter_mail,
+    ),
+    Wait(
+        "soft token issue",
+        "soft token `approved`",
+        "IssueSoftToken",
+        "pki worker",
+        f"`approved` and unchanged for `approved_s` ({StallPolicy.approved_s:g} s)",
+        "IssueSoftToken again (an issued token is left alone)",
+        _softtoken_issue,
+    ),
+    Wait(
+        "soft token delivery",
+        "soft token `issued`, its P12 not yet written out (nor mailed)",
+        "DeliverSoftToken",
+        "notify worker",
+        f"no P12 path for `approved_s` ({StallPolicy.approved_s:g} s)",
+        "DeliverSoftToken again (a delivered token is not delivered twice)",
+        _softtoken_delivery,
+    ),
+    Wait(
+        "CRL publication",
+        "a certificate revoked, held or released after the last published CRL",
+        "PublishCrl",
+        "pki worker",
+        f"the listed count differs from the last CRL's, or a listed certificate changed"
+        f" after it, for `crl_s` ({StallPolicy.crl_s:g} s)",
+        "PublishCrl again (published only if the revoked set differs)",
+        _crl,
+    ),
+    Wait(
+        "expiry reminder",
+        "reminder row not yet sent (only with `CARDLINE_SMTP_URL` set)",
+        "SendReminder",
+        "notify worker",
+        f"unsent for `letter_s` ({StallPolicy.letter_s:g} s)",
+        "SendReminder again (a sent reminder is not sent twice)",
+        _reminders,
+    ),
+)
+
+
+WAITS_BY_NAME = {w.name: w for w in WAITS}
+
+
+def reconcile(r: Reconcile) -> dict[str, int]:
+    """Walk the table once; return how much each wait re-drove (only non-zero ones)."""
+    done = {}
+    for wait in WAITS:
+        count = wait.repair(r)
+        if count:
+            done[wait.name] = count
+    if done:
+        log.info("reconciler.redriven", everything=r.everything, **_kw(done))
+    return done
+
+
+def _kw(done: dict[str, int]) -> dict[str, int]:
+    return {name.replace(" ", "_"): n for name, n in done.items()}
+
+
+def markdown_table() -> str:
+    """The table of waits as Markdown, for ``docs/architecture.md``."""
+    head = "| wait | what waits | message that moves it on | owner | stalled when | re-driven by |"
+    rows = [head, "|---|---|---|---|---|---|"]
+    for w in WAITS:
+        cells = (w.name, w.waiting, w.message, w.owner, w.noticed, w.redrive)
+        rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(rows) + "\n"
