@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    CheckConstraint,
     DateTime,
     ForeignKey,
     Index,
@@ -76,8 +77,25 @@ class Base(DeclarativeBase):
     type_annotation_map = {dt.datetime: UTCDateTime()}
 
 
+def state_in(*machines: Machine) -> str:
+    """SQL that holds when ``state`` is a state of one of ``machines``."""
+    states = sorted(frozenset[str]().union(*(m.states for m in machines)))
+    if not all(s.isidentifier() for s in states):  # they are quoted into SQL below
+        raise ValueError(f"a state name that is not an identifier: {states}")
+    return "state IN (" + ", ".join(f"'{s}'" for s in states) + ")"
+
+
+def state_check(*machines: Machine) -> CheckConstraint:
+    """The table's ``state`` is one of its machines' states (``ck_<table>_state``);
+    migration 0009 builds the same CHECKs from the same data."""
+    return CheckConstraint(state_in(*machines), name="state")
+
+
 class Stateful:
-    """Mixin for rows with a lifecycle; ``machine`` names the table that governs them."""
+    """Mixin for rows with a lifecycle; ``machine`` names the table that governs them.
+
+    Each stateful table declares ``state_check`` of its machines in ``__table_args__``.
+    """
 
     id: Mapped[int]
     state: Mapped[str] = mapped_column(String(32), index=True)
@@ -94,6 +112,7 @@ class User(Stateful, Base):
     """A card holder."""
 
     __tablename__ = "users"
+    __table_args__ = (state_check(USER),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     email: Mapped[str] = mapped_column(String(254), index=True)  # unique: Policy option
@@ -126,6 +145,7 @@ class BatchOrder(Stateful, Base):
     """One imported file (or API batch) of card requests."""
 
     __tablename__ = "batch_orders"
+    __table_args__ = (state_check(BATCH),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
@@ -150,6 +170,8 @@ class Credential(Stateful, Base):
     """
 
     __tablename__ = "credentials"
+    # A credential is a card or a temporary card: its state is one of either machine's.
+    __table_args__ = (state_check(CARD, TEMP_CARD),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     kind: Mapped[str] = mapped_column(String(16), default=CredentialKind.CARD)
@@ -187,20 +209,36 @@ class Credential(Stateful, Base):
         return TEMP_CARD if self.kind == CredentialKind.TEMP_CARD else CARD
 
 
+# The partial unique indexes that keep one live attempt per card and per station: the
+# column SQLite names when one refuses a row, and what the refusal means.
+LIVE_ATTEMPT_INDEXES: dict[str, tuple[str, str]] = {
+    "uq_live_attempt_per_credential": (
+        "production_attempts.credential_id",
+        "the card already has a live production attempt",
+    ),
+    "uq_live_attempt_per_station": (
+        "production_attempts.station_id",
+        "the station already has a card in production",
+    ),
+}
+
+
+def _live_attempt_index(name: str, column: str) -> Index:
+    live = text("state = 'in_progress'")
+    return Index(name, column, unique=True, sqlite_where=live, postgresql_where=live)
+
+
 class ProductionAttempt(Stateful, Base):
     """One blank card fed into a station for a credential: succeeded or spoiled."""
 
     __tablename__ = "production_attempts"
     __table_args__ = (
         UniqueConstraint("credential_id", "number"),
-        # At most one live attempt per credential: a second claim is impossible.
-        Index(
-            "uq_live_attempt_per_credential",
-            "credential_id",
-            unique=True,
-            sqlite_where=text("state = 'in_progress'"),
-            postgresql_where=text("state = 'in_progress'"),
-        ),
+        state_check(ATTEMPT),
+        # At most one live attempt per credential (a second claim is impossible) and per
+        # station (a station works on one blank at a time).
+        _live_attempt_index("uq_live_attempt_per_credential", "credential_id"),
+        _live_attempt_index("uq_live_attempt_per_station", "station_id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -227,6 +265,7 @@ class Certificate(Stateful, Base):
     __tablename__ = "certificates"
     __table_args__ = (
         UniqueConstraint("attempt_id", "usage"),
+        state_check(CERTIFICATE),
         Index(
             "uq_escrow_cert_per_credential",
             "credential_id",
@@ -263,6 +302,7 @@ class SoftToken(Stateful, Base):
     """
 
     __tablename__ = "soft_tokens"
+    __table_args__ = (state_check(SOFT_TOKEN),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
@@ -358,6 +398,7 @@ class Incident(Stateful, Base):
     replacement request it made (a card, or a temporary card to assign)."""
 
     __tablename__ = "incidents"
+    __table_args__ = (state_check(INCIDENT),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     credential_id: Mapped[int] = mapped_column(ForeignKey("credentials.id"), index=True)

@@ -1,26 +1,42 @@
-"""The one way a state changes: ``transition()``.
+"""The two ways an audited row changes: ``transition()`` and ``record()``.
 
-It updates the row only where its state and version are still what the caller loaded
-(compare-and-set), appends the audit event and writes the follow-up messages to the
-outbox, all inside the caller's transaction. An illegal action, or a race lost to
-another writer, raises ``StateConflict`` before anything is written.
+``transition()`` changes a state; ``record()`` records every other audited change (an
+attribute edit, a stamp such as "PIN letter written", an audited read). Both update
+the row only where its version is still what the caller loaded (compare-and-set),
+append the audit event and write the follow-up messages to the outbox, all inside the
+caller's transaction. An illegal action, or a race lost to another writer, raises
+``StateConflict`` before anything is written. ``create()`` inserts a new row, audited.
+Nothing else calls ``audit.append`` (tests/unit/test_one_way_to_write.py checks it).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from db import audit, outbox
-from db.models import Stateful, utcnow
+from db.models import LIVE_ATTEMPT_INDEXES, Stateful, utcnow
 from schemas.errors import StateConflict
 from schemas.messages import JobMessage
 
 S = TypeVar("S", bound=Stateful)
+
+
+@dataclass(frozen=True)
+class Unversioned:
+    """An audited thing without a lifecycle row (an API token): the audit log names it
+    ``entity`` ``id`` and says it went from ``before`` to ``after``."""
+
+    entity: str
+    id: object
+    before: str | None
+    after: str
 
 
 def transition(
@@ -42,29 +58,10 @@ def transition(
     machine = entity.machine
     edge = machine.edge(action)
     allowed = edge.sources if expect is None else edge.sources & frozenset(expect)
-    current, version = entity.state, entity.version
+    current = entity.state
     if current not in allowed:
         raise StateConflict(machine.name, entity.id, action, current, allowed)
-    now = utcnow()
-    values: dict[str, Any] = {
-        **(changes or {}),
-        "state": edge.target,
-        "version": version + 1,
-        "updated_at": now,
-    }
-    model = type(entity)
-    result = session.execute(
-        update(model)
-        .where(model.id == entity.id, model.state == current, model.version == version)
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:  # type: ignore[attr-defined]  # CursorResult of an UPDATE
-        raise StateConflict(
-            machine.name, entity.id, action, current, allowed, detail="changed by another writer"
-        )
-    for key, value in values.items():
-        set_committed_value(entity, key, value)
+    _compare_and_set(session, entity, action, allowed, {**(changes or {}), "state": edge.target})
     audit.append(
         session,
         actor=actor,
@@ -79,6 +76,83 @@ def transition(
     return edge.target
 
 
+def record(
+    session: Session,
+    entity: Stateful | Unversioned,
+    action: str,
+    *,
+    actor: str,
+    reason: str | None = None,
+    expect: Iterable[str] | None = None,
+    changes: Mapping[str, Any] | None = None,
+    messages: Iterable[JobMessage] = (),
+) -> None:
+    """Record an audited change that is not a state change, named ``action``.
+
+    On a stateful row: ``changes`` are set in one UPDATE guarded by the row's version
+    (which it bumps, with ``updated_at``, even when ``changes`` is empty: an audited
+    read), and the audit event keeps the state (from = to). ``expect`` is the set of
+    states the caller accepts (default: any). On an ``Unversioned`` thing there is no
+    row to guard: the caller changes it in the same transaction, and only the audit
+    event and the messages are written here.
+    """
+    if changes and "state" in changes:
+        raise TypeError("record(): a state change goes through transition()")
+    if isinstance(entity, Unversioned):
+        if changes or expect is not None:
+            raise TypeError("record(): changes and expect need a stateful row")
+        name, entity_id, before, after = entity.entity, entity.id, entity.before, entity.after
+    else:
+        name, entity_id, before = entity.machine.name, entity.id, entity.state
+        allowed = entity.machine.states if expect is None else frozenset(expect)
+        if before not in allowed:
+            raise StateConflict(name, entity_id, action, before, allowed)
+        _compare_and_set(session, entity, action, allowed, dict(changes or {}))
+        after = before
+    audit.append(
+        session,
+        actor=actor,
+        entity=name,
+        entity_id=entity_id,
+        action=action,
+        from_state=before,
+        to_state=after,
+        reason=reason,
+    )
+    outbox.add_all(session, messages)
+
+
+def _compare_and_set(
+    session: Session,
+    entity: Stateful,
+    action: str,
+    allowed: Iterable[str],
+    changes: dict[str, Any],
+) -> None:
+    """UPDATE the row only where its state and version are still the loaded ones;
+    bump the version and ``updated_at``; mirror the new values on ``entity``."""
+    current, version = entity.state, entity.version
+    values = {**changes, "version": version + 1, "updated_at": utcnow()}
+    model = type(entity)
+    result = session.execute(
+        update(model)
+        .where(model.id == entity.id, model.state == current, model.version == version)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]  # CursorResult of an UPDATE
+        raise StateConflict(
+            entity.machine.name,
+            entity.id,
+            action,
+            current,
+            allowed,
+            detail="changed by another writer",
+        )
+    for key, value in values.items():
+        set_committed_value(entity, key, value)
+
+
 def create(
     session: Session,
     entity: S,
@@ -87,13 +161,24 @@ def create(
     reason: str | None = None,
     messages: Iterable[JobMessage] = (),
 ) -> S:
-    """Insert a new stateful row in one of its machine's initial states, audited."""
+    """Insert a new stateful row in one of its machine's initial states, audited.
+
+    A second live production attempt for a card or a station (refused by a partial
+    unique index) raises ``StateConflict``; the transaction is then unusable and must
+    be rolled back, which leaving ``Store.tx()`` with the error does.
+    """
     machine = entity.machine
     if entity.state not in machine.initial:
         raise StateConflict(machine.name, None, "create", entity.state, machine.initial)
     entity.version = 1
     session.add(entity)
-    session.flush()
+    try:
+        session.flush()
+    except IntegrityError as exc:
+        refusal = _live_attempt_refusal(exc)
+        if refusal is None:
+            raise
+        raise StateConflict(machine.name, None, "create", entity.state, (), detail=refusal) from exc
     audit.append(
         session,
         actor=actor,
@@ -106,3 +191,17 @@ def create(
     )
     outbox.add_all(session, messages)
     return entity
+
+
+def _live_attempt_refusal(exc: IntegrityError) -> str | None:
+    """What a live-attempt index refused, or None when another constraint did.
+
+    PostgreSQL names the violated index; SQLite names its columns instead.
+    """
+    diag = getattr(exc.orig, "diag", None)
+    named = getattr(diag, "constraint_name", None)
+    text = str(exc.orig)
+    for index, (columns, meaning) in LIVE_ATTEMPT_INDEXES.items():
+        if named == index or (named is None and text.endswith(f"constraint failed: {columns}")):
+            return f"{meaning} ({index})"
+    return None

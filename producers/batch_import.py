@@ -22,11 +22,12 @@ from pydantic import ValidationError
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
-from db import audit, outbox
+from db import outbox
 from db.engine import Store
 from db.files import atomic_open
-from db.models import BatchOrder, Credential, User, utcnow
+from db.models import BatchOrder, Credential, User
 from db.transition import create
+from db.transition import record as record_change  # here a ``record`` is a CSV record
 from schemas.batch import LINE_NAME, BatchRow, describe_errors, header_columns
 from schemas.errors import ValidationFailed
 from schemas.messages import PrepareCard
@@ -402,21 +403,15 @@ class _Import:
         if not changed:
             return
         self._forget(user)
-        for key in changed:
-            setattr(user, key, wanted[key])
-        user.updated_at = utcnow()
-        self._remember(user)
-        # An attribute edit is not a state change, but it is audited like one.
-        audit.append(
+        record_change(
             self.session,
+            user,
+            "update",
             actor=self.requested_by,
-            entity=user.machine.name,
-            entity_id=user.id,
-            action="update",
-            from_state=user.state,
-            to_state=user.state,
             reason=f"{reason}: changed {', '.join(changed)}",
+            changes={key: wanted[key] for key in changed},
         )
+        self._remember(user)
         self.users_updated += 1
 
     def _request_card(self, user: User, reason: str) -> None:

@@ -16,15 +16,15 @@ from collections.abc import Sequence
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from db import audit, outbox
+from db import outbox
 from db.engine import Store
 from db.models import BatchOrder, Certificate, Credential, User, utcnow
-from db.transition import create, transition
+from db.transition import create, record, transition
 from producers.lookup import find_card, find_user
 from producers.users import MAX_PAGE, Page
 from schemas.api import CardOut
 from schemas.batch import LINE_NAME
-from schemas.errors import FourEyesViolation, PermanentError, StateConflict, ValidationFailed
+from schemas.errors import FourEyesViolation, PermanentError, ValidationFailed
 from schemas.messages import PrepareCard, RecertifyCard
 from schemas.policy import Policy
 from schemas.states import (
@@ -299,20 +299,17 @@ def edit_card(store: Store, card: str, *, by: str, line: str, policy: Policy) ->
     editable = (CardState.REQUESTED, CardState.APPROVED)
     with store.tx() as s:
         cred = find_card(s, card, lock=True)
-        if cred.state not in editable:
-            raise StateConflict(cred.machine.name, cred.id, "edit", cred.state, editable)
-        if cred.line == chosen:
+        if cred.line == chosen and cred.state in editable:
             return []
-        before, cred.line = cred.line, chosen
-        cred.updated_at = utcnow()
-        audit.append(
+        # Even an edit to the line the card already has is refused once it left the
+        # editable states: the caller learns the card is beyond editing.
+        record(
             s,
+            cred,
+            "update",
             actor=by,
-            entity=cred.machine.name,
-            entity_id=cred.id,
-            action="update",
-            from_state=cred.state,
-            to_state=cred.state,
-            reason=f"line {before} -> {chosen}",
+            reason=f"line {cred.line} -> {chosen}",
+            expect=editable,
+            changes={"line": chosen},
         )
         return ["line"]

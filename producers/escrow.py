@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 
-from db import audit
 from db.engine import Store
 from db.models import Certificate, Credential
 from db.secrets import Secret, SecretBox, context
+from db.transition import record
 from producers.lookup import find_card
 from schemas.errors import PermanentError, StateConflict
 from schemas.states import CardState, CertUsage
@@ -54,16 +54,13 @@ def request_key_recovery(store: Store, card: str, *, by: str) -> int:
         ).all()
         if not earlier:
             raise PermanentError(f"the holder of card {card} has no escrowed keys to recover")
-        cred.recover_escrow = True
-        audit.append(
+        record(
             s,
+            cred,
+            "recover_escrow",
             actor=by,
-            entity=cred.machine.name,
-            entity_id=cred.id,
-            action="recover_escrow",
-            from_state=cred.state,
-            to_state=cred.state,
             reason=f"{len(earlier)} earlier escrowed keys to write",
+            changes={"recover_escrow": True},
         )
         return len(earlier)
 
@@ -85,14 +82,12 @@ def escrowed_key(store: Store, box: SecretBox, card: str, *, by: str) -> EscrowE
         ).first()
         if cert is None:
             raise PermanentError(f"card {card}'s escrowed key has no certificate yet")
-        audit.append(
+        # An audited read: the row itself does not change (only its version moves).
+        record(
             s,
+            cred,
+            "escrow_export",
             actor=by,
-            entity=cred.machine.name,
-            entity_id=cred.id,
-            action="escrow_export",
-            from_state=cred.state,
-            to_state=cred.state,
             reason=f"escrowed key exported as PFX (certificate {cert.serial})",
         )
         sealed, number = cred.escrow_key_sealed, cred.card_number or str(cred.id)

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 
-from db import audit
 from db.engine import Store
 from db.models import ApiToken, utcnow
 from db.secrets import Secret
+from db.transition import Unversioned, record
 from schemas.errors import NotFound, Unauthorized, ValidationFailed
 from schemas.roles import Role
 
@@ -60,14 +60,11 @@ def create_token(store: Store, *, name: str, role: str, by: str) -> tuple[int, S
         row = ApiToken(name=name, role=chosen.value, token_hash=_digest(token), created_by=by)
         s.add(row)
         s.flush()
-        audit.append(
+        record(
             s,
+            Unversioned("api_token", row.id, before=None, after="active"),
+            "create",
             actor=by,
-            entity="api_token",
-            entity_id=row.id,
-            action="create",
-            from_state=None,
-            to_state="active",
             reason=f"token for {name} with role {chosen.value}",
         )
         return row.id, Secret(token)
@@ -91,14 +88,11 @@ def revoke_token(store: Store, token_id: int, *, by: str) -> None:
         if row.revoked_at is not None:
             return
         row.revoked_at = utcnow()
-        audit.append(
+        record(
             s,
+            Unversioned("api_token", row.id, before="active", after="revoked"),
+            "revoke",
             actor=by,
-            entity="api_token",
-            entity_id=row.id,
-            action="revoke",
-            from_state="active",
-            to_state="revoked",
             reason=f"token of {row.name} ({row.role}) revoked",
         )
 

@@ -16,10 +16,9 @@ from pydantic import ValidationError
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from db import audit
 from db.engine import Store
-from db.models import Credential, User, utcnow
-from db.transition import create, transition
+from db.models import Credential, User
+from db.transition import create, record, transition
 from producers.lookup import find_user
 from schemas.api import UserOut
 from schemas.batch import BatchRow, describe_errors
@@ -153,18 +152,13 @@ def update_in(
     changed = sorted(k for k in EDITABLE if wanted[k] != current[k])
     if not changed:
         return []
-    for name in changed:
-        setattr(user, name, wanted[name])
-    user.updated_at = utcnow()
-    audit.append(
+    record(
         session,
+        user,
+        "update",
         actor=by,
-        entity=user.machine.name,
-        entity_id=user.id,
-        action="update",
-        from_state=user.state,
-        to_state=user.state,
         reason=f"{why} {', '.join(changed)}",
+        changes={name: wanted[name] for name in changed},
     )
     return changed
 
@@ -194,17 +188,13 @@ def set_roles(store: Store, who: str, roles: Iterable[str], *, by: str) -> list[
         before = sorted(user.roles or [])
         if before == chosen:
             return chosen
-        user.roles = chosen
-        user.updated_at = utcnow()
-        audit.append(
+        record(
             s,
+            user,
+            "roles",
             actor=by,
-            entity=user.machine.name,
-            entity_id=user.id,
-            action="roles",
-            from_state=user.state,
-            to_state=user.state,
             reason=f"roles {before} -> {chosen}",
+            changes={"roles": chosen},
         )
         return chosen
 

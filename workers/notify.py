@@ -6,11 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import structlog
-from sqlalchemy import update
 
-from db import audit
 from db.models import Credential, utcnow
 from db.secrets import context
+from db.transition import record
 from schemas.messages import DeliverSoftToken, SendPinLetter, SendReminder
 from workers.context import WorkerContext
 from workers.letters import write_pin_letter
@@ -63,23 +62,17 @@ def send_pin_letter(ctx: WorkerContext, job: SendPinLetter) -> None:
         valid_until=valid_until.date(),
     )
     with ctx.store.tx() as s:
-        result = s.execute(
-            update(Credential)
-            .where(Credential.id == job.credential_id, Credential.pin_letter_path.is_(None))
-            .values(pin_letter_path=str(path))
-        )
-        if result.rowcount:  # type: ignore[attr-defined]  # CursorResult of an UPDATE
-            cred = s.get(Credential, job.credential_id)
-            assert cred is not None
-            audit.append(
+        # Read under the audit head lock, which every audited writer takes first: the
+        # row cannot move between this read and the guarded update.
+        cred = s.get(Credential, job.credential_id)
+        if cred is not None and cred.pin_letter_path is None:
+            record(
                 s,
+                cred,
+                "pin_letter",
                 actor="worker:notify",
-                entity=cred.machine.name,
-                entity_id=cred.id,
-                action="pin_letter",
-                from_state=cred.state,
-                to_state=cred.state,
                 reason="PIN letter written",
+                changes={"pin_letter_path": str(path)},
             )
     log.info("notify.pin_letter", credential_id=job.credential_id, card_number=number)
     if _mail_wanted(ctx):
@@ -104,22 +97,14 @@ def mail_pin_letter(ctx: WorkerContext, credential_id: int) -> None:
         to=to, holder=holder, card_number=number, letter=path.read_bytes(), filename=path.name
     )
     with ctx.store.tx() as s:
-        result = s.execute(
-            update(Credential)
-            .where(Credential.id == credential_id, Credential.pin_letter_mailed_at.is_(None))
-            .values(pin_letter_mailed_at=utcnow())
-        )
-        if result.rowcount:  # type: ignore[attr-defined]  # CursorResult of an UPDATE
-            cred = s.get(Credential, credential_id)
-            assert cred is not None
-            audit.append(
+        cred = s.get(Credential, credential_id)
+        if cred is not None and cred.pin_letter_mailed_at is None:
+            record(
                 s,
+                cred,
+                "pin_letter_mail",
                 actor="worker:notify",
-                entity=cred.machine.name,
-                entity_id=cred.id,
-                action="pin_letter_mail",
-                from_state=cred.state,
-                to_state=cred.state,
                 reason=f"PIN letter mailed to {to}",
+                changes={"pin_letter_mailed_at": utcnow()},
             )
     log.info("notify.pin_letter_mailed", credential_id=credential_id)

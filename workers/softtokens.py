@@ -17,13 +17,11 @@ import datetime as dt
 
 import structlog
 from cryptography.hazmat.primitives import serialization
-from sqlalchemy import update
 
-from db import audit
 from db.files import atomic_write
 from db.models import Certificate, SoftToken, utcnow
 from db.secrets import context
-from db.transition import create, transition
+from db.transition import create, record, transition
 from schemas.messages import DeliverSoftToken, IssueSoftToken
 from schemas.states import CertState, SoftTokenState
 from workers import keys
@@ -134,22 +132,15 @@ def deliver_softtoken(ctx: WorkerContext, job: DeliverSoftToken) -> None:
             )
         mailed = utcnow()
     with ctx.store.tx() as s:
-        result = s.execute(
-            update(SoftToken)
-            .where(SoftToken.id == tid, SoftToken.p12_path.is_(None))
-            .values(p12_path=str(p12_path), mailed_at=mailed)
-        )
-        if result.rowcount:  # type: ignore[attr-defined]  # CursorResult of an UPDATE
-            token = s.get(SoftToken, tid)
-            assert token is not None
-            audit.append(
+        # Read under the audit head lock: a second delivery that got here first is seen.
+        token = s.get(SoftToken, tid)
+        if token is not None and token.p12_path is None:
+            record(
                 s,
+                token,
+                "deliver",
                 actor="worker:notify",
-                entity=token.machine.name,
-                entity_id=tid,
-                action="deliver",
-                from_state=token.state,
-                to_state=token.state,
                 reason="P12 written" + (" and mailed" if mailed else ""),
+                changes={"p12_path": str(p12_path), "mailed_at": mailed},
             )
     log.info("notify.softtoken_delivered", soft_token_id=tid, mailed=mailed is not None)
