@@ -5,12 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import String, and_, cast, exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from db import outbox
+from db.attention import open_items
 from db.audit import verify_chain
-from db.models import Certificate, Credential, ProductionAttempt, SoftToken, Station
+from db.models import Attention, Certificate, Credential, ProductionAttempt, SoftToken, Station
 from schemas.messages import line_queue
 from schemas.states import (
     IN_PRODUCTION,
@@ -46,6 +47,8 @@ class LineSummary:
     softtokens_pending: int = 0
     stations: list[dict[str, Any]] = field(default_factory=list)
     queues: dict[str, int] = field(default_factory=dict)
+    needs_attention: list[dict[str, Any]] = field(default_factory=list)
+    blocked: int = 0  # cards in production held by an open attention item
 
     @property
     def in_production(self) -> int:
@@ -54,12 +57,13 @@ class LineSummary:
     @property
     def drained(self) -> bool:
         """No card waits for the line, no message waits to be sent, no letter or soft
-        token is due."""
+        token is due, nothing needs a person."""
         return (
             self.in_production == 0
             and self.outbox_unsent == 0
             and self.letters_pending == 0
             and self.softtokens_pending == 0
+            and not self.needs_attention
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -76,6 +80,7 @@ class LineSummary:
             "softtokens_pending": self.softtokens_pending,
             "stations": self.stations,
             "queues": self.queues,
+            "needs_attention": self.needs_attention,
         }
 
 
@@ -88,6 +93,40 @@ def progress(session: Session) -> tuple[dict[str, int], int, int]:
         outbox.unsent_count(session),
         _letters_pending(session) + _softtokens_pending(session) + _recertify_pending(session),
     )
+
+
+def blocked_in_production(session: Session) -> int:
+    """Cards in production that wait for a person (an open attention item), not the line."""
+    stmt = (
+        select(func.count())
+        .select_from(Credential)
+        .where(
+            Credential.state.in_(list(IN_PRODUCTION)),
+            exists(
+                select(Attention.id).where(
+                    Attention.entity == "credential",
+                    Attention.entity_id == cast(Credential.id, String),
+                    Attention.resolved_at.is_(None),
+                )
+            ),
+        )
+    )
+    return int(session.scalar(stmt) or 0)
+
+
+def attention_list(session: Session) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": a.id,
+            "entity": a.entity,
+            "entity_id": a.entity_id,
+            "wait": a.wait,
+            "reason": a.reason,
+            "actor": a.actor,
+            "since": a.created_at.isoformat(),
+        }
+        for a in open_items(session)
+    ]
 
 
 def _recertify_pending(session: Session) -> int:
@@ -171,4 +210,6 @@ def summarise(session: Session, *, verify_audit: bool = True) -> LineSummary:
         softtokens_pending=_softtokens_pending(session),
         stations=stations,
         queues=queue_depths(session),
+        needs_attention=attention_list(session),
+        blocked=blocked_in_production(session),
     )

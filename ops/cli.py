@@ -156,6 +156,54 @@ def status(data_dir: Path | None, as_json: bool) -> None:
         out_console.print(table)
 
 
+@main.group()
+def attention() -> None:
+    """Work that failed for a reason a retry cannot cure and waits for a person."""
+
+
+@attention.command("list")
+@data_dir_option
+@json_option
+@handle_errors
+def attention_list(data_dir: Path | None, as_json: bool) -> None:
+    """Open items: what, which wait, the reason, since when."""
+    from db.summary import attention_list as open_attention
+
+    store = open_store(settings_for(data_dir).db_url, readonly=True)
+    with store.read() as s:
+        items = open_attention(s)
+    if as_json:
+        print_json({"needs_attention": items})
+        return
+    if not items:
+        click.echo("nothing needs attention")
+    for a in items:
+        click.echo(f"{a['id']}\t{a['entity']} {a['entity_id']}\t{a['wait']}\t{a['reason']}")
+
+
+@attention.command("resolve")
+@click.argument("attention_id", type=int)
+@click.option("--by", required=True, help="Who fixed the cause.")
+@data_dir_option
+@handle_errors
+def attention_resolve(attention_id: int, by: str, data_dir: Path | None) -> None:
+    """Mark an item resolved once its cause is fixed; the reconciler then re-drives it."""
+    from db import attention as attention_mod
+
+    store = open_store(settings_for(data_dir).db_url)
+    with store.tx() as s:
+        row = attention_mod.resolve(s, attention_id, by=by)
+    click.echo(f"resolved {row.entity} {row.entity_id} ({row.wait}); it will be re-driven")
+
+
+@main.command()
+def waits() -> None:
+    """The table of waits: what waits for which message, and how it is re-driven."""
+    from workers.waits import markdown_table
+
+    click.echo(markdown_table(), nl=False)
+
+
 # --- batches ------------------------------------------------------------------------
 
 
@@ -547,6 +595,7 @@ def station(
         heartbeat_s=entry.heartbeat_s,
         chip_timeout_s=entry.chip_timeout_s,
         cert_timeout_s=entry.cert_timeout_s,
+        server_wait_s=entry.server_wait_s,
     )
     run_station(settings_for(data_dir), stop_on_signals(), config=config, entry=entry)
 

@@ -5,22 +5,26 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from sqlalchemy.engine import make_url
 
+from db.engine import Store
+from db.files import atomic_write
+from db.models import BatchOrder
 from ops import logging as logging_mod
 from ops.config import Settings
 from ops.line import DataPaths, EmbeddedLine, LineOptions, open_migrated
 from ops.line import Progress as LineProgress
 from ops.render import paths_table, summary_json, summary_tables
 from producers.approvals import approve_batch
-from producers.batch_import import import_batch
+from producers.batch_import import ImportReport, import_batch
 from producers.generate import write_users_csv
 from schemas.errors import ConfigurationError
+from schemas.states import BatchState
 
 EXAMPLE_CSV = Path(__file__).parent / "examples" / "users.csv"
 # States in which a card has left the production line for good (or for now).
@@ -56,18 +60,11 @@ def run_demo(settings: Settings, options: DemoOptions, *, as_json: bool, console
     logging_mod.configure(
         log_file=paths.logs / "cardline.log", level=settings.log_level, console_level="ERROR"
     )
-    policy = settings.policy()
     started = time.monotonic()
     csv_path = _input_csv(options, paths)
-    store = open_migrated(settings)
-    report = import_batch(
-        store, csv_path, policy=policy, requested_by=options.requester, reject_dir=paths.rejects
-    )
-    if report.batch_id is None:
-        raise ConfigurationError(f"{csv_path}: no valid rows to produce")
-    if policy.approval_required:
-        approve_batch(store, report.batch_id, by=options.approver)
-    store.dispose()
+    plan = DemoPlan(csv=str(csv_path), requester=options.requester, approver=options.approver)
+    plan.write(settings.data_dir)
+    report = plan.carry_out(settings, paths)
     err = Console(stderr=True)
     err.print(
         f"batch {report.batch_id}: {report.cards_requested} cards from {csv_path.name}"
@@ -88,6 +85,63 @@ def run_demo(settings: Settings, options: DemoOptions, *, as_json: bool, console
         extra_paths=extra_paths,
         batch_id=report.batch_id,
     )
+
+
+PLAN_FILE = "demo-plan.json"
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    """What the demo's own requester and approver are to do, written before they act.
+
+    A demo killed between writing its input and approving the batch leaves the plan
+    behind; ``cardline run`` carries it out again (re-importing a file already imported
+    finds its batch; an approved batch is not approved twice), so a demo killed at any
+    moment and resumed still produces every card.
+    """
+
+    csv: str
+    requester: str
+    approver: str
+    done: bool = False
+
+    def write(self, data_dir: Path) -> None:
+        atomic_write(data_dir / PLAN_FILE, json.dumps(asdict(self)), mode=0o600)
+
+    @classmethod
+    def pending(cls, data_dir: Path) -> DemoPlan | None:
+        path = data_dir / PLAN_FILE
+        if not path.exists():
+            return None
+        plan = cls(**json.loads(path.read_text()))
+        return None if plan.done else plan
+
+    def carry_out(self, settings: Settings, paths: DataPaths) -> ImportReport:
+        policy = settings.policy()
+        store = open_migrated(settings)
+        try:
+            csv_path = Path(self.csv)
+            report = import_batch(
+                store,
+                csv_path,
+                policy=policy,
+                requested_by=self.requester,
+                reject_dir=paths.rejects,
+            )
+            if report.batch_id is None:
+                raise ConfigurationError(f"{csv_path}: no valid rows to produce")
+            if policy.approval_required and _awaits_decision(store, report.batch_id):
+                approve_batch(store, report.batch_id, by=self.approver)
+        finally:
+            store.dispose()
+        replace(self, done=True).write(settings.data_dir)
+        return report
+
+
+def _awaits_decision(store: Store, batch_id: int) -> bool:
+    with store.read() as s:
+        batch = s.get(BatchOrder, batch_id)
+        return batch is not None and batch.state == BatchState.REQUESTED
 
 
 def seed_batch(
@@ -128,6 +182,9 @@ def run_line(settings: Settings, options: LineOptions, *, as_json: bool, console
             f"{settings.data_dir} has no status store: run `cardline demo`"
             " or `cardline batch import` first"
         )
+    plan = DemoPlan.pending(settings.data_dir)
+    if plan is not None:  # a demo killed before its batch was imported and approved
+        plan.carry_out(settings, DataPaths(settings.data_dir))
     return _run(
         settings,
         options,

@@ -19,16 +19,17 @@ import structlog
 from db.engine import Store, open_store
 from db.migrate import upgrade
 from db.secrets import SecretBox
-from db.summary import LineSummary, progress, summarise
+from db.summary import LineSummary, blocked_in_production, progress, summarise
 from ops.config import Settings
 from schemas.policy import Policy
+from schemas.states import IN_PRODUCTION
 from stations.runtime import Station, StationConfig
 from stations.sim import make_sim_drivers
 from workers import actors
 from workers.broker import WORKER_QUEUES, make_broker
 from workers.ca import CertificateAuthority
 from workers.context import WorkerContext
-from workers.relay import Relay, redrive
+from workers.relay import Relay, StallPolicy, redrive
 
 log = structlog.get_logger(__name__)
 
@@ -42,6 +43,8 @@ class LineOptions:
     worker_threads: int = 4
     line: str = "default"
     lease_s: float = 30.0
+    cert_resend_s: float = 5.0
+    stall: StallPolicy = field(default_factory=StallPolicy)
 
 
 @dataclass(frozen=True)
@@ -134,7 +137,13 @@ class EmbeddedLine:
         self.worker = dramatiq.Worker(
             self.broker, queues=set(WORKER_QUEUES), worker_threads=options.worker_threads
         )
-        self.relay = Relay(self.store, self.broker, policy)
+        self.relay = Relay(
+            self.store,
+            self.broker,
+            policy,
+            mail=settings.mailer() is not None,
+            stall=options.stall,
+        )
         self.stations = [self._station(i) for i in range(options.stations)]
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -150,7 +159,10 @@ class EmbeddedLine:
         )
         return Station(
             StationConfig(
-                station_id=station_id, line=self.options.line, lease_s=self.options.lease_s
+                station_id=station_id,
+                line=self.options.line,
+                lease_s=self.options.lease_s,
+                cert_resend_s=self.options.cert_resend_s,
             ),
             printer=printer,
             reader=reader,
@@ -163,7 +175,13 @@ class EmbeddedLine:
         )
 
     def start(self) -> None:
-        redrive(self.store, self.relay.stall, everything=True)
+        redrive(
+            self.store,
+            self.relay.stall,
+            everything=True,
+            policy=self.policy,
+            mail=self.relay.mail,
+        )
         self.worker.start()
         targets: list[tuple[str, Callable[[threading.Event], None]]] = [("relay", self.relay.run)]
         targets += [(s.config.station_id, s.run) for s in self.stations]
@@ -185,10 +203,12 @@ class EmbeddedLine:
         while True:
             with self.store.read() as s:
                 cards, unsent, letters = progress(s)
+                blocked = blocked_in_production(s)
             elapsed = time.monotonic() - start
             if on_progress:
                 on_progress(Progress(cards, unsent, letters, elapsed))
-            in_production = sum(cards.get(k, 0) for k in ("approved", "ready", "producing"))
+            # A card waiting for a person (needs attention) does not keep the line running.
+            in_production = sum(cards.get(k, 0) for k in IN_PRODUCTION) - blocked
             # Two quiet polls in a row: a message published between reads cannot fool us.
             quiet = quiet + 1 if (in_production == 0 and unsent == 0 and letters == 0) else 0
             if quiet >= 2:

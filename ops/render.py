@@ -45,6 +45,7 @@ def summary_tables(summary: LineSummary, *, elapsed_s: float | None = None) -> l
         ("outbox unsent", str(summary.outbox_unsent)),
         ("PIN letters pending", str(summary.letters_pending)),
         ("soft tokens pending", str(summary.softtokens_pending)),
+        ("needs attention", str(len(summary.needs_attention))),
         ("audit events", str(summary.audit_events)),
         ("audit chain", "verified" if summary.audit_chain_ok else "[bold red]BROKEN[/]"),
     ]
@@ -77,6 +78,19 @@ def summary_tables(summary: LineSummary, *, elapsed_s: float | None = None) -> l
                 st["heartbeat_at"][:19],
             )
         tables.append(stations)
+    if summary.needs_attention:
+        items = Table(title="Needs attention (cardline attention resolve ID once fixed)")
+        for col in ("id", "what", "waiting for", "reason", "since"):
+            items.add_column(col)
+        for a in summary.needs_attention:
+            items.add_row(
+                str(a["id"]),
+                f"{a['entity']} {a['entity_id']}",
+                a["wait"],
+                a["reason"],
+                a["since"][:19],
+            )
+        tables.append(items)
     return tables
 
 

@@ -46,7 +46,7 @@ def run_relay(settings: Settings, stop: threading.Event, *, stall: StallPolicy) 
     store = open_migrated(settings)
     expiry = expiry_config(settings)  # a wrong [expiry] table stops the start, not a thread
     broker = make_broker(settings.broker_url)
-    relay = Relay(store, broker, settings.policy(), stall=stall)
+    relay = Relay(store, broker, settings.policy(), stall=stall, mail=settings.mailer() is not None)
     checker = threading.Thread(
         target=run_expiry_loop,
         args=(settings, stop),

@@ -8,6 +8,7 @@ import random
 import unicodedata
 from pathlib import Path
 
+from db.files import atomic_open
 from schemas.batch import COLUMNS
 
 FIRST_NAMES = (
@@ -38,8 +39,8 @@ def write_users_csv(
     within a file and differ between seeds.
     """
     rng = random.Random(seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8", newline="") as fh:
+    # Atomic: a process killed while writing leaves no half file to be imported later.
+    with atomic_open(path, mode=0o600, text=True, encoding="utf-8", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(COLUMNS)
         for number in range(1, count + 1):

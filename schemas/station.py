@@ -98,6 +98,9 @@ class StationEntry(_Strict):
     heartbeat_s: float = Field(5.0, gt=0)
     chip_timeout_s: float = Field(10.0, gt=0)
     cert_timeout_s: float = Field(60.0, gt=0)
+    # How long a station holds a card while the PKI worker or the store is away before
+    # it gives the blank up (the card stays in the encoder meanwhile).
+    server_wait_s: float = Field(1800.0, gt=0)
     reader: ReaderConfig = ReaderConfig()
     token: TokenConfig = TokenConfig()
     printer: PrinterConfig = PrinterConfig()
@@ -107,6 +110,8 @@ class StationEntry(_Strict):
     def _heartbeat_within_lease(self) -> StationEntry:
         if self.heartbeat_s >= self.lease_s:
             raise ValueError("heartbeat_s must be shorter than lease_s")
+        if self.server_wait_s < self.cert_timeout_s:
+            raise ValueError("server_wait_s must not be shorter than cert_timeout_s")
         return self
 
     @property

@@ -30,7 +30,7 @@ from db import attention, outbox, production
 from db.engine import Store, is_transient
 from db.models import Certificate, Credential, ProductionAttempt
 from db.secrets import Secret, SecretBox, context
-from schemas.errors import ConflictError, DeviceFault
+from schemas.errors import ConflictError, DeviceFault, StateConflict
 from schemas.messages import PRODUCE_JOB, IssueCertificate, line_queue
 from schemas.policy import Policy
 from schemas.states import AttemptState, CardState, CertState, CertUsage, FaultKind
@@ -164,7 +164,7 @@ class Station:
             while not stop.is_set():
                 try:
                     self._consume(stop)
-                except dramatiq.errors.ConnectionError as exc:
+                except dramatiq.errors.BrokerConnectionError as exc:
                     self._log.warning("station.broker_lost", error=str(exc))
                     stop.wait(self.config.reconnect_s)
         finally:
@@ -408,7 +408,15 @@ class Station:
                 _, attempt = claimed
                 return replace(job, attempt_id=attempt.id, attempt_number=attempt.number)
 
-        return self._with_store(claim, deadline=None)
+        try:
+            return self._with_store(claim, deadline=None)
+        except StateConflict as exc:
+            # This station still has a live attempt (a card an earlier error left behind):
+            # no new blank until it is spoiled (restart, or the reconciler after its lease).
+            self._log.warning(
+                "station.claim_refused", credential_id=job.credential_id, detail=exc.detail
+            )
+            return None
 
     def _personalise(self, job: CardJob, opened: Opened) -> ChipInfo:
         self.printer.feed()

@@ -13,6 +13,7 @@ from dramatiq.middleware import AgeLimit, Callbacks, Pipelines, Retries, Shutdow
 
 from schemas.errors import ConfigurationError
 from schemas.messages import NOTIFY_QUEUE, PKI_QUEUE, PREPARE_QUEUE, line_queue
+from workers.middleware import LogContext
 
 WORKER_QUEUES = (PREPARE_QUEUE, PKI_QUEUE, NOTIFY_QUEUE)
 
@@ -33,7 +34,10 @@ def _middleware() -> list[Any]:
         ShutdownNotifications(),
         Callbacks(),
         Pipelines(),
+        # Only what an actor raises as dramatiq.Retry gets here (workers.actors decides
+        # what is transient); after the last retry the reconciler re-drives the work.
         Retries(max_retries=10, min_backoff=200, max_backoff=10_000),
+        LogContext(),
     ]
 
 

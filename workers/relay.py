@@ -145,7 +145,7 @@ class Relay:
                 if is_transient(exc):
                     log.warning("relay.store_unavailable", error=str(exc).splitlines()[0])
                     self.store_ok_since = time.monotonic()
-                elif isinstance(exc, dramatiq.errors.ConnectionError):
+                elif isinstance(exc, dramatiq.errors.BrokerConnectionError):
                     log.warning("relay.broker_unavailable", error=str(exc))
                 else:
                     log.exception("relay.turn_failed")

@@ -47,16 +47,12 @@ def upgrade() -> None:
         sa.Column("redriven_at", db.models.UTCDateTime(timezone=True), nullable=True),
     )
     with op.batch_alter_table("stations") as batch:
-        batch.alter_column(
-            "status", existing_type=sa.String(length=16), type_=sa.String(length=32)
-        )
+        batch.alter_column("status", existing_type=sa.String(length=16), type_=sa.String(length=32))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("stations") as batch:
-        batch.alter_column(
-            "status", existing_type=sa.String(length=32), type_=sa.String(length=16)
-        )
+        batch.alter_column("status", existing_type=sa.String(length=32), type_=sa.String(length=16))
     op.drop_column("reminders", "redriven_at")
     op.drop_index("uq_attention_open", table_name="attention")
     op.drop_table("attention")
