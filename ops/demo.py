@@ -177,14 +177,14 @@ def seed_batch(
 
 
 def run_line(settings: Settings, options: LineOptions, *, as_json: bool, console: Console) -> int:
+    plan = DemoPlan.pending(settings.data_dir)
+    if plan is not None:  # a demo killed before its batch was imported and approved
+        plan.carry_out(settings, DataPaths(settings.data_dir))
     if not (settings.data_dir / "cardline.db").exists() and settings.database_url is None:
         raise ConfigurationError(
             f"{settings.data_dir} has no status store: run `cardline demo`"
             " or `cardline batch import` first"
         )
-    plan = DemoPlan.pending(settings.data_dir)
-    if plan is not None:  # a demo killed before its batch was imported and approved
-        plan.carry_out(settings, DataPaths(settings.data_dir))
     return _run(
         settings,
         options,

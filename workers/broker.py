@@ -8,6 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 import dramatiq
+import dramatiq.errors
+import pika.exceptions
+import redis.exceptions
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import AgeLimit, Callbacks, Pipelines, Retries, ShutdownNotifications
 
@@ -16,6 +19,17 @@ from schemas.messages import NOTIFY_QUEUE, PKI_QUEUE, PREPARE_QUEUE, line_queue
 from workers.middleware import LogContext
 
 WORKER_QUEUES = (PREPARE_QUEUE, PKI_QUEUE, NOTIFY_QUEUE)
+
+# What a broker raises when it is away (dramatiq does not wrap every client error).
+BROKER_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    dramatiq.errors.BrokerConnectionError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    pika.exceptions.AMQPConnectionError,
+    pika.exceptions.AMQPChannelError,
+    pika.exceptions.StreamLostError,
+    ConnectionError,
+)
 
 # Redis keeps a fetched message in the consumer's ack set; it returns to the queue only
 # when "maintenance" finds the consumer's heartbeat older than the timeout, and

@@ -15,10 +15,12 @@ import hashlib
 import structlog
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db.files import atomic_write
 from db.models import Certificate, CrlPublication, utcnow
+from schemas.errors import TransientError
 from schemas.messages import PublishCrl
 from schemas.states import CertState, RevocationReason
 from workers.ca import RevokedEntry
@@ -63,7 +65,21 @@ def _due(last: CrlPublication | None, fingerprint: str, now: dt.datetime) -> boo
 
 
 def publish_crl(ctx: WorkerContext, job: PublishCrl, *, force: bool = False) -> int | None:
-    """Publish the CRL if due (or ``force``); return its number, or None if not due."""
+    """Publish the CRL if due (or ``force``); return its number, or None if not due.
+
+    Raises ``CrlNumberTaken`` (transient: the job is retried and decides afresh) when
+    another publisher claimed the same CRL number first."""
+    try:
+        return _publish(ctx, job, force=force)
+    except IntegrityError as exc:
+        raise CrlNumberTaken("another publisher took this CRL number; trying again") from exc
+
+
+class CrlNumberTaken(TransientError):
+    """Two publishers raced for one CRL number; the loser retries."""
+
+
+def _publish(ctx: WorkerContext, job: PublishCrl, *, force: bool) -> int | None:
     now = utcnow()
     with ctx.store.read() as s:
         entries = revoked_entries(s)

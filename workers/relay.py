@@ -21,6 +21,7 @@ from db.engine import Store, is_transient
 from schemas.messages import PublishCrl
 from schemas.policy import Policy
 from workers import waits
+from workers.broker import BROKER_UNAVAILABLE
 from workers.waits import StallPolicy
 
 __all__ = ["Relay", "StallPolicy", "expire_leases", "publish_pending", "redrive"]
@@ -145,7 +146,7 @@ class Relay:
                 if is_transient(exc):
                     log.warning("relay.store_unavailable", error=str(exc).splitlines()[0])
                     self.store_ok_since = time.monotonic()
-                elif isinstance(exc, dramatiq.errors.BrokerConnectionError):
+                elif isinstance(exc, BROKER_UNAVAILABLE):
                     log.warning("relay.broker_unavailable", error=str(exc))
                 else:
                     log.exception("relay.turn_failed")
