@@ -439,6 +439,147 @@ def _result(run: _Run, url: str, recovery: float | None, elapsed: float, cpu: fl
     )
 
 
+@dataclass
+class OutageResult:
+    backend: str
+    outage: str
+    seconds: float
+    cards_in_stations: int  # cards in an encoder when the outage began
+    blanks_spoiled: int
+    station_statuses: list[str]  # what the stations said while it lasted
+
+
+def run_outages(backend: str, work: Path, *, pki_s: float = 15.0) -> list[OutageResult]:
+    """Take the PKI worker, the broker and PostgreSQL away in turn while cards are in the
+    stations; measure the blanks each outage spoils (it should be none)."""
+    broker_url = BROKERS[backend]
+    db = PgDatabase(PG_ADMIN, f"cardline_outage_{os.getpid()}_{backend}").create()
+    flush(broker_url, [*WORKER_QUEUES, "line.default"])
+    env = line_env(database_url=db.url, broker_url=broker_url, data_dir=work / "data")
+    shape = LineShape(stations=3, time_scale=0.02, cert_timeout_s=3.0)
+    line = ProcessLine(env=env, roles=shape.roles(), log_dir=work / "logs")
+    line.cardline("db", "upgrade")
+    line.start_all()
+    feeder = _popen(
+        [*_feeder_args(ChaosOptions(batches=6, cards_per_batch=50, lifecycle=0), work / "o")],
+        env,
+        work / "logs" / "feed.log",
+    )
+    store = open_store(db.url, pool_size=2)
+    results = []
+    try:
+        for outage in ("pki worker", "broker", "postgres"):
+            in_stations = _wait_for_cards_in_stations(store)
+            before = _spoiled_count(store)
+            log = work / "data" / "logs" / "cardline.log"
+            offset = log.stat().st_size if log.exists() else 0
+            seen: set[str] = set()
+            started = time.monotonic()
+            if outage == "pki worker":
+                workers = [p for n, p in line.procs.items() if n.startswith("worker")]
+                for proc in workers:
+                    proc.send_signal(signal.SIGSTOP)
+                end = time.monotonic() + pki_s
+                while time.monotonic() < end:
+                    seen |= _statuses(store)
+                    time.sleep(0.2)
+                for proc in workers:
+                    proc.send_signal(signal.SIGCONT)
+            elif outage == "broker":
+                broker_outage(broker_url, 5.0)
+            else:
+                _pg_restart()
+            seconds = time.monotonic() - started
+            time.sleep(8.0)  # let the stations finish what they held
+            seen |= _statuses(store) | _logged_waits(log, offset)
+            results.append(
+                OutageResult(
+                    backend=backend,
+                    outage=outage,
+                    seconds=round(seconds, 1),
+                    cards_in_stations=in_stations,
+                    blanks_spoiled=_spoiled_count(store) - before,
+                    station_statuses=sorted(seen & {"waiting_for_pki", "waiting_for_store"}),
+                )
+            )
+    finally:
+        store.dispose()
+        line.stop_all(timeout_s=30)
+        _kill(feeder)
+        db.drop()
+    return results
+
+
+def _wait_for_cards_in_stations(store: Store, timeout_s: float = 120) -> int:
+    from db.models import ProductionAttempt
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with store.read() as s:
+            n = int(
+                s.scalar(
+                    select(func.count())
+                    .select_from(ProductionAttempt)
+                    .where(ProductionAttempt.state == "in_progress")
+                )
+                or 0
+            )
+        if n:
+            return n
+        time.sleep(0.02)
+    raise RuntimeError("no card reached a station")
+
+
+def _spoiled_count(store: Store) -> int:
+    from db.models import ProductionAttempt
+
+    with store.read() as s:
+        return int(
+            s.scalar(
+                select(func.count())
+                .select_from(ProductionAttempt)
+                .where(ProductionAttempt.state == "spoiled")
+            )
+            or 0
+        )
+
+
+def _statuses(store: Store) -> set[str]:
+    from db.models import Station
+
+    try:
+        with store.read() as s:
+            return set(s.scalars(select(Station.status)))
+    except Exception:
+        return set()  # the store is away: the log file says what the stations did
+
+
+def _logged_waits(log: Path, offset: int) -> set[str]:
+    """The waits stations logged since ``offset`` (the log is shared by every process)."""
+    if not log.exists():
+        return set()
+    with log.open("rb") as fh:
+        fh.seek(offset)
+        text = fh.read().decode(errors="replace")
+    return {w for w in ("waiting_for_pki", "waiting_for_store") if f"station.{w}" in text}
+
+
+def outage_table(results: list[OutageResult]) -> Table:
+    t = Table(title="Outages while cards are in the stations: blanks spoiled")
+    for col in ("backend", "outage", "s", "cards in stations", "blanks spoiled", "stations said"):
+        t.add_column(col)
+    for r in results:
+        t.add_row(
+            r.backend,
+            r.outage,
+            f"{r.seconds:.1f}",
+            str(r.cards_in_stations),
+            str(r.blanks_spoiled),
+            ", ".join(r.station_statuses) or "-",
+        )
+    return t
+
+
 def table(results: list[ChaosResult]) -> Table:
     t = Table(title="Cardline chaos: SIGKILL at random moments, broker and PostgreSQL restarts")
     cols = (
@@ -503,6 +644,20 @@ def main(
     Console().print(table(results))
     print(json.dumps({"chaos": [asdict(r) for r in results]}, sort_keys=True))
     raise SystemExit(0 if all(r.ok for r in results) else 1)
+
+
+@main.command("outages")
+@click.option("--backend", type=click.Choice(["rabbitmq", "redis", "both"]), default="both")
+def outages_command(backend: str) -> None:
+    """PKI worker, broker and PostgreSQL outages with cards in the stations; blanks spoiled."""
+    chosen = ["rabbitmq", "redis"] if backend == "both" else [backend]
+    results: list[OutageResult] = []
+    for name in chosen:
+        with tempfile.TemporaryDirectory(prefix=f"cardline-outage-{name}-") as tmp:
+            results += run_outages(name, Path(tmp))
+    Console().print(outage_table(results))
+    print(json.dumps({"outages": [asdict(r) for r in results]}, sort_keys=True))
+    raise SystemExit(0 if all(r.blanks_spoiled == 0 for r in results) else 1)
 
 
 @main.command("feed")

@@ -543,6 +543,18 @@ def worker(queues: str, threads: int, data_dir: Path | None) -> None:
 )
 @click.option("--heartbeat-s", type=float, default=None, help="[default: 5]")
 @click.option(
+    "--cert-timeout-s",
+    type=float,
+    default=None,
+    help="Waiting this long for certificates shows waiting_for_pki [default: 60].",
+)
+@click.option(
+    "--server-wait-s",
+    type=float,
+    default=None,
+    help="Hold a card this long while the PKI or store is away [default: 1800].",
+)
+@click.option(
     "--fault-rate",
     type=click.FloatRange(0, 1),
     default=None,
@@ -563,6 +575,8 @@ def station(
     line: str | None,
     lease_s: float | None,
     heartbeat_s: float | None,
+    cert_timeout_s: float | None,
+    server_wait_s: float | None,
     fault_rate: float | None,
     time_scale: float | None,
     seed: int | None,
@@ -584,6 +598,8 @@ def station(
         line=line,
         lease_s=lease_s,
         heartbeat_s=heartbeat_s,
+        cert_timeout_s=cert_timeout_s,
+        server_wait_s=server_wait_s,
         fault_rate=fault_rate,
         time_scale=time_scale,
         seed=seed,

@@ -37,6 +37,7 @@ class LineShape:
     fault_rate: float = 0.0
     lease_s: float = 5.0
     heartbeat_s: float = 1.0
+    cert_timeout_s: float = 60.0
     approved_stall_s: float = 5.0
     ready_stall_s: float = 10.0
     reconcile_s: float = 1.0
@@ -68,6 +69,8 @@ class LineShape:
                     str(self.lease_s),
                     "--heartbeat-s",
                     str(self.heartbeat_s),
+                    "--cert-timeout-s",
+                    str(self.cert_timeout_s),
                     "--time-scale",
                     str(self.time_scale),
                     "--fault-rate",

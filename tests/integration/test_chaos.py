@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from ops.chaos import ChaosOptions, run_chaos
+from ops.chaos import ChaosOptions, run_chaos, run_outages
 from tests.backends import require
 
 KILLS = {"embedded": 10, "rabbitmq": 20, "redis": 20}
@@ -42,3 +42,19 @@ def test_random_kills_and_restarts_lose_nothing_and_spoil_only_the_cards_in_kill
     if backend != "embedded":
         assert result.restarts == ["broker", "postgres"]
     assert result.recovery_after_last_kill_s is not None
+
+
+@pytest.mark.slow
+def test_pki_broker_and_postgres_outages_with_cards_in_the_stations_spoil_no_blank(tmp_path):
+    require("postgres")
+    require("rabbitmq")
+    results = {r.outage: r for r in run_outages("rabbitmq", tmp_path, pki_s=8.0)}
+    assert list(results) == ["pki worker", "broker", "postgres"]
+    assert {name: r.blanks_spoiled for name, r in results.items()} == {
+        "pki worker": 0,
+        "broker": 0,
+        "postgres": 0,
+    }
+    assert all(r.cards_in_stations > 0 for r in results.values())
+    assert "waiting_for_pki" in results["pki worker"].station_statuses
+    assert "waiting_for_store" in results["postgres"].station_statuses
