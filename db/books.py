@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from db.audit import verify_chain
 from db.models import Certificate, Credential, OutboxMessage, ProductionAttempt
+from db.production import ATTEMPTS_CAP_FACTOR, CARD_FAULTS
 from schemas.policy import Policy
 from schemas.states import AttemptState, CardState, CertState
 
@@ -77,8 +78,11 @@ def _check_cards(
     problems: list[str],
 ) -> None:
     by_card: dict[int, Counter[str]] = {}
+    card_faults: Counter[int] = Counter()
     for a in attempts:
         by_card.setdefault(a.credential_id, Counter())[a.state] += 1
+        if a.state == AttemptState.SPOILED and a.fault in CARD_FAULTS:
+            card_faults[a.credential_id] += 1
     valid = Counter((c.credential_id, c.usage) for c in certs if c.state == CertState.VALID)
     for card in cards:
         seen = by_card.get(card.id, Counter())
@@ -100,7 +104,14 @@ def _check_cards(
             ):
                 problems.append(f"active card {card.id} has no PIN letter")
         elif card.state == CardState.FAILED:
-            if seen != Counter({AttemptState.SPOILED: policy.max_attempts}):
-                problems.append(f"failed card {card.id} has attempts {dict(seen)}")
+            faults = card_faults.get(card.id, 0)
+            total = sum(seen.values())
+            if set(seen) != {AttemptState.SPOILED} or not (
+                faults == policy.max_attempts
+                or total == policy.max_attempts * ATTEMPTS_CAP_FACTOR
+            ):
+                problems.append(
+                    f"failed card {card.id} has attempts {dict(seen)}, {faults} card faults"
+                )
             if any(valid[(card.id, u)] for u in policy.certificates):
                 problems.append(f"failed card {card.id} keeps a valid certificate")

@@ -11,7 +11,7 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from db import outbox
@@ -24,6 +24,7 @@ from schemas.states import (
     CertState,
     CertUsage,
     CredentialKind,
+    FaultKind,
     RevocationReason,
 )
 
@@ -148,7 +149,8 @@ def spoil(
     max_attempts: int,
 ) -> str:
     """The blank is spoiled: revoke what was issued for it, and queue the card again
-    on a new blank, or fail it after ``max_attempts``. Returns the card's new state."""
+    on a new blank, or fail it after ``max_attempts`` faults of the card or its device
+    (``CARD_FAULTS``). Returns the card's new state."""
     transition(
         session,
         attempt,
@@ -173,7 +175,8 @@ def spoil(
     )
     if cred.state != CardState.PRODUCING:
         return cred.state
-    if cred.attempt_count >= max_attempts:
+    card_faults = _card_faults(session, cred.id)
+    if card_faults >= max_attempts or cred.attempt_count >= max_attempts * ATTEMPTS_CAP_FACTOR:
         # A failed card will never carry its escrowed encryption certificate either.
         revoke_all(
             session,
@@ -186,7 +189,8 @@ def spoil(
             cred,
             "fail",
             actor=actor,
-            reason=f"{cred.attempt_count} attempts spoiled; last: {fault}",
+            reason=f"{card_faults} card or device faults in {cred.attempt_count} attempts;"
+            f" last: {fault}",
         )
     return transition(
         session,
@@ -195,6 +199,32 @@ def spoil(
         actor=actor,
         reason=fault,
         messages=[ProduceCard(credential_id=cred.id, line=cred.line)],
+    )
+
+
+# Faults that count against a card's ``max_attempts``: the card's own or its device's.
+# A station killed or restarted with the card in it, or a lease lost while the store
+# was away, spoils that blank (it is accounted for) but is not the card's fault.
+CARD_FAULTS = frozenset(
+    {FaultKind.CHIP, FaultKind.PRINT, FaultKind.JAM, FaultKind.CERTIFICATE_TIMEOUT}
+)
+# However a card's attempts end, it fails after this many times ``max_attempts`` blanks,
+# so a card that takes its station down every time cannot spend blanks for ever.
+ATTEMPTS_CAP_FACTOR = 4
+
+
+def _card_faults(session: Session, credential_id: int) -> int:
+    return int(
+        session.scalar(
+            select(func.count())
+            .select_from(ProductionAttempt)
+            .where(
+                ProductionAttempt.credential_id == credential_id,
+                ProductionAttempt.state == AttemptState.SPOILED,
+                ProductionAttempt.fault.in_([str(f) for f in CARD_FAULTS]),
+            )
+        )
+        or 0
     )
 
 

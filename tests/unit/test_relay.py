@@ -76,14 +76,57 @@ def test_an_expired_lease_spoils_the_attempt_revokes_its_certificates_and_requeu
     assert [m.payload["credential_id"] for m in produce] == [cid]
 
 
-def test_a_card_fails_once_its_last_allowed_attempt_is_spoiled(store):
+def _spoiled_before(store, cid, faults):
+    with store.tx() as s:
+        for number, fault in enumerate(faults, start=1):
+            s.add(
+                ProductionAttempt(
+                    state="spoiled",
+                    credential_id=cid,
+                    number=number,
+                    station_id="ST8",
+                    station_instance="old",
+                    lease_expires_at=utcnow(),
+                    fault=fault,
+                )
+            )
+
+
+def _spoil(store, aid, fault, policy):
+    with store.tx() as s:
+        attempt = s.get(ProductionAttempt, aid)
+        return production.spoil(
+            s, attempt, fault=fault, detail="test", actor="test", max_attempts=policy.max_attempts
+        )
+
+
+def test_a_card_fails_once_its_last_allowed_card_or_device_fault_spoils_a_blank(store):
     policy = Policy(max_attempts=3)
     cid, aid = _claimed(store, attempts_before=2)
-    _expire(store, aid)
-    expire_leases(store, policy)
+    _spoiled_before(store, cid, ["chip_failure", "jam"])
+    assert _spoil(store, aid, "print_failure", policy) == "failed"
     with store.read() as s:
-        assert s.get(Credential, cid).state == "failed"
         assert s.get(Credential, cid).attempt_count == 3
+
+
+def test_blanks_spoiled_by_killed_stations_do_not_count_against_the_card(store):
+    policy = Policy(max_attempts=3)
+    cid, aid = _claimed(store, attempts_before=2)
+    _spoiled_before(store, cid, ["station_restart", "chip_failure"])
+    _expire(store, aid)
+    expire_leases(store, policy)  # lease_expired: the third blank, the card's second fault
+    with store.read() as s:
+        assert s.get(Credential, cid).state == "ready"
+
+
+def test_a_card_whose_attempts_never_finish_fails_at_the_cap(store):
+    from db.production import ATTEMPTS_CAP_FACTOR
+
+    policy = Policy(max_attempts=3)
+    cap = policy.max_attempts * ATTEMPTS_CAP_FACTOR
+    cid, aid = _claimed(store, attempts_before=cap - 1)
+    _spoiled_before(store, cid, ["station_restart"] * (cap - 1))
+    assert _spoil(store, aid, "station_restart", policy) == "failed"
 
 
 def test_redrive_republishes_pending_work_of_a_lost_broker_through_the_outbox(store):
