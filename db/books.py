@@ -107,8 +107,7 @@ def _check_cards(
             faults = card_faults.get(card.id, 0)
             total = sum(seen.values())
             if set(seen) != {AttemptState.SPOILED} or not (
-                faults == policy.max_attempts
-                or total == policy.max_attempts * ATTEMPTS_CAP_FACTOR
+                faults == policy.max_attempts or total == policy.max_attempts * ATTEMPTS_CAP_FACTOR
             ):
                 problems.append(
                     f"failed card {card.id} has attempts {dict(seen)}, {faults} card faults"

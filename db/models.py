@@ -85,10 +85,24 @@ def state_in(*machines: Machine) -> str:
     return "state IN (" + ", ".join(f"'{s}'" for s in states) + ")"
 
 
-def state_check(*machines: Machine) -> CheckConstraint:
-    """The table's ``state`` is one of its machines' states (``ck_<table>_state``);
-    migration 0009 builds the same CHECKs from the same data."""
-    return CheckConstraint(state_in(*machines), name="state")
+def state_in_kind(kinds: dict[str, Machine]) -> str:
+    """SQL that holds when ``state`` is a state of the machine of the row's ``kind``."""
+    return " OR ".join(f"(kind = '{kind}' AND {state_in(m)})" for kind, m in kinds.items())
+
+
+# The credentials table holds cards and temporary cards: each kind its own states.
+CREDENTIAL_KINDS: dict[str, Machine] = {
+    CredentialKind.CARD: CARD,
+    CredentialKind.TEMP_CARD: TEMP_CARD,
+}
+
+
+def state_check(*machines: Machine, kinds: dict[str, Machine] | None = None) -> CheckConstraint:
+    """The table's ``state`` is one of its machines' states (``ck_<table>_state``), or,
+    with ``kinds``, one of the states of its row's kind; migration 0009 builds the same
+    CHECKs from the same data."""
+    sql = state_in_kind(kinds) if kinds is not None else state_in(*machines)
+    return CheckConstraint(sql, name="state")
 
 
 class Stateful:
@@ -171,7 +185,7 @@ class Credential(Stateful, Base):
 
     __tablename__ = "credentials"
     # A credential is a card or a temporary card: its state is one of either machine's.
-    __table_args__ = (state_check(CARD, TEMP_CARD),)
+    __table_args__ = (state_check(kinds=CREDENTIAL_KINDS),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     kind: Mapped[str] = mapped_column(String(16), default=CredentialKind.CARD)

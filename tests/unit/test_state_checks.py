@@ -96,6 +96,12 @@ def test_a_card_state_and_a_temporary_card_state_both_fit_the_credentials_table(
         factories.credential(s, "assigned", kind="temp_card")
 
 
+@pytest.mark.parametrize(("kind", "state"), [("card", "assigned"), ("temp_card", "issued")])
+def test_a_credential_in_a_state_of_the_other_kind_is_refused_by_the_database(store, kind, state):
+    with pytest.raises(IntegrityError, match="ck_credentials_state"), store.tx() as s:
+        factories.credential(s, state, kind=kind)
+
+
 def _attempt(session, station: str, state: str = "in_progress") -> ProductionAttempt:
     return ProductionAttempt(
         state=state,

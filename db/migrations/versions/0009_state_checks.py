@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from db.models import state_in
+from db.models import CREDENTIAL_KINDS, state_in, state_in_kind
 from schemas.states import MACHINES
 
 revision = "0009"
@@ -41,10 +41,14 @@ def upgrade() -> None:
     # it and checks every reference before committing); a row in a state its machine
     # does not know stops the upgrade here, before anything is kept.
     for table, machines in STATE_TABLES.items():
+        # Credentials: a card in a card's state, a temporary card in a temporary card's.
+        sql = (
+            state_in_kind(CREDENTIAL_KINDS)
+            if table == "credentials"
+            else state_in(*(MACHINES[m] for m in machines))
+        )
         with op.batch_alter_table(table) as batch:
-            batch.create_check_constraint(
-                op.f(f"ck_{table}_state"), state_in(*(MACHINES[m] for m in machines))
-            )
+            batch.create_check_constraint(op.f(f"ck_{table}_state"), sql)
     _refuse_two_live_attempts_per_station()
     op.create_index(
         "uq_live_attempt_per_station",
