@@ -31,6 +31,7 @@ from db.models import (
     CrlPublication,
     Reminder,
     SoftToken,
+    Station,
     utcnow,
 )
 from db.summary import PIN_LETTER_STATES
@@ -68,6 +69,8 @@ class StallPolicy:
     # renew their leases before an expired one counts: an outage of the store is not
     # a dead station, and must not cost the blank in it.
     lease_grace_s: float = 60.0
+    # A station whose heartbeat is younger than this counts as alive.
+    station_alive_s: float = 30.0
 
 
 @dataclass
@@ -121,22 +124,25 @@ def _redrive_rows(
     since: Any = None,
 ) -> int:
     """Re-publish ``job(row)`` (through the outbox) for every row matching ``where`` that
-    has not moved (``since``, default ``updated_at``) nor been re-driven for ``stall_s``."""
+    has not moved (``since``, default ``updated_at``) nor been re-driven for ``stall_s``.
+
+    The look-up is a plain read: most turns find nothing, and must not queue for the
+    audit lock that every writer of the line takes."""
     cutoff = r.cutoff(stall_s)
     since = model.updated_at if since is None else since
-    stmt = (
-        select(model)
-        .where(
-            *where,
-            since < cutoff,
-            or_(model.redriven_at.is_(None), model.redriven_at < cutoff),
-            ~_open_attention(entity, model.id),
-        )
-        .order_by(model.id)
-        .limit(BATCH)
+    stalled = and_(
+        *where,
+        since < cutoff,
+        or_(model.redriven_at.is_(None), model.redriven_at < cutoff),
+        ~_open_attention(entity, model.id),
     )
+    with r.store.read() as s:
+        ids = list(s.scalars(select(model.id).where(stalled).order_by(model.id).limit(BATCH)))
+    if not ids:
+        return 0
     with r.store.tx() as s:
-        rows = list(s.scalars(stmt))
+        # Again under the transaction: a row may have moved on since the read.
+        rows = list(s.scalars(select(model).where(model.id.in_(ids), stalled)))
         if not rows:
             return 0
         outbox.add_all(s, [job(row) for row in rows])
@@ -172,11 +178,26 @@ def _escrow(r: Reconcile) -> int:
 
 
 def _ready(r: Reconcile) -> int:
+    where = [Credential.state == CardState.READY]
+    if not r.everything:
+        # Lost, not merely queued: a station of the card's line is idle while the card
+        # waits. While every station is busy the card is most likely in the queue, and
+        # re-sending it would only add duplicates behind it.
+        alive = r.now - dt.timedelta(seconds=r.stall.station_alive_s)
+        where.append(
+            exists(
+                select(Station.id).where(
+                    Station.line == Credential.line,
+                    Station.status == "idle",
+                    Station.heartbeat_at > alive,
+                )
+            )
+        )
     return _redrive_rows(
         r,
         Credential,
         "credential",
-        [Credential.state == CardState.READY],
+        where,
         lambda c: ProduceCard(credential_id=c.id, line=c.line),
         r.stall.ready_s,
     )
@@ -383,7 +404,8 @@ WAITS: tuple[Wait, ...] = (
         "card `ready` (every server-side part done), waiting for a station",
         "ProduceCard on `line.<line>`",
         "a station of the card's line",
-        f"`ready` and unchanged for `ready_s` ({StallPolicy.ready_s:g} s)",
+        f"`ready` and unchanged for `ready_s` ({StallPolicy.ready_s:g} s) while a station"
+        " of its line is idle (alive, no card in hand)",
         "ProduceCard again (a station turns away a card that is no longer `ready`)",
         _ready,
     ),
