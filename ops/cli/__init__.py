@@ -1,33 +1,18 @@
 """The ``cardline`` command line: one click group over small command modules.
 
-Each module holds the commands of one area and imports what they need when they run,
-so ``cardline --help`` loads little; they share one ``CliContext`` on click's
-``ctx.obj`` (``ops.cli.context``). Nothing outside ``ops.cli`` imports this package
-(tests do).
+Each module of this package that has ``COMMANDS`` holds the commands of one area and
+imports what they need when they run, so ``cardline --help`` loads little; they share
+one ``CliContext`` on click's ``ctx.obj`` (``ops.cli.context``). Nothing outside
+``ops.cli`` imports this package (tests do).
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+
 import click
 
-from ops.cli import (
-    api,
-    attention,
-    batches,
-    cards,
-    certs,
-    escrow,
-    expiry,
-    incidents,
-    line,
-    pki,
-    roles,
-    softtokens,
-    store,
-    tempcards,
-    tokens,
-    users,
-)
 from ops.cli.context import CliContext
 
 
@@ -39,23 +24,9 @@ def main(ctx: click.Context) -> None:
     ctx.ensure_object(CliContext)
 
 
-for module in (
-    api,
-    attention,
-    batches,
-    cards,
-    certs,
-    escrow,
-    expiry,
-    incidents,
-    line,
-    pki,
-    roles,
-    softtokens,
-    store,
-    tempcards,
-    tokens,
-    users,
-):
-    for command in module.COMMANDS:
-        main.add_command(command)
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name != "__main__":
+        for command in getattr(
+            importlib.import_module(f"{__name__}.{_module.name}"), "COMMANDS", ()
+        ):
+            main.add_command(command)

@@ -8,9 +8,7 @@ from typing import Any
 import click
 
 from ops.cli.context import CliContext, data_dir_option, handle_errors, pass_app
-from schemas.states import LOCK_REASONS
-
-LOCK_REASONS_CHOICE = click.Choice([r.value for r in LOCK_REASONS])
+from ops.cli.lifecycle import add_lifecycle_commands
 
 
 @click.group()
@@ -18,51 +16,15 @@ def card() -> None:
     """A produced card: deactivate, reactivate, lock (with its certificates)."""
 
 
-@card.command("deactivate")
-@click.argument("card_ref", metavar="CARD")
-@click.option("--by", required=True, help="Who does it (audited).")
-@click.option("--reason", default=None)
-@data_dir_option
-@pass_app
-@handle_errors
-def card_deactivate(app: CliContext, card_ref: str, by: str, reason: str | None) -> None:
-    """Take CARD (number or id) out of use; its certificates go on hold."""
-    from producers.lifecycle import deactivate_card
-
-    reasons = app.settings.policy.deactivation_reasons
-    held = deactivate_card(app.store(), card_ref, by=by, reason=reason, reasons=reasons)
-    click.echo(f"card {card_ref} inactive; {held} certificates on hold")
-
-
-@card.command("reactivate")
-@click.argument("card_ref", metavar="CARD")
-@click.option("--by", required=True, help="Who does it (audited).")
-@click.option("--reason", default=None)
-@data_dir_option
-@pass_app
-@handle_errors
-def card_reactivate(app: CliContext, card_ref: str, by: str, reason: str | None) -> None:
-    """Put CARD back in use; its held certificates are released."""
-    from producers.lifecycle import reactivate_card
-
-    reasons = app.settings.policy.deactivation_reasons
-    done = reactivate_card(app.store(), card_ref, by=by, reason=reason, reasons=reasons)
-    click.echo(f"card {card_ref} active; {done} certificates released")
-
-
-@card.command("lock")
-@click.argument("card_ref", metavar="CARD")
-@click.option("--by", required=True, help="Who does it (audited).")
-@click.option("--reason", required=True, type=LOCK_REASONS_CHOICE)
-@data_dir_option
-@pass_app
-@handle_errors
-def card_lock(app: CliContext, card_ref: str, by: str, reason: str) -> None:
-    """Lock CARD for good; its certificates are revoked with REASON."""
-    from producers.lifecycle import lock_card
-
-    revoked = lock_card(app.store(), card_ref, by=by, reason=reason)
-    click.echo(f"card {card_ref} locked; {revoked} certificates revoked")
+add_lifecycle_commands(
+    card,
+    "card",
+    {
+        "deactivate": "Take CARD (number or id) out of use; its certificates go on hold.",
+        "reactivate": "Put CARD back in use; its held certificates are released.",
+        "lock": "Lock CARD for good; its certificates are revoked with REASON.",
+    },
+)
 
 
 @card.command("request")

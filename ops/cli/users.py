@@ -7,8 +7,8 @@ from typing import Any
 
 import click
 
-from ops.cli.cards import LOCK_REASONS_CHOICE
 from ops.cli.context import CliContext, data_dir_option, handle_errors, pass_app
+from ops.cli.lifecycle import LOCK_REASONS_CHOICE, add_lifecycle_commands
 
 
 @click.group()
@@ -16,51 +16,15 @@ def user() -> None:
     """A card holder: deactivate, reactivate, lock (with their cards and certificates)."""
 
 
-@user.command("deactivate")
-@click.argument("who", metavar="USER")
-@click.option("--by", required=True, help="Who does it (audited).")
-@click.option("--reason", default=None)
-@data_dir_option
-@pass_app
-@handle_errors
-def user_deactivate(app: CliContext, who: str, by: str, reason: str | None) -> None:
-    """USER (e-mail or id) inactive: their cards inactive, certificates on hold."""
-    from producers.lifecycle import deactivate_user
-
-    reasons = app.settings.policy.deactivation_reasons
-    held = deactivate_user(app.store(), who, by=by, reason=reason, reasons=reasons)
-    click.echo(f"user {who} inactive; {held} certificates on hold")
-
-
-@user.command("reactivate")
-@click.argument("who", metavar="USER")
-@click.option("--by", required=True, help="Who does it (audited).")
-@click.option("--reason", default=None)
-@data_dir_option
-@pass_app
-@handle_errors
-def user_reactivate(app: CliContext, who: str, by: str, reason: str | None) -> None:
-    """USER active again, with what their deactivation put out of use."""
-    from producers.lifecycle import reactivate_user
-
-    reasons = app.settings.policy.deactivation_reasons
-    done = reactivate_user(app.store(), who, by=by, reason=reason, reasons=reasons)
-    click.echo(f"user {who} active; {done} certificates released")
-
-
-@user.command("lock")
-@click.argument("who", metavar="USER")
-@click.option("--by", required=True, help="Who does it (audited).")
-@click.option("--reason", required=True, type=LOCK_REASONS_CHOICE)
-@data_dir_option
-@pass_app
-@handle_errors
-def user_lock(app: CliContext, who: str, by: str, reason: str) -> None:
-    """Lock USER: cards locked or cancelled, certificates and soft tokens revoked."""
-    from producers.lifecycle import lock_user
-
-    revoked = lock_user(app.store(), who, by=by, reason=reason)
-    click.echo(f"user {who} locked; {revoked} certificates revoked")
+add_lifecycle_commands(
+    user,
+    "user",
+    {
+        "deactivate": "USER (e-mail or id) inactive: their cards inactive, certificates on hold.",
+        "reactivate": "USER active again, with what their deactivation put out of use.",
+        "lock": "Lock USER: cards locked or cancelled, certificates and soft tokens revoked.",
+    },
+)
 
 
 def _pairs(values: tuple[str, ...]) -> dict[str, str | None]:
