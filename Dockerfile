@@ -10,8 +10,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     CARDLINE_DATA_DIR=/data
 
 # DejaVu Sans: the font of card faces and PIN letters. pcscd's client library and CUPS's
-# for the real station drivers; swig, gcc and the -dev packages only to build pyscard and
-# pycups, removed again after the install below.
+# for the real station drivers (the image serves every role, stations on real readers and
+# printers included, so it installs the pcsc and cups extras); swig, gcc and the -dev
+# packages only to build pyscard and pycups, removed again after the install below.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends fonts-dejavu-core libpcsclite1 libcups2 \
        opensc-pkcs11 \
@@ -33,7 +34,7 @@ COPY stations ./stations
 COPY ops ./ops
 RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc swig libpcsclite-dev libcups2-dev \
-    && pip install --no-cache-dir . \
+    && pip install --no-cache-dir '.[pcsc,cups]' \
     && apt-get purge -y --auto-remove gcc swig libpcsclite-dev libcups2-dev \
     && rm -rf /var/lib/apt/lists/* build ./*.egg-info
 

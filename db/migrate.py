@@ -1,15 +1,19 @@
-"""Schema migrations (Alembic), run by ``cardline db upgrade`` and at line start-up."""
+"""Schema migrations (Alembic): applied only by ``cardline db upgrade`` (and the demo on
+its own fresh data dir); every other process only checks them (``check_revision``)."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 
 from db.engine import Store
+from schemas.errors import SchemaOutOfDate
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -60,5 +64,30 @@ def current_revision(store: Store) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
+@functools.cache
+def _scripts() -> ScriptDirectory:
+    return ScriptDirectory.from_config(alembic_config("sqlite://"))
+
+
 def head_revision() -> str | None:
-    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    return _scripts().get_current_head()
+
+
+def check_revision(store: Store) -> str:
+    """The store's revision, when it is the head this code needs; otherwise raise
+    SchemaOutOfDate (a store behind, with no schema, or at a revision we do not know)."""
+    head = head_revision()
+    assert head is not None  # the migrations ship with the code
+    current = current_revision(store)
+    if current == head:
+        return current
+    url = store.engine.url.render_as_string(hide_password=True)
+    known = current is None or _knows(current)
+    raise SchemaOutOfDate(url, current, head, known=known)
+
+
+def _knows(revision: str) -> bool:
+    try:
+        return _scripts().get_revision(revision) is not None
+    except CommandError:  # alembic's answer for a revision it cannot resolve
+        return False

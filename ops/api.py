@@ -5,7 +5,8 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from ops.config import Settings
-from ops.line import DataPaths, open_migrated, worker_context
+from ops.line import DataPaths, worker_context
+from ops.store import open_checked
 from producers.api.app import api_routes, create_app, roles_of
 from producers.api.context import ApiContext
 from producers.cpr import load_identity_systems
@@ -16,7 +17,7 @@ def build_app(settings: Settings) -> FastAPI:
     chain and CRLs it serves are there."""
     paths = DataPaths(settings.data_dir)
     paths.make()
-    store = open_migrated(settings)
+    store = open_checked(settings)
     box = settings.secret_box()
     ca = worker_context(settings, store, box).ca
     chain = paths.root / "ca-chain.pem"
@@ -24,13 +25,13 @@ def build_app(settings: Settings) -> FastAPI:
     ctx = ApiContext(
         store=store,
         box=box,
-        policy=settings.policy(),
-        pki=settings.pki(),
+        policy=settings.policy,
+        pki=settings.pki,
         crl_dir=paths.crl,
         ca_chain=chain,
         rejects_dir=paths.rejects,
-        cpr=settings.cpr(),
-        cpr_keys=load_identity_systems(settings.cpr()),
+        cpr=settings.cpr,
+        cpr_keys=load_identity_systems(settings.cpr),
     )
     return create_app(ctx)
 

@@ -33,9 +33,10 @@ from ops import bench_pki
 from ops.brokers import flush
 from ops.chaos import BROKERS, PG_ADMIN
 from ops.config import Settings
-from ops.line import EmbeddedLine, LineOptions, open_migrated
+from ops.line import EmbeddedLine, LineOptions
 from ops.logging import configure
 from ops.procline import LineShape, PgDatabase, ProcessLine, line_env
+from ops.store import open_migrated
 from producers.approvals import approve_batch
 from producers.batch_import import import_batch
 from producers.generate import write_users_csv
@@ -173,6 +174,7 @@ def bench_process_line(work: Path, backend: str, cards: int, stations: int) -> L
         env = line_env(database_url=db.url, broker_url=BROKERS[broker], data_dir=work / broker)
         shape = LineShape(stations=stations, time_scale=0)
         line = ProcessLine(env=env, roles=shape.roles(), log_dir=work / f"{broker}-logs")
+        line.cardline("db", "upgrade")
         line.cardline("demo", "--seed-only", "--cards", str(cards))
         store = open_store(db.url, pool_size=2)
         with store.read() as s:

@@ -41,8 +41,9 @@ from db.models import Certificate, Credential, User
 from db.secrets import SecretBox
 from db.transition import create
 from ops.config import Settings
-from ops.line import DataPaths, open_migrated, worker_context
+from ops.line import DataPaths, worker_context
 from ops.logging import configure
+from ops.store import open_migrated
 from schemas.messages import IssueCertificate
 from schemas.pki import CaConfig
 from schemas.states import CertUsage
@@ -283,7 +284,7 @@ def bench_configuration(
     try:
         box = settings.secret_box()
         ca_dir = DataPaths(settings.data_dir).ca
-        CertificateAuthority.init(ca_dir, box, settings.pki(), pin=settings.ca_secret_pin())
+        CertificateAuthority.init(ca_dir, box, settings.pki, pin=settings.ca_secret_pin())
         ctx = worker_context(settings, store, box)  # loads the CA just made
         credential_ids = _seed_credentials(store, count)
         jobs = [

@@ -17,9 +17,10 @@ from db.files import atomic_write
 from db.models import BatchOrder
 from ops import logging as logging_mod
 from ops.config import Settings
-from ops.line import DataPaths, EmbeddedLine, LineOptions, open_migrated
+from ops.line import DataPaths, EmbeddedLine, LineOptions
 from ops.line import Progress as LineProgress
 from ops.render import paths_table, summary_json, summary_tables
+from ops.store import open_checked, open_migrated
 from producers.approvals import approve_batch
 from producers.batch_import import ImportReport, import_batch
 from producers.generate import write_users_csv
@@ -29,7 +30,7 @@ from schemas.states import BatchState
 EXAMPLE_CSV = Path(__file__).parent / "examples" / "users.csv"
 # States in which a card has left the production line for good (or for now).
 DONE_STATES = ("active", "issued", "unassigned", "failed")
-CARDLINE_MARKERS = ("cardline.db", "master.key")
+DATA_DIR_MARKERS = ("cardline.db", "master.key")
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class DemoOptions:
 def fresh_data_dir(path: Path) -> None:
     """Empty a previous Cardline data dir; refuse to touch any other non-empty folder."""
     if path.exists() and any(path.iterdir()):
-        if not any((path / marker).exists() for marker in CARDLINE_MARKERS):
+        if not any((path / marker).exists() for marker in DATA_DIR_MARKERS):
             raise ConfigurationError(
                 f"{path} is not empty and is not a Cardline data dir; choose another --data-dir"
             )
@@ -117,7 +118,9 @@ class DemoPlan:
         return None if plan.done else plan
 
     def carry_out(self, settings: Settings, paths: DataPaths) -> ImportReport:
-        policy = settings.policy()
+        """Import and approve; the demo's data dir is its own, so its store is created
+        (migrated) here, also when ``cardline run`` resumes a killed demo."""
+        policy = settings.policy
         store = open_migrated(settings)
         try:
             csv_path = Path(self.csv)
@@ -148,9 +151,10 @@ def seed_batch(
     settings: Settings, *, cards: int, input_csv: Path | None, example: bool, seed: int | None
 ) -> dict[str, object]:
     """Import and approve one batch into the configured store; run no line."""
+    store = open_checked(settings)
     paths = DataPaths(settings.data_dir)
     paths.make()
-    policy = settings.policy()
+    policy = settings.policy
     # A fresh seed per call, so seeding twice adds a second batch instead of finding the
     # first file again.
     seed = seed if seed is not None else time.time_ns() % 1_000_000_007
@@ -158,7 +162,6 @@ def seed_batch(
         cards=cards, input_csv=input_csv, example=example, line=LineOptions(seed=seed)
     )
     csv_path = _input_csv(options, paths, name=f"users-{seed}.csv")
-    store = open_migrated(settings)
     report = import_batch(
         store, csv_path, policy=policy, requested_by=options.requester, reject_dir=paths.rejects
     )
@@ -182,8 +185,8 @@ def run_line(settings: Settings, options: LineOptions, *, as_json: bool, console
         plan.carry_out(settings, DataPaths(settings.data_dir))
     if not (settings.data_dir / "cardline.db").exists() and settings.database_url is None:
         raise ConfigurationError(
-            f"{settings.data_dir} has no status store: run `cardline demo`"
-            " or `cardline batch import` first"
+            f"{settings.data_dir} has no status store: run `cardline demo`, or"
+            " `cardline db upgrade` and `cardline batch import` first"
         )
     return _run(
         settings,
@@ -216,7 +219,7 @@ def _run(
     extra_paths: dict[str, str],
     batch_id: int | None,
 ) -> int:
-    line = EmbeddedLine(settings, settings.policy(), options)
+    line = EmbeddedLine(settings, settings.policy, options)
     line.start()
     try:
         _drain_with_progress(line, total)

@@ -11,15 +11,14 @@ import argparse
 import datetime as dt
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from db.engine import open_store
 from db.models import Station
 from ops import config
+from ops.store import missing_sqlite_file
 from schemas.errors import ConfigurationError
 
 ROLES = ("relay", "worker", "station")
@@ -39,10 +38,9 @@ def check(role: str, station_id: str | None = None, *, now: dt.datetime | None =
     except ConfigurationError as exc:
         raise Unhealthy(f"configuration: {_one_line(exc)}") from exc
     url = settings.db_url
-    database = make_url(url).database
-    if url.startswith("sqlite") and database and not Path(database).exists():
-        # Opening it would create an empty file: report instead.
-        raise Unhealthy(f"no status store at {database}")
+    missing = missing_sqlite_file(url)
+    if missing is not None:  # opening it would create an empty file: report instead
+        raise Unhealthy(f"no status store at {missing}")
     store = open_store(url, readonly=True, pool_size=1)
     try:
         with store.read() as s:

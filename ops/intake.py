@@ -9,7 +9,8 @@ from rich.console import Console
 from rich.table import Table
 
 from ops.config import Settings
-from ops.line import DataPaths, open_migrated
+from ops.line import DataPaths
+from ops.store import open_checked
 from producers.batch_import import ImportReport, import_batch
 
 MAX_REJECTS_SHOWN = 20
@@ -62,13 +63,13 @@ def import_file(
     console: Console,
 ) -> int:
     """Import ``path``; exit code 0 when every row was accepted, 1 when some were rejected."""
-    store = open_migrated(settings)
+    store = open_checked(settings)
     paths = DataPaths(settings.data_dir)
     paths.make()
     report = import_batch(
         store,
         path,
-        policy=settings.policy(),
+        policy=settings.policy,
         requested_by=requested_by,
         reject_dir=paths.rejects,
         line=line,

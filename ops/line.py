@@ -16,11 +16,11 @@ from pathlib import Path
 import dramatiq
 import structlog
 
-from db.engine import Store, open_store
-from db.migrate import upgrade
+from db.engine import Store
 from db.secrets import SecretBox
 from db.summary import LineSummary, blocked_in_production, progress, summarise
 from ops.config import Settings
+from ops.store import open_checked
 from schemas.policy import Policy
 from schemas.states import IN_PRODUCTION
 from stations.runtime import Station, StationConfig
@@ -93,25 +93,18 @@ class DataPaths:
         self.softtokens.chmod(0o700)
 
 
-def open_migrated(settings: Settings) -> Store:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    store = open_store(settings.db_url)
-    upgrade(store)
-    return store
-
-
 def worker_context(
     settings: Settings, store: Store, box: SecretBox, *, policy: Policy | None = None
 ) -> WorkerContext:
     """What the prepare, pki and notify actors need; the CA is created on first use."""
     paths = DataPaths(settings.data_dir)
     paths.make()
-    pki = settings.pki()
+    pki = settings.pki
     ca = CertificateAuthority.load_or_create(paths.ca, box, pki, pin=settings.ca_secret_pin())
     return WorkerContext(
         store=store,
         box=box,
-        policy=policy or settings.policy(),
+        policy=policy or settings.policy,
         ca=ca,
         letters_dir=paths.letters,
         crl_dir=paths.crl,
@@ -128,7 +121,7 @@ class EmbeddedLine:
         self.settings, self.policy, self.options = settings, policy, options
         self.paths = DataPaths(settings.data_dir)
         self.paths.make()
-        self.store = open_migrated(settings)
+        self.store = open_checked(settings)
         self.box: SecretBox = settings.secret_box()
         self.broker = make_broker(settings.broker_url)
         ctx = worker_context(settings, self.store, self.box, policy=policy)

@@ -12,13 +12,14 @@ from db.files import atomic_write
 from db.models import Certificate
 from db.secrets import Secret
 from ops.config import Settings
-from ops.line import DataPaths, open_migrated, worker_context
+from ops.line import DataPaths, worker_context
+from ops.store import open_checked
 from schemas.messages import PublishCrl
 from workers.crl import publish_crl
 
 
 def publish_now(settings: Settings) -> int:
-    ctx = worker_context(settings, open_migrated(settings), settings.secret_box())
+    ctx = worker_context(settings, open_checked(settings), settings.secret_box())
     number = publish_crl(ctx, PublishCrl(reason="operator"), force=True)
     assert number is not None  # forced publication always publishes
     return number
@@ -26,7 +27,7 @@ def publish_now(settings: Settings) -> int:
 
 def export_ca(settings: Settings, out: Path) -> list[Path]:
     """The chain, each CA certificate, and a CRL fresh enough to verify against."""
-    ctx = worker_context(settings, open_migrated(settings), settings.secret_box())
+    ctx = worker_context(settings, open_checked(settings), settings.secret_box())
     publish_crl(ctx, PublishCrl(reason="export"))
     issuing_crl = x509.load_der_x509_crl((ctx.crl_dir / "issuing.crl").read_bytes())
     root_crl = x509.load_der_x509_crl((ctx.crl_dir / "root.crl").read_bytes())
@@ -43,7 +44,7 @@ def export_ca(settings: Settings, out: Path) -> list[Path]:
 
 
 def export_certs(settings: Settings, status: str, out: Path) -> int:
-    store = open_migrated(settings)
+    store = open_checked(settings)
     with store.read() as s:
         rows = s.execute(
             select(Certificate.serial, Certificate.pem).where(Certificate.state == status)
@@ -62,11 +63,11 @@ def export_escrow_pfx(settings: Settings, card: str, out: Path, *, by: str) -> t
     from workers.p12 import build_p12, generate_passphrase
 
     box = settings.secret_box()
-    escrow = escrowed_key(open_migrated(settings), box, card, by=by)
+    escrow = escrowed_key(open_checked(settings), box, card, by=by)
     key = serialization.load_pem_private_key(escrow.key_pem.reveal().encode(), password=None)
     assert isinstance(key, PrivateKey)  # escrowed keys are generated here: RSA or EC
     paths = DataPaths(settings.data_dir)
-    ca = CertificateAuthority.load(paths.ca, box, settings.pki(), pin=settings.ca_secret_pin())
+    ca = CertificateAuthority.load(paths.ca, box, settings.pki, pin=settings.ca_secret_pin())
     password = generate_passphrase()
     pfx = build_p12(
         name=f"{escrow.holder} (encryption, card {escrow.card_number})",

@@ -16,8 +16,9 @@ import dramatiq
 import structlog
 
 from ops.config import Settings
-from ops.expiry import expiry_config, run_expiry_loop
-from ops.line import DataPaths, open_migrated, worker_context
+from ops.expiry import run_expiry_loop
+from ops.line import DataPaths, worker_context
+from ops.store import open_checked
 from schemas.station import StationEntry
 from stations.runtime import Station, StationConfig
 from stations.setup import build_drivers
@@ -43,14 +44,13 @@ def stop_on_signals() -> threading.Event:
 
 
 def run_relay(settings: Settings, stop: threading.Event, *, stall: StallPolicy) -> None:
-    store = open_migrated(settings)
-    expiry = expiry_config(settings)  # a wrong [expiry] table stops the start, not a thread
+    store = open_checked(settings)
     broker = make_broker(settings.broker_url)
-    relay = Relay(store, broker, settings.policy(), stall=stall, mail=settings.mailer() is not None)
+    relay = Relay(store, broker, settings.policy, stall=stall, mail=settings.mailer() is not None)
     checker = threading.Thread(
         target=run_expiry_loop,
         args=(settings, stop),
-        kwargs={"store": store, "config": expiry},
+        kwargs={"store": store},
         name="expiry-check",
         daemon=True,
     )
@@ -66,7 +66,7 @@ def run_relay(settings: Settings, stop: threading.Event, *, stall: StallPolicy) 
 
 
 def worker_context_for(settings: Settings) -> WorkerContext:
-    return worker_context(settings, open_migrated(settings), settings.secret_box())
+    return worker_context(settings, open_checked(settings), settings.secret_box())
 
 
 def run_worker(
@@ -100,7 +100,7 @@ def run_station(
     paths = DataPaths(settings.data_dir)
     paths.make()
     drivers = build_drivers(entry, output_dir=paths.printed / config.station_id)
-    store = open_migrated(settings)
+    store = open_checked(settings)
     broker = make_broker(settings.broker_url)
     station = Station(
         config,
@@ -109,7 +109,7 @@ def run_station(
         token=drivers.token,
         store=store,
         box=settings.secret_box(),
-        policy=settings.policy(),
+        policy=settings.policy,
         broker=broker,
         faces_dir=paths.faces,
     )

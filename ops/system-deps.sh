@@ -1,8 +1,20 @@
 #!/usr/bin/env bash
-# Install the Debian packages Cardline needs, only those missing. Run as root on Debian;
-# elsewhere it prints what to install and carries on.
+# Install the Debian packages one kind of Cardline install needs, only those missing. Run
+# as root on Debian; elsewhere it prints what to install and carries on.
+#
+#   ops/system-deps.sh demo      what the core install runs on (`make demo`)
+#   ops/system-deps.sh stations  + what the pcsc and cups extras build and run with
+#   ops/system-deps.sh test      + the real stacks the tests drive (`make test`)
 set -euo pipefail
-packages=(python3-venv fonts-dejavu-core softhsm2 opensc pcscd vsmartcard-vpcd libpcsclite-dev swig gcc cups printer-driver-cups-pdf libcups2-dev poppler-utils)
+demo=(python3-venv fonts-dejavu-core)
+stations=(gcc swig libpcsclite-dev pcscd libcups2-dev)
+test=(softhsm2 opensc vsmartcard-vpcd cups printer-driver-cups-pdf poppler-utils)
+case "${1:-test}" in
+  demo) packages=("${demo[@]}") ;;
+  stations) packages=("${demo[@]}" "${stations[@]}") ;;
+  test) packages=("${demo[@]}" "${stations[@]}" "${test[@]}") ;;
+  *) echo "usage: $0 demo|stations|test" >&2; exit 2 ;;
+esac
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

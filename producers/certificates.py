@@ -14,18 +14,7 @@ from db.models import Certificate, utcnow
 from db.transition import transition
 from schemas.errors import NotFound, PermanentError
 from schemas.messages import PublishCrl
-from schemas.states import RevocationReason
-
-# The reasons an operator may give (seed 002: cessation of operation, affiliation
-# changed, key compromise, privilege withdrawn; plus superseded and unspecified).
-OPERATOR_REASONS = (
-    RevocationReason.CESSATION_OF_OPERATION,
-    RevocationReason.AFFILIATION_CHANGED,
-    RevocationReason.KEY_COMPROMISE,
-    RevocationReason.PRIVILEGE_WITHDRAWN,
-    RevocationReason.SUPERSEDED,
-    RevocationReason.UNSPECIFIED,
-)
+from schemas.states import OPERATOR_REASONS, RevocationReason
 
 
 class CertificateNotFound(NotFound):

@@ -26,17 +26,17 @@ from db.transition import transition
 from producers.lookup import find_card, find_user
 from schemas.errors import PermanentError, ValidationFailed
 from schemas.messages import PublishCrl
-from schemas.states import CardState, CertState, RevocationReason, SoftTokenState, UserState
+from schemas.states import (
+    LOCK_REASONS,
+    CardState,
+    CertState,
+    RevocationReason,
+    SoftTokenState,
+    UserState,
+)
 
 # The mark on a card's or certificate's audit event that a user's deactivation did it.
 _BY_USER = "user deactivated"
-LOCK_REASONS = (
-    RevocationReason.PRIVILEGE_WITHDRAWN,
-    RevocationReason.AFFILIATION_CHANGED,
-    RevocationReason.CESSATION_OF_OPERATION,
-    RevocationReason.KEY_COMPROMISE,
-    RevocationReason.UNSPECIFIED,
-)
 _NOT_YET_PRODUCED = (CardState.REQUESTED, CardState.APPROVED, CardState.READY)
 
 

@@ -21,12 +21,11 @@ from db.engine import Store
 from db.models import Certificate, SoftToken, utcnow
 from db.secrets import Secret, SecretBox, context
 from db.transition import create, transition
-from producers.certificates import OPERATOR_REASONS
 from producers.lookup import find_user
 from schemas.errors import Forbidden, FourEyesViolation, NotFound, PermanentError, ValidationFailed
 from schemas.messages import IssueSoftToken, PublishCrl
 from schemas.pki import PkiConfig
-from schemas.states import CertState, RevocationReason, SoftTokenState, UserState
+from schemas.states import OPERATOR_REASONS, CertState, RevocationReason, SoftTokenState, UserState
 
 PASSPHRASE_ROLES = ("operator", "admin")
 

@@ -2,7 +2,8 @@
 
 - ``TransientError``: try again later (a device hiccup, a lost connection).
 - ``PermanentError``: the input or the request is wrong; retrying will not help.
-- ``ConfigurationError``: the installation is wrong; fail at start-up.
+- ``ConfigurationError``: the installation is wrong; fail at start-up (``SchemaOutOfDate``:
+  the status store needs ``cardline db upgrade``).
 - ``ConflictError``: the state of the world moved under the caller (``StateConflict``).
 
 Errors carry their data as attributes. None of them ever carries a secret: callers
@@ -28,6 +29,24 @@ class PermanentError(CardlineError):
 
 class ConfigurationError(CardlineError):
     """The installation or its configuration is wrong."""
+
+
+class SchemaOutOfDate(ConfigurationError):
+    """The status store's schema is not the revision this Cardline needs.
+
+    ``url`` is shown without its password; ``current`` is None for a store with no schema.
+    Only ``cardline db upgrade`` (and the demo on its own fresh data dir) migrates.
+    """
+
+    def __init__(self, url: str, current: str | None, head: str, *, known: bool = True) -> None:
+        self.url = url
+        self.current = current
+        self.head = head
+        at = f"the status store at {url} is at revision {current or 'none'}"
+        if known:
+            super().__init__(f"{at}, this Cardline needs {head}: run `cardline db upgrade`")
+        else:
+            super().__init__(f"{at}, unknown to this Cardline (at {head}): upgrade Cardline")
 
 
 class ConflictError(CardlineError):

@@ -119,6 +119,27 @@ class RevocationReason(StrEnum):
     PRIVILEGE_WITHDRAWN = "privilege_withdrawn"
 
 
+# The reasons an operator may give to revoke a certificate (seed 002: cessation of
+# operation, affiliation changed, key compromise, privilege withdrawn; plus superseded
+# and unspecified).
+OPERATOR_REASONS = (
+    RevocationReason.CESSATION_OF_OPERATION,
+    RevocationReason.AFFILIATION_CHANGED,
+    RevocationReason.KEY_COMPROMISE,
+    RevocationReason.PRIVILEGE_WITHDRAWN,
+    RevocationReason.SUPERSEDED,
+    RevocationReason.UNSPECIFIED,
+)
+# The reasons a card or a user may be locked for (its certificates are revoked with it).
+LOCK_REASONS = (
+    RevocationReason.PRIVILEGE_WITHDRAWN,
+    RevocationReason.AFFILIATION_CHANGED,
+    RevocationReason.CESSATION_OF_OPERATION,
+    RevocationReason.KEY_COMPROMISE,
+    RevocationReason.UNSPECIFIED,
+)
+
+
 @dataclass(frozen=True)
 class Edge:
     """An action allowed from any of ``sources``, leading to ``target``."""

@@ -29,11 +29,19 @@ import fnmatch
 import time
 from dataclasses import dataclass
 
-from smartcard import scard
-
 from schemas.errors import ConfigurationError, DeviceFault
 from schemas.states import FaultKind
 from stations.drivers import ChipInfo
+
+# pyscard is the ``pcsc`` extra (it builds with swig and libpcsclite-dev): only a station
+# with a real reader needs it, and only stations.setup imports this module, for one.
+try:
+    from smartcard import scard
+except ModuleNotFoundError as exc:
+    raise ConfigurationError(
+        "the pcsc reader driver needs pyscard: pip install 'cardline[pcsc]' "
+        "(it builds with swig, gcc and libpcsclite-dev)"
+    ) from exc
 
 SERIAL_APDU = "FFCA000000"  # PC/SC part 3 GET DATA (UID): the card's serial number
 

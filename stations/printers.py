@@ -22,11 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cups  # pycups ships no type hints (mypy override in pyproject.toml)
 import structlog
 
 from db.files import atomic_write
-from schemas.errors import DeviceFault
+from schemas.errors import ConfigurationError, DeviceFault
 from schemas.states import FaultKind
 from stations.drivers import CardFaces
 
@@ -163,9 +162,24 @@ DEFAULT_OPTIONS: Mapping[str, str] = {"media": CR80_MEDIA, "sides": "two-sided-l
 _SERVER_LOCK = threading.Lock()
 
 
+def _cups() -> Any:
+    """pycups, which only a station printing through CUPS needs: it is the ``cups`` extra
+    (it builds against libcups2-dev), so the core install and the file printer run
+    without it."""
+    try:
+        import cups  # pycups ships no type hints (mypy override in pyproject.toml)
+    except ModuleNotFoundError as exc:
+        raise ConfigurationError(
+            "the cups printer driver needs pycups: pip install 'cardline[cups]' "
+            "(it builds with libcups2-dev and gcc)"
+        ) from exc
+    return cups
+
+
 def connect(server: str | None) -> Any:
     """A pycups connection to ``server`` (a host or a unix socket path; None: libcups'
     default, from ``CUPS_SERVER`` or ``client.conf``), safe to call from any thread."""
+    cups = _cups()
     with _SERVER_LOCK:
         cups.setServer(server or "")  # "" goes back to libcups' default server
         return cups.Connection()
@@ -215,6 +229,7 @@ class QueueState:
 @contextmanager
 def _cups_faults(what: str) -> Iterator[None]:
     """pycups' errors as PRINT faults keeping the IPP or HTTP status."""
+    cups = _cups()
     try:
         yield
     except cups.IPPError as exc:
@@ -254,6 +269,7 @@ class CupsPrinter(_BookedPrinter):
     ) -> None:
         if job_timeout_s <= 0 or poll_s <= 0:
             raise ValueError("job_timeout_s and poll_s must be > 0")
+        _cups()  # a station without pycups fails at start-up, not at its first card
         self.queue = queue
         self.server = server
         self.job_timeout_s = job_timeout_s
@@ -366,6 +382,7 @@ class CupsPrinter(_BookedPrinter):
 
     def _cancel(self, conn: Any, job_id: int) -> None:
         """Cancel a job given up on, so it cannot print later onto another card."""
+        cups = _cups()
         try:
             conn.cancelJob(job_id)
         except (cups.IPPError, cups.HTTPError, RuntimeError) as exc:

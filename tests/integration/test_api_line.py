@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from ops.api import build_app
 from ops.config import Settings
 from ops.line import EmbeddedLine, LineOptions
+from ops.store import open_migrated
 from producers.tokens import create_token
 
 PERSON = {
@@ -54,7 +55,8 @@ class Http:
 @pytest.fixture
 def http(tmp_path: Path) -> Iterator[Http]:
     settings = Settings(data_dir=tmp_path / "data")
-    line = EmbeddedLine(settings, settings.policy(), LineOptions(stations=2, time_scale=0, seed=5))
+    open_migrated(settings).dispose()
+    line = EmbeddedLine(settings, settings.policy, LineOptions(stations=2, time_scale=0, seed=5))
     line.start()
     try:
         yield Http(settings, line)

@@ -13,7 +13,8 @@ from sqlalchemy import select
 
 from db.models import Certificate, Credential, Incident
 from ops.config import Settings
-from ops.line import EmbeddedLine, LineOptions, open_migrated
+from ops.line import EmbeddedLine, LineOptions
+from ops.store import open_migrated
 from producers import cards, incidents, lifecycle, tempcards, users
 from producers.approvals import approve_batch
 from schemas.errors import FourEyesViolation, PermanentError, StateConflict
@@ -37,7 +38,7 @@ def world(tmp_path: Path):
 
 
 def _run(settings: Settings) -> None:
-    line = EmbeddedLine(settings, settings.policy(), LineOptions(stations=1, time_scale=0, seed=3))
+    line = EmbeddedLine(settings, settings.policy, LineOptions(stations=1, time_scale=0, seed=3))
     line.start()
     try:
         assert line.wait_drained(timeout_s=120)
@@ -86,7 +87,7 @@ def _card(store, card_id: int) -> Credential:
 
 def test_temporary_cards_from_a_stock_run_are_assigned_extended_withdrawn_and_locked(world):
     settings, store = world
-    policy = settings.policy()
+    policy = settings.policy
     batch, ids = tempcards.request_stock(store, 2, by="alice", policy=policy)
     approve_batch(store, batch, by="bob")
     _run(settings)
@@ -139,7 +140,7 @@ def test_temporary_cards_from_a_stock_run_are_assigned_extended_withdrawn_and_lo
 
 def test_renewal_gives_the_card_new_certificates_for_its_keys_and_keeps_the_pin(world):
     settings, store = world
-    policy = settings.policy()
+    policy = settings.policy
     email = _user(store, policy)
     (card_id,) = cards.request_cards(store, [email], by="rita", policy=policy)
     cards.approve_card(store, str(card_id), by="bob")
@@ -161,7 +162,7 @@ def test_renewal_gives_the_card_new_certificates_for_its_keys_and_keeps_the_pin(
 
 
 def _active_card(settings: Settings, store, email: str | None = None) -> int:
-    policy = settings.policy()
+    policy = settings.policy
     holder = email or _user(store, policy)
     (card_id,) = cards.request_cards(store, [holder], by="rita", policy=policy)
     cards.approve_card(store, str(card_id), by="bob")
@@ -171,7 +172,7 @@ def _active_card(settings: Settings, store, email: str | None = None) -> int:
 
 def test_a_lost_card_is_deactivated_and_its_approved_replacement_produced(world):
     settings, store = world
-    policy = settings.policy()
+    policy = settings.policy
     card_id = _active_card(settings, store)
     incident = incidents.declare(store, str(card_id), "lost", by="ada-helpdesk", policy=policy)
     assert (incident.temporary, incident.state) == (False, "open")
@@ -195,14 +196,14 @@ def test_a_lost_card_is_deactivated_and_its_approved_replacement_produced(world)
 def test_a_stolen_or_damaged_card_is_locked_with_the_matching_reason(world, kind, reason):
     settings, store = world
     card_id = _active_card(settings, store)
-    incidents.declare(store, str(card_id), kind, by="helpdesk", policy=settings.policy())
+    incidents.declare(store, str(card_id), kind, by="helpdesk", policy=settings.policy)
     assert _card(store, card_id).state == "locked"
     assert {(c.state, c.revocation_reason) for c in _certs(store, card_id)} == {("revoked", reason)}
 
 
 def test_a_forgotten_card_gets_a_temporary_card_and_cancelling_restores_the_card(world):
     settings, store = world
-    policy = settings.policy()
+    policy = settings.policy
     card_id = _active_card(settings, store)
     first = incidents.declare(store, str(card_id), "forgotten", by="helpdesk", policy=policy)
     assert first.temporary is True
@@ -232,8 +233,8 @@ def test_a_forgotten_card_gets_a_temporary_card_and_cancelling_restores_the_card
 def test_one_open_incident_per_card(world):
     settings, store = world
     card_id = _active_card(settings, store)
-    incidents.declare(store, str(card_id), "lost", by="helpdesk", policy=settings.policy())
+    incidents.declare(store, str(card_id), "lost", by="helpdesk", policy=settings.policy)
     from schemas.errors import AlreadyExists
 
     with pytest.raises(AlreadyExists):
-        incidents.declare(store, str(card_id), "stolen", by="helpdesk", policy=settings.policy())
+        incidents.declare(store, str(card_id), "stolen", by="helpdesk", policy=settings.policy)

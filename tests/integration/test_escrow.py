@@ -18,7 +18,8 @@ from sqlalchemy import select
 from db.models import AuditEvent, Certificate, Credential
 from ops.cli import main
 from ops.config import Settings
-from ops.line import EmbeddedLine, LineOptions, open_migrated
+from ops.line import EmbeddedLine, LineOptions
+from ops.store import open_migrated
 from producers.approvals import approve_batch
 from producers.batch_import import import_batch
 
@@ -31,7 +32,7 @@ def _import(settings: Settings, work: Path, title: str) -> int:
     report = import_batch(
         open_migrated(settings),
         csv,
-        policy=settings.policy(),
+        policy=settings.policy,
         requested_by="alice",
         reject_dir=work / "rejects",
     )
@@ -40,7 +41,7 @@ def _import(settings: Settings, work: Path, title: str) -> int:
 
 
 def _run_line(settings: Settings) -> EmbeddedLine:
-    line = EmbeddedLine(settings, settings.policy(), LineOptions(stations=1, time_scale=0, seed=1))
+    line = EmbeddedLine(settings, settings.policy, LineOptions(stations=1, time_scale=0, seed=1))
     line.start()
     try:
         assert line.wait_drained(timeout_s=120)

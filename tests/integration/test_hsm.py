@@ -19,8 +19,9 @@ from cryptography.hazmat.primitives import serialization
 
 from db.secrets import Secret
 from ops.config import Settings
-from ops.line import EmbeddedLine, LineOptions, open_migrated
+from ops.line import EmbeddedLine, LineOptions
 from ops.pki import export_ca, export_certs
+from ops.store import open_migrated
 from producers.approvals import approve_batch
 from producers.batch_import import import_batch
 from producers.generate import write_users_csv
@@ -124,10 +125,10 @@ def test_line_signs_with_a_token_held_issuing_key_that_openssl_verifies(
     store = open_migrated(settings)
     csv = write_users_csv(tmp_path / "users.csv", 4, seed=11)
     report = import_batch(
-        store, csv, policy=settings.policy(), requested_by="alice", reject_dir=tmp_path / "rej"
+        store, csv, policy=settings.policy, requested_by="alice", reject_dir=tmp_path / "rej"
     )
     approve_batch(store, report.batch_id, by="bob")
-    line = EmbeddedLine(settings, settings.policy(), LineOptions(stations=2, time_scale=0, seed=2))
+    line = EmbeddedLine(settings, settings.policy, LineOptions(stations=2, time_scale=0, seed=2))
     line.start()
     try:
         assert line.wait_drained(timeout_s=120)
@@ -234,10 +235,10 @@ def test_ca_load_uses_the_token_key(softhsm, tmp_path):
     box = settings.secret_box()
     (tmp_path / "data" / "ca").mkdir(parents=True)
     made = CertificateAuthority.init(
-        tmp_path / "data" / "ca", box, settings.pki(), pin=settings.ca_secret_pin()
+        tmp_path / "data" / "ca", box, settings.pki, pin=settings.ca_secret_pin()
     )
     loaded = CertificateAuthority.load(
-        tmp_path / "data" / "ca", box, settings.pki(), pin=settings.ca_secret_pin()
+        tmp_path / "data" / "ca", box, settings.pki, pin=settings.ca_secret_pin()
     )
     now = dt.datetime.now(dt.UTC)
     crl = loaded.crl([], number=1, this_update=now, next_update=now + dt.timedelta(hours=1))

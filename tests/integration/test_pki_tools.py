@@ -18,8 +18,9 @@ from sqlalchemy import select
 
 from db.models import Certificate, Credential
 from ops.config import Settings
-from ops.line import EmbeddedLine, LineOptions, open_migrated
+from ops.line import EmbeddedLine, LineOptions
 from ops.pki import export_ca, export_certs
+from ops.store import open_migrated
 from producers.approvals import approve_batch
 from producers.batch_import import import_batch
 from producers.certificates import hold, release, revoke
@@ -68,11 +69,11 @@ def pki_line(request, tmp_path_factory):
     store = open_migrated(settings)
     csv = write_users_csv(work / "users.csv", 10, seed=3)
     report = import_batch(
-        store, csv, policy=settings.policy(), requested_by="alice", reject_dir=work / "rejects"
+        store, csv, policy=settings.policy, requested_by="alice", reject_dir=work / "rejects"
     )
     approve_batch(store, report.batch_id, by="bob")
     line = EmbeddedLine(
-        settings, settings.policy(), LineOptions(stations=2, time_scale=0, fault_rate=0.5, seed=4)
+        settings, settings.policy, LineOptions(stations=2, time_scale=0, fault_rate=0.5, seed=4)
     )
     line.start()
     try:

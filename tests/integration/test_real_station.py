@@ -137,6 +137,7 @@ job_timeout_s = 60
                 "first_name,last_name,email,upn,organization,org_unit\n"
                 "Zoë,Müller,zoe@example.org,zoe@corp.example.org,Example,Vault\n"
             )
+            line.cardline("db", "upgrade")
             line.cardline("batch", "import", str(csv), "--by", "alice")
             line.cardline("batch", "approve", "1", "--by", "bob")
             store = open_store(db.url, pool_size=1)

@@ -90,6 +90,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Any:
     csv = work / "users.csv"
     csv.write_text(USERS)
     try:
+        _ok(w.cli("db", "upgrade"))
         _ok(w.cli("batch", "import", csv, "--by", "alice"))
         out = _ok(
             w.cli(

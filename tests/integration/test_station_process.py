@@ -33,6 +33,7 @@ def test_sigterm_lets_a_station_finish_the_card_in_hand_and_go_offline(tmp_path)
     line = ProcessLine(env=env, roles=roles, log_dir=tmp_path / "logs")
     store = None
     try:
+        line.cardline("db", "upgrade")
         line.cardline("demo", "--seed-only", "--cards", "3")
         store = open_store(db.url, pool_size=1)
         line.start_all()

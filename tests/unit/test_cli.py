@@ -19,9 +19,16 @@ def _invoke(*args, env=None):
     return CliRunner().invoke(main, [str(a) for a in args], env=env, catch_exceptions=False)
 
 
+def _upgraded(data):
+    """A data dir with a status store at the newest schema (``cardline db upgrade``)."""
+    assert _invoke("db", "upgrade", "--data-dir", data).exit_code == 0
+    return data
+
+
 def test_batch_import_reports_the_rejected_line_and_exits_1(tmp_path):
     csv = tmp_path / "b.csv"
     csv.write_text(GOOD + BAD_ROW, encoding="utf-8")
+    _upgraded(tmp_path / "d")
     result = _invoke("batch", "import", csv, "--data-dir", tmp_path / "d", "--json")
     assert result.exit_code == 1
     report = json.loads(result.output)
@@ -33,7 +40,7 @@ def test_batch_import_reports_the_rejected_line_and_exits_1(tmp_path):
 def test_approval_by_the_requester_is_refused_with_a_clear_error(tmp_path):
     csv = tmp_path / "b.csv"
     csv.write_text(GOOD, encoding="utf-8")
-    data = tmp_path / "d"
+    data = _upgraded(tmp_path / "d")
     assert _invoke("batch", "import", csv, "--by", "alice", "--data-dir", data).exit_code == 0
     refused = _invoke("batch", "approve", "1", "--by", "alice", "--data-dir", data)
     assert refused.exit_code == 2
@@ -114,7 +121,7 @@ def test_card_and_user_lifecycle_commands_move_certificates_and_refuse_illegal_s
 
 
 def test_a_token_is_printed_once_and_the_api_routes_list_their_roles(tmp_path):
-    data = tmp_path / "d"
+    data = _upgraded(tmp_path / "d")
     created = CliRunner().invoke(
         main, ["token", "create", "--name", "olga", "--role", "operator", "--data-dir", str(data)]
     )
@@ -129,7 +136,7 @@ def test_a_token_is_printed_once_and_the_api_routes_list_their_roles(tmp_path):
 
 
 def test_an_operator_runs_the_card_life_from_the_command_line(tmp_path):
-    data = tmp_path / "d"
+    data = _upgraded(tmp_path / "d")
 
     def ok(*args):
         result = _invoke(*args, "--data-dir", data)

@@ -212,8 +212,9 @@ def test_the_image_installs_every_source_package():
         assert f"{package} ./{package}" in copies, package
     assert any("pyproject.toml" in c and "README.md" in c for c in copies)
     runs = [arg for kw, arg in _instructions() if kw == "RUN"]
-    install = next(r for r in runs if "pip install --no-cache-dir ." in r)
-    # pyscard and pycups build from source: their build tools come and go in the same layer.
+    install = next(r for r in runs if "pip install --no-cache-dir '.[pcsc,cups]'" in r)
+    # One image for every role, real stations included: the pcsc and cups extras. pyscard
+    # and pycups build from source: their build tools come and go in the same layer.
     assert install.index("swig libpcsclite-dev libcups2-dev") < install.index("pip install")
     assert "apt-get purge -y --auto-remove gcc swig libpcsclite-dev libcups2-dev" in install
 

@@ -25,6 +25,7 @@ from db.models import (
 )
 from db.secrets import context
 from ops import expiry as ops_expiry
+from ops.cli.expiry import expiry as expiry_group
 from ops.config import Settings
 from producers.expiry import check_expiry
 from schemas.errors import ConfigurationError
@@ -319,13 +320,13 @@ def test_unsent_reminders_of_the_period_are_published_again_after_a_while(store,
 def test_expiry_config_comes_from_the_expiry_table_and_rejects_unknown_keys(tmp_path):
     good = tmp_path / "good.toml"
     good.write_text('[expiry]\nwarn_days = 14\nfrequency = "weekly"\nexpire_states = false\n')
-    config = ops_expiry.expiry_config(Settings(config=good))
+    config = Settings(config=good).expiry
     assert config == ExpiryConfig(warn_days=14, frequency="weekly", expire_states=False)
-    assert ops_expiry.expiry_config(Settings()) == ExpiryConfig()
+    assert Settings().expiry == ExpiryConfig()
     bad = tmp_path / "bad.toml"
     bad.write_text('[expiry]\nfrequency = "hourly"\n')
     with pytest.raises(ConfigurationError, match=r"expiry\.frequency"):
-        ops_expiry.expiry_config(Settings(config=bad))
+        Settings(config=bad)
 
 
 def test_the_check_command_prints_its_counts_and_json(store, database_url, now, line, tmp_path):
@@ -334,14 +335,14 @@ def test_the_check_command_prints_its_counts_and_json(store, database_url, now, 
     env = {"CARDLINE_DATABASE_URL": database_url, "CARDLINE_CONFIG": str(config)}
     args = ["check", "--now", now.isoformat(), "--json", "--data-dir", str(tmp_path / "d")]
 
-    result = CliRunner().invoke(ops_expiry.expiry, args, env=env, catch_exceptions=False)
+    result = CliRunner().invoke(expiry_group, args, env=env, catch_exceptions=False)
 
     assert result.exit_code == 0, result.output
     out = json.loads(result.output.strip().splitlines()[-1])
     assert out["reminded"]["card"] == {"expiring": 1, "expired": 1}
     assert out["expired"]["card"] == 1
     assert "card: expiring 1 (reminded 1)" in result.output
-    bad = CliRunner().invoke(ops_expiry.expiry, [*args[:1], "--now", "soon", *args[4:]], env=env)
+    bad = CliRunner().invoke(expiry_group, [*args[:1], "--now", "soon", *args[4:]], env=env)
     assert bad.exit_code == 2
     assert "not an ISO date" in bad.output
 

@@ -11,8 +11,9 @@ from sqlalchemy import select
 from db.models import AuditEvent, Credential, OutboxMessage
 from db.secrets import context
 from ops.config import Settings
-from ops.line import EmbeddedLine, LineOptions, open_migrated
+from ops.line import EmbeddedLine, LineOptions
 from ops.logging import configure
+from ops.store import open_migrated
 from producers.approvals import approve_batch
 from producers.batch_import import import_batch
 from producers.generate import write_users_csv

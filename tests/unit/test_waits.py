@@ -36,7 +36,8 @@ from db.models import (
     SoftToken,
 )
 from ops.config import Settings
-from ops.line import EmbeddedLine, LineOptions, open_migrated
+from ops.line import EmbeddedLine, LineOptions
+from ops.store import open_migrated
 from producers import certificates, softtokens
 from producers.approvals import approve_batch
 from producers.batch_import import import_batch

@@ -1,0 +1,5 @@
+"""``python -m ops.cli``: the ``cardline`` command."""
+
+from ops.cli import main
+
+main()
