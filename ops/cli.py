@@ -1278,15 +1278,21 @@ def token_create(name: str, role: str, by: str, data_dir: Path | None) -> None:
 @data_dir_option
 @handle_errors
 def token_list(data_dir: Path | None) -> None:
-    """Tokens by id, name and role (never the tokens themselves)."""
+    """Tokens by id, principal and its roles (never the tokens themselves)."""
     from rich.table import Table
 
     from producers.tokens import list_tokens
 
-    table = Table("id", "name", "role", "created by", "created", "revoked")
+    table = Table("id", "principal", "roles", "created by", "created", "expires", "revoked")
     for v in list_tokens(open_migrated(settings_for(data_dir))):
         table.add_row(
-            str(v.id), v.name, v.role, v.created_by, v.created_at, "yes" if v.revoked else ""
+            str(v.id),
+            f"{v.name} (#{v.principal_id})",
+            v.roles,
+            v.created_by,
+            v.created_at,
+            v.expires_at or "never",
+            "yes" if v.revoked else "",
         )
     out_console.print(table)
 
