@@ -102,7 +102,8 @@ def test_five_wrong_passwords_lock_the_account_even_for_the_right_one(store):
         p.login(store, "ops-d", Secret("correct horse battery"))
     with store.read() as s:
         row = s.get(Principal, pid)
-        assert row.locked_until is not None and row.locked_until > utcnow()
+        assert row.locked_until is not None
+        assert row.locked_until > utcnow()
         assert "correct horse" not in (row.password_hash or "")
         failures = s.scalar(
             select(func.count()).select_from(AuditEvent).where(AuditEvent.action == "login_failed")
