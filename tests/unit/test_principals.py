@@ -134,3 +134,10 @@ def test_every_use_case_admits_admin_and_the_table_renders():
     table = markdown_table()
     assert all(f"`{u.name}`" in table for u in USE_CASES)
     assert roles_for("principal.admin") == {Role.ADMIN}
+
+
+def test_the_readme_role_table_is_generated_from_the_table_the_code_checks():
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    assert markdown_table() in readme
