@@ -1,8 +1,8 @@
 """principals: every action is done by an authenticated principal with a stable id;
 tokens belong to principals, roles are stored on principals and nowhere else
 
-Revision ID: 0010
-Revises: 0009
+Revision ID: 0011
+Revises: 0010
 Create Date: 2026-12-01 10:20:00
 """
 
@@ -16,8 +16,8 @@ from alembic import op
 
 import db.models
 
-revision = "0010"
-down_revision = "0009"
+revision = "0011"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 
