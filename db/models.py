@@ -278,7 +278,16 @@ class Certificate(Stateful, Base):
 
     __tablename__ = "certificates"
     __table_args__ = (
-        UniqueConstraint("attempt_id", "usage"),
+        # One live certificate per attempt and usage: a revoked one (it did not fit the
+        # chip's key) may be followed by another on the same blank.
+        Index(
+            "uq_live_cert_per_attempt",
+            "attempt_id",
+            "usage",
+            unique=True,
+            sqlite_where=text("attempt_id IS NOT NULL AND state IN ('valid', 'hold')"),
+            postgresql_where=text("attempt_id IS NOT NULL AND state IN ('valid', 'hold')"),
+        ),
         state_check(CERTIFICATE),
         Index(
             "uq_escrow_cert_per_credential",

@@ -22,6 +22,8 @@ from typing import TypeVar
 import dramatiq
 import dramatiq.errors
 import structlog
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
@@ -456,6 +458,7 @@ class Station:
         ``waiting_for_pki`` or ``waiting_for_store``; only after ``server_wait_s`` does
         it give the blank up."""
         wanted = {r.usage for r in requests}
+        by_usage = {r.usage: r.csr_pem for r in requests}
         start = time.monotonic()
         deadline = start + self.config.server_wait_s
         self._with_store(lambda: self._request(requests), deadline=deadline)
@@ -468,6 +471,14 @@ class Station:
                 raise DeviceFault(FaultKind.CERTIFICATE_TIMEOUT, f"store away: {exc}") from exc
             if not live:
                 raise LostCard
+            wrong = {u: pem for u, pem in found.items() if not _fits(by_usage[u], pem)}
+            if wrong:
+                # A certificate that does not fit the key on the chip (a stray answer):
+                # writing it would fail on the chip and cost the blank. Revoke it and ask
+                # again; the blank stays good.
+                self._with_store(lambda: self._revoke_misfits(job, wrong), deadline=deadline)  # noqa: B023  # called at once
+                found = {u: pem for u, pem in found.items() if u not in wrong}
+                resend_at = 0.0
             if wanted <= found.keys():
                 if self.status == WAITING_FOR_PKI:
                     self._log.info("station.pki_back", waited_s=round(time.monotonic() - start, 1))
@@ -497,6 +508,23 @@ class Station:
     def _request(self, requests: list[IssueCertificate]) -> None:
         with self.store.tx(audited=False) as s:
             outbox.add_all(s, requests)
+
+    def _revoke_misfits(self, job: CardJob, wrong: dict[CertUsage, str]) -> None:
+        with self.store.tx() as s:
+            rows = s.scalars(
+                select(Certificate).where(
+                    Certificate.attempt_id == job.attempt_id,
+                    Certificate.usage.in_([str(u) for u in wrong]),
+                    Certificate.state == CertState.VALID,
+                )
+            ).all()
+            production.revoke_all(
+                s,
+                rows,
+                actor=f"station:{self.config.station_id}",
+                reason="certificate does not fit the key on the chip",
+            )
+        self._log.warning("station.certificate_misfit", usages=sorted(wrong))
 
     def _issued(self, job: CardJob) -> tuple[dict[CertUsage, str], bool]:
         with self.store.read() as s:
@@ -570,6 +598,17 @@ class Station:
             self.token.close()
         except DeviceFault as fault:
             self._log.warning("station.token_close_failed", code=fault.code)
+
+
+def _fits(csr_pem: str, cert_pem: str) -> bool:
+    """The certificate certifies the key the CSR was made with."""
+    csr = x509.load_pem_x509_csr(csr_pem.encode())
+    cert = x509.load_pem_x509_certificate(cert_pem.encode())
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    der = serialization.Encoding.DER
+    return bool(
+        csr.public_key().public_bytes(der, spki) == cert.public_key().public_bytes(der, spki)
+    )
 
 
 def _card_job(s: Session, cred: Credential) -> CardJob:

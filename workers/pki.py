@@ -38,20 +38,30 @@ def _existing(s: Session, job: IssueCertificate) -> Certificate | None:
             Certificate.state.in_([CertState.VALID, CertState.HOLD]),
         )
     else:
-        stmt = stmt.where(Certificate.attempt_id == job.attempt_id)
+        # A certificate the station revoked (it did not fit the chip's key) is no answer.
+        stmt = stmt.where(
+            Certificate.attempt_id == job.attempt_id,
+            Certificate.state.in_([CertState.VALID, CertState.HOLD]),
+        )
     return s.scalars(stmt).first()
 
 
-def _attempt_live(s: Session, attempt_id: int | None, *, lock: bool) -> bool:
-    if attempt_id is None:
+def _attempt_live(s: Session, job: IssueCertificate, *, lock: bool) -> bool:
+    """The request's attempt is in progress, and is the attempt of the card it names: a
+    late or stray message (another card's, an earlier store's) is never answered."""
+    if job.attempt_id is None:
         return True
-    attempt = s.get(ProductionAttempt, attempt_id, with_for_update=lock)
-    return attempt is not None and attempt.state == AttemptState.IN_PROGRESS
+    attempt = s.get(ProductionAttempt, job.attempt_id, with_for_update=lock)
+    return (
+        attempt is not None
+        and attempt.state == AttemptState.IN_PROGRESS
+        and attempt.credential_id == job.credential_id
+    )
 
 
 def issue_certificate(ctx: WorkerContext, job: IssueCertificate) -> None:
     with ctx.store.read() as s:
-        if _existing(s, job) is not None or not _attempt_live(s, job.attempt_id, lock=False):
+        if _existing(s, job) is not None or not _attempt_live(s, job, lock=False):
             log.info(
                 "pki.skipped",
                 credential_id=job.credential_id,
@@ -72,7 +82,7 @@ def issue_certificate(ctx: WorkerContext, job: IssueCertificate) -> None:
         validity_days=ctx.policy.certificate_validity_days,
     )
     with ctx.store.tx() as s:
-        if not _attempt_live(s, job.attempt_id, lock=True) or _existing(s, job) is not None:
+        if not _attempt_live(s, job, lock=True) or _existing(s, job) is not None:
             return
         row = _row(job, cert)
         create(s, row, actor="worker:pki", reason=f"{job.usage} certificate")

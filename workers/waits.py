@@ -122,13 +122,24 @@ def _redrive_rows(
     stall_s: float,
     *,
     since: Any = None,
+    progress: Callable[[Session], dt.datetime | None] | None = None,
 ) -> int:
     """Re-publish ``job(row)`` (through the outbox) for every row matching ``where`` that
     has not moved (``since``, default ``updated_at``) nor been re-driven for ``stall_s``.
 
-    The look-up is a plain read: most turns find nothing, and must not queue for the
-    audit lock that every writer of the line takes."""
+    ``progress`` gives when the wait's owner last finished a piece of this kind of work:
+    while that is more recent than ``stall_s`` the owner is working through a queue,
+    and the waiting rows' messages are most likely in it, not lost. Re-sending them
+    then would only pile duplicates behind them (a batch of 100,000 approved cards
+    would be asked for again and again); a lost message is re-driven once its cohort
+    is through. The look-up is a plain read: most turns find nothing, and must not
+    queue for the audit lock that every writer of the line takes."""
     cutoff = r.cutoff(stall_s)
+    if progress is not None and not r.everything:
+        with r.store.read() as s:
+            last = progress(s)
+        if last is not None and last >= cutoff:
+            return 0
     since = model.updated_at if since is None else since
     stalled = and_(
         *where,
@@ -155,6 +166,18 @@ def _redrive_rows(
 # --- the waits ------------------------------------------------------------------------
 
 
+def _last_prepared(s: Session) -> dt.datetime | None:
+    # prepare stamps valid_from on every card it prepares.
+    return s.scalar(select(func.max(Credential.valid_from)))
+
+
+def _last_escrow_certificate(s: Session) -> dt.datetime | None:
+    newest = select(func.max(Certificate.id)).where(Certificate.attempt_id.is_(None))
+    return s.scalar(
+        select(Certificate.created_at).where(Certificate.id == newest.scalar_subquery())
+    )
+
+
 def _approved(r: Reconcile) -> int:
     return _redrive_rows(
         r,
@@ -163,6 +186,7 @@ def _approved(r: Reconcile) -> int:
         [Credential.state == CardState.APPROVED, Credential.escrow_key_sealed.is_(None)],
         lambda c: PrepareCard(credential_id=c.id),
         r.stall.approved_s,
+        progress=_last_prepared,
     )
 
 
@@ -174,6 +198,7 @@ def _escrow(r: Reconcile) -> int:
         [Credential.state == CardState.APPROVED, Credential.escrow_key_sealed.is_not(None)],
         lambda c: PrepareCard(credential_id=c.id),
         r.stall.approved_s,
+        progress=_last_escrow_certificate,
     )
 
 
@@ -384,7 +409,8 @@ WAITS: tuple[Wait, ...] = (
         "card `approved`, not yet prepared (no escrowed key)",
         "PrepareCard",
         "prepare worker",
-        f"`approved` and unchanged for `approved_s` ({StallPolicy.approved_s:g} s)",
+        f"`approved` and unchanged for `approved_s` ({StallPolicy.approved_s:g} s), and no"
+        " card prepared for as long (else the message is queued, not lost)",
         "PrepareCard again (prepare is idempotent: a prepared card is left alone)",
         _approved,
     ),
@@ -394,7 +420,7 @@ WAITS: tuple[Wait, ...] = (
         "IssueCertificate (attempt none, encryption)",
         "pki worker; storing the certificate makes the card `ready` in the same transaction",
         f"`approved` with a sealed escrow key, unchanged for `approved_s` "
-        f"({StallPolicy.approved_s:g} s)",
+        f"({StallPolicy.approved_s:g} s), and no escrow certificate issued for as long",
         "PrepareCard, which asks again with a CSR made from the sealed key, or makes the"
         " card `ready` if the certificate exists",
         _escrow,

@@ -42,7 +42,11 @@ from workers.waits import StallPolicy
 def _pki_requests(store, *, attempts: bool) -> list[IssueCertificate]:
     with store.read() as s:
         rows = s.scalars(select(OutboxMessage).where(OutboxMessage.actor == "pki")).all()
-    jobs = [IssueCertificate.model_validate(r.payload) for r in rows]
+    jobs = [
+        IssueCertificate.model_validate(r.payload)
+        for r in rows
+        if r.payload["type"] == "issue_certificate"
+    ]
     return [j for j in jobs if (j.attempt_id is not None) == attempts]
 
 
@@ -224,3 +228,79 @@ def _wait_for_attempt_in_progress(store) -> None:
                 return
         time.sleep(0.01)
     raise AssertionError("no card reached a station")
+
+
+def test_a_stray_certificate_that_does_not_fit_the_chip_is_revoked_and_costs_no_blank(
+    ctx, sqlite_store, box, tmp_path
+):
+    """A late message from elsewhere (another card's CSR, an earlier store's request)
+    must not become the certificate a station writes to its chip."""
+    from cryptography.hazmat.primitives import serialization
+
+    from db.models import Certificate
+    from db.transition import create
+    from workers import keys
+    from workers.ca import Holder
+
+    store = sqlite_store
+    cid = _ready_card(store, ctx)
+    station = _station(store, box, tmp_path, cert_timeout_s=30, server_wait_s=60)
+    result: list[str | None] = []
+    worker = threading.Thread(target=lambda: result.append(station.produce(cid)))
+    worker.start()
+    deadline = time.monotonic() + 10
+    while not _pki_requests(store, attempts=True) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    (first, *_) = _pki_requests(store, attempts=True)
+    stray = keys.csr_pem(keys.generate("ec-p256"), "someone else's key")
+    holder = Holder(common_name="x", email="x@example.org", upn="x@example.org", organization="x")
+    cert = ctx.ca.issue(stray, usage=first.usage, holder=holder, validity_days=30)
+    with store.tx() as s:
+        create(
+            s,
+            Certificate(
+                state="valid",
+                credential_id=cid,
+                attempt_id=first.attempt_id,
+                usage=first.usage,
+                serial=f"{cert.serial_number:x}",
+                subject=cert.subject.rfc4514_string(),
+                not_before=cert.not_valid_before_utc,
+                not_after=cert.not_valid_after_utc,
+                pem=cert.public_bytes(serialization.Encoding.PEM).decode(),
+            ),
+            actor="tests",
+        )
+    time.sleep(0.5)  # the station sees the stray answer, revokes it and asks again
+    for job in _pki_requests(store, attempts=True):
+        issue_certificate(ctx, job)
+    worker.join(timeout=30)
+    assert result == ["active"]
+    assert _spoiled(store) == 0
+    with store.read() as s:
+        stray_row = s.scalars(
+            select(Certificate).where(Certificate.serial == f"{cert.serial_number:x}")
+        ).one()
+    assert stray_row.state == "revoked"
+
+
+def test_a_request_naming_another_card_than_its_attempt_is_never_answered(ctx, sqlite_store):
+    from db.models import Certificate
+    from workers import keys
+
+    store = sqlite_store
+    with store.tx() as s:
+        attempt = factories.attempt(s)
+        other = factories.credential(s, "producing")
+        aid, other_id = attempt.id, other.id
+    issue_certificate(
+        ctx,
+        IssueCertificate(
+            credential_id=other_id,
+            attempt_id=aid,
+            usage="authentication",
+            csr_pem=keys.csr_pem(keys.generate("ec-p256"), "x"),
+        ),
+    )
+    with store.read() as s:
+        assert s.scalar(select(func.count()).select_from(Certificate)) == 0

@@ -170,3 +170,41 @@ def test_two_relays_at_once_publish_every_row_exactly_once(store):
         Message.decode(raw).args[0]["credential_id"] for raw in list(broker.queues["prepare"].queue)
     ]
     assert sorted(published) == list(range(1, 401))
+
+
+def test_work_queued_behind_a_busy_owner_is_not_sent_again_only_work_whose_owner_went_quiet(
+    store,
+):
+    from db.models import Certificate
+    from workers.waits import StallPolicy as Stall
+
+    stall = Stall(approved_s=30)
+    long_ago = utcnow() - dt.timedelta(minutes=5)
+    with store.tx() as s:
+        waiting = [factories.credential(s, "approved") for _ in range(3)]
+        for cred in waiting:
+            cred.escrow_key_sealed, cred.card_number = "sealed", f"89990000{cred.id:08d}"
+        done = factories.credential(s, "ready")
+        s.flush()
+        s.execute(
+            update(Credential)
+            .where(Credential.id.in_([c.id for c in waiting]))
+            .values(updated_at=long_ago)
+        )
+        s.add(  # the pki worker issued an escrow certificate a moment ago: it is busy
+            Certificate(
+                state="valid",
+                credential_id=done.id,
+                attempt_id=None,
+                usage="encryption",
+                serial="beef",
+                subject="CN=x",
+                not_before=utcnow(),
+                not_after=utcnow() + dt.timedelta(days=1),
+                pem="-",
+            )
+        )
+    assert redrive(store, stall) == 0  # queued behind the others, not lost
+    with store.tx() as s:
+        s.execute(update(Certificate).values(created_at=long_ago))  # the worker went quiet
+    assert redrive(store, stall) == 3
