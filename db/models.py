@@ -501,22 +501,46 @@ class CardProductionRequest(Base):
     replaced: Mapped[int] = mapped_column(Integer, default=0)
 
 
-class ApiToken(Base):
-    """A bearer token of the HTTP API: one role, shown once, stored as its SHA-256.
+class Principal(Base):
+    """Who acts: an operator account, an identity system, a bureau, a station or a
+    Cardline process. ``name`` is stored normalised (NFKC, casefolded), so two names a
+    person reads as one are one principal; roles are the only source of permissions
+    (``schemas.permissions``). The audit log records ``principal:<id>``."""
 
-    ``name`` is the person or system acting; tokens of one name with different roles
-    are one actor for the four-eyes rule.
-    """
+    __tablename__ = "principals"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    display_name: Mapped[str] = mapped_column(String(100))
+    roles: Mapped[list[str]] = mapped_column(JSON, default=list)
+    password_hash: Mapped[str | None] = mapped_column(String(200))
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[dt.datetime | None]
+    disabled_at: Mapped[dt.datetime | None]
+    created_by: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    @property
+    def actor(self) -> str:
+        return f"principal:{self.id}"
+
+
+class ApiToken(Base):
+    """A bearer token of a principal: shown once, stored as its SHA-256; it grants what
+    its principal's roles grant, until it expires or is revoked."""
 
     __tablename__ = "api_tokens"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(String(100), index=True)
-    role: Mapped[str] = mapped_column(String(16))
+    principal_id: Mapped[int] = mapped_column(ForeignKey("principals.id"), index=True)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_by: Mapped[str] = mapped_column(String(100))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[dt.datetime | None]
     revoked_at: Mapped[dt.datetime | None]
+
+    principal: Mapped[Principal] = relationship()
 
 
 class CrlPublication(Base):

@@ -24,10 +24,12 @@ from db.transition import create, transition
 from producers.lookup import find_user
 from schemas.errors import Forbidden, FourEyesViolation, NotFound, PermanentError, ValidationFailed
 from schemas.messages import IssueSoftToken, PublishCrl
+from schemas.permissions import may, roles_for
 from schemas.pki import PkiConfig
+from schemas.roles import Role
 from schemas.states import OPERATOR_REASONS, CertState, RevocationReason, SoftTokenState, UserState
 
-PASSPHRASE_ROLES = ("operator", "admin")
+USE_CASE = "softtoken.password"  # who may display a passphrase: schemas.permissions
 
 
 @dataclass(frozen=True)
@@ -138,8 +140,9 @@ def reveal_passphrase(
     store: Store, box: SecretBox, token_id: int, *, by: str, roles: frozenset[str]
 ) -> Secret:
     """The stored passphrase of an issued soft token ("display password"), audited."""
-    if not roles & set(PASSPHRASE_ROLES):
-        raise Forbidden(by, "display a soft token passphrase", PASSPHRASE_ROLES)
+    if not may(frozenset(Role(r) for r in roles if r in set(Role)), USE_CASE):
+        allowed = tuple(sorted(r.value for r in roles_for(USE_CASE)))
+        raise Forbidden(by, "display a soft token passphrase", allowed)
     with store.tx() as s:
         token = _token(s, token_id)
         transition(s, token, "reveal_passphrase", actor=by, reason="passphrase displayed")

@@ -1,100 +1,73 @@
-"""Bearer tokens of the HTTP API: created with a role, shown once, stored as SHA-256.
+"""Bearer tokens of the HTTP API, by principal name (``cardline token create``).
 
-A token is 32 random bytes (URL-safe base64 with a ``cl_`` prefix), so a plain SHA-256
-is a safe way to store it: there is nothing to brute-force. ``authenticate`` looks a
-presented token up by its digest; a revoked or unknown token is ``Unauthorized``.
+A token belongs to a principal (``producers.principals``) and grants what that
+principal's roles grant. ``create_token(name, role)`` finds the principal of that name
+(as normalised) or creates it, adds the role to it, and issues a token; so two tokens
+of one name are one principal, and one actor for the four-eyes rule.
 """
 
 from __future__ import annotations
 
-import hashlib
-import secrets
 from dataclasses import dataclass
 
 from sqlalchemy import select
 
 from db.engine import Store
-from db.models import ApiToken, utcnow
+from db.models import ApiToken, Principal
 from db.secrets import Secret
-from db.transition import Unversioned, record
-from schemas.errors import NotFound, Unauthorized, ValidationFailed
+from producers.principals import (
+    Caller,
+    authenticate,
+    create_principal,
+    issue_token,
+    normalise_name,
+    revoke_token,
+    set_roles,
+)
+from schemas.errors import ValidationFailed
 from schemas.roles import Role
 
-PREFIX = "cl_"
-
-
-@dataclass(frozen=True)
-class Principal:
-    """Who is calling: the token's name (the actor in the audit log) and its role."""
-
-    name: str
-    role: Role
-    token_id: int
+__all__ = [
+    "Caller",
+    "TokenView",
+    "authenticate",
+    "create_token",
+    "list_tokens",
+    "revoke_token",
+]
 
 
 @dataclass(frozen=True)
 class TokenView:
     id: int
+    principal_id: int
     name: str
-    role: str
+    roles: str
     created_by: str
     created_at: str
+    expires_at: str | None
     revoked: bool
 
 
-def _digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def create_token(store: Store, *, name: str, role: str, by: str) -> tuple[int, Secret]:
-    """A new token for ``name`` with ``role``; the token itself is returned once."""
-    name = name.strip()
-    if not name or len(name) > 100:
-        raise ValidationFailed("a name of 1 to 100 characters", field="name")
+def create_token(
+    store: Store, *, name: str, role: str, by: str, expires_days: int | None = 90
+) -> tuple[int, Secret]:
+    """A new token for principal ``name`` (created if new), which gets ``role``."""
     try:
         chosen = Role(role)
     except ValueError:
         raise ValidationFailed(f"one of {', '.join(r.value for r in Role)}", field="role") from None
-    token = PREFIX + secrets.token_urlsafe(32)
-    with store.tx() as s:
-        row = ApiToken(name=name, role=chosen.value, token_hash=_digest(token), created_by=by)
-        s.add(row)
-        s.flush()
-        record(
-            s,
-            Unversioned("api_token", row.id, before=None, after="active"),
-            "create",
-            actor=by,
-            reason=f"token for {name} with role {chosen.value}",
-        )
-        return row.id, Secret(token)
-
-
-def authenticate(store: Store, presented: str) -> Principal:
-    if not presented.startswith(PREFIX):
-        raise Unauthorized("not a Cardline token")
+    key = normalise_name(name)
     with store.read() as s:
-        row = s.scalars(select(ApiToken).where(ApiToken.token_hash == _digest(presented))).first()
-        if row is None or row.revoked_at is not None:
-            raise Unauthorized("unknown or revoked token")
-        return Principal(name=row.name, role=Role(row.role), token_id=row.id)
-
-
-def revoke_token(store: Store, token_id: int, *, by: str) -> None:
-    with store.tx() as s:
-        row = s.get(ApiToken, token_id)
-        if row is None:
-            raise NotFound("token", token_id)
-        if row.revoked_at is not None:
-            return
-        row.revoked_at = utcnow()
-        record(
-            s,
-            Unversioned("api_token", row.id, before="active", after="revoked"),
-            "revoke",
-            actor=by,
-            reason=f"token of {row.name} ({row.role}) revoked",
-        )
+        row = s.scalars(select(Principal).where(Principal.name == key)).first()
+        existing = None if row is None else (row.id, list(row.roles or []))
+    if existing is None:
+        pid = create_principal(store, name, roles=[chosen], by=by)
+    else:
+        pid, roles = existing
+        if chosen.value not in roles:
+            set_roles(store, pid, [*roles, chosen.value], by=by)
+    return issue_token(store, pid, by=by, expires_days=expires_days)
 
 
 def list_tokens(store: Store) -> list[TokenView]:
@@ -102,10 +75,14 @@ def list_tokens(store: Store) -> list[TokenView]:
         return [
             TokenView(
                 id=row.id,
-                name=row.name,
-                role=row.role,
+                principal_id=row.principal_id,
+                name=row.principal.name,
+                roles=", ".join(row.principal.roles or []),
                 created_by=row.created_by,
                 created_at=row.created_at.isoformat(timespec="seconds"),
+                expires_at=None
+                if row.expires_at is None
+                else row.expires_at.isoformat(timespec="seconds"),
                 revoked=row.revoked_at is not None,
             )
             for row in s.scalars(select(ApiToken).order_by(ApiToken.id))

@@ -34,15 +34,21 @@ def token_create(app: CliContext, name: str, role: str, by: str) -> None:
 @pass_app
 @handle_errors
 def token_list(app: CliContext) -> None:
-    """Tokens by id, name and role (never the tokens themselves)."""
+    """Tokens by id, principal and its roles (never the tokens themselves)."""
     from rich.table import Table
 
     from producers.tokens import list_tokens
 
-    table = Table("id", "name", "role", "created by", "created", "revoked")
+    table = Table("id", "principal", "roles", "created by", "created", "expires", "revoked")
     for v in list_tokens(app.store()):
         table.add_row(
-            str(v.id), v.name, v.role, v.created_by, v.created_at, "yes" if v.revoked else ""
+            str(v.id),
+            f"{v.name} (#{v.principal_id})",
+            v.roles,
+            v.created_by,
+            v.created_at,
+            v.expires_at or "never",
+            "yes" if v.revoked else "",
         )
     app.out.print(table)
 

@@ -26,11 +26,11 @@ from producers.api import (
 )
 from producers.api.auth import Allow, context
 from producers.api.context import ApiContext
-from producers.tokens import Principal
+from producers.principals import Caller
 from schemas.roles import Role
 
 Ctx = Annotated[ApiContext, Depends(context)]
-EVERY_ROLE = Allow(*Role)
+EVERY_ROLE = Allow("line.status")
 
 
 def roles_of(route: APIRoute) -> frozenset[Role] | None:
@@ -76,7 +76,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
         return {"status": "ok"}
 
     @app.get("/status", tags=["status"])
-    def status(ctx: Ctx, who: Annotated[Principal, Depends(EVERY_ROLE)]) -> dict[str, Any]:
+    def status(ctx: Ctx, who: Annotated[Caller, Depends(EVERY_ROLE)]) -> dict[str, Any]:
         """Counts by state, stations, queue depth (as ``cardline status``)."""
         with ctx.store.read() as s:
             return summarise(s, verify_audit=False).as_dict()

@@ -12,9 +12,8 @@ from producers.api.auth import Allow, context
 from producers.api.context import ApiContext, RowId
 from producers.approvals import approve_batch, reject_batch
 from producers.batch_import import import_batch
-from producers.tokens import Principal
+from producers.principals import Caller
 from schemas.api import BatchOut, DecisionOut, RequiredReasonIn
-from schemas.roles import Role
 
 router = APIRouter(tags=["batches"])
 Ctx = Annotated[ApiContext, Depends(context)]
@@ -24,7 +23,7 @@ MAX_CSV = 50 * 1024 * 1024
 @router.post("/batches", status_code=201)
 def import_csv(
     ctx: Ctx,
-    who: Annotated[Principal, Depends(Allow(Role.REQUESTER, Role.BUREAU))],
+    who: Annotated[Caller, Depends(Allow("batch.import"))],
     csv: Annotated[bytes, Body(media_type="text/csv", max_length=MAX_CSV)],
     name: Annotated[str, Query(pattern=r"^[\w.-]{1,100}$")] = "upload.csv",
 ) -> BatchOut:
@@ -34,7 +33,7 @@ def import_csv(
         path = Path(folder) / name
         path.write_bytes(csv)
         report = import_batch(
-            ctx.store, path, policy=ctx.policy, requested_by=who.name, reject_dir=ctx.rejects_dir
+            ctx.store, path, policy=ctx.policy, requested_by=who.actor, reject_dir=ctx.rejects_dir
         )
     return BatchOut(
         batch_id=report.batch_id,
@@ -47,9 +46,9 @@ def import_csv(
 
 @router.post("/batches/{batch_id}/approve")
 def approve(
-    batch_id: RowId, ctx: Ctx, who: Annotated[Principal, Depends(Allow(Role.APPROVER))]
+    batch_id: RowId, ctx: Ctx, who: Annotated[Caller, Depends(Allow("batch.decide"))]
 ) -> DecisionOut:
-    report = approve_batch(ctx.store, batch_id, by=who.name)
+    report = approve_batch(ctx.store, batch_id, by=who.actor)
     return DecisionOut(batch_id=batch_id, approved=report.approved, rejected=report.rejected)
 
 
@@ -58,7 +57,7 @@ def reject(
     batch_id: RowId,
     body: RequiredReasonIn,
     ctx: Ctx,
-    who: Annotated[Principal, Depends(Allow(Role.APPROVER))],
+    who: Annotated[Caller, Depends(Allow("batch.decide"))],
 ) -> DecisionOut:
-    report = reject_batch(ctx.store, batch_id, by=who.name, reason=body.reason)
+    report = reject_batch(ctx.store, batch_id, by=who.actor, reason=body.reason)
     return DecisionOut(batch_id=batch_id, approved=report.approved, rejected=report.rejected)

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Query
 from producers import cards, escrow, lifecycle
 from producers.api.auth import Allow, context
 from producers.api.context import ApiContext
-from producers.tokens import Principal
+from producers.principals import Caller
 from producers.users import MAX_PAGE
 from schemas.api import (
     CardOut,
@@ -25,35 +25,33 @@ from schemas.api import (
     RequiredReasonIn,
     StateOut,
 )
-from schemas.roles import Role
 
 router = APIRouter(tags=["cards"])
 Ctx = Annotated[ApiContext, Depends(context)]
-Readers = Allow(Role.REQUESTER, Role.APPROVER, Role.OPERATOR, Role.AUDITOR)
-Approvers = Allow(Role.APPROVER)
-Operators = Allow(Role.OPERATOR)
 
 
 @router.post("/cards", status_code=201)
 def request_cards(
-    body: CardRequestIn, ctx: Ctx, who: Annotated[Principal, Depends(Allow(Role.REQUESTER))]
+    body: CardRequestIn, ctx: Ctx, who: Annotated[Caller, Depends(Allow("card.request"))]
 ) -> CardsCreated:
-    ids = cards.request_cards(ctx.store, body.users, by=who.name, policy=ctx.policy, line=body.line)
+    ids = cards.request_cards(
+        ctx.store, body.users, by=who.actor, policy=ctx.policy, line=body.line
+    )
     return CardsCreated(ids=ids, state="requested" if ctx.policy.approval_required else "approved")
 
 
 @router.post("/cards/issue", status_code=201)
 def issue_cards(
-    body: CardRequestIn, ctx: Ctx, who: Annotated[Principal, Depends(Operators)]
+    body: CardRequestIn, ctx: Ctx, who: Annotated[Caller, Depends(Allow("card.issue"))]
 ) -> CardsCreated:
-    ids = cards.issue_cards(ctx.store, body.users, by=who.name, policy=ctx.policy, line=body.line)
+    ids = cards.issue_cards(ctx.store, body.users, by=who.actor, policy=ctx.policy, line=body.line)
     return CardsCreated(ids=ids, state="approved")
 
 
 @router.get("/cards")
 def search_cards(
     ctx: Ctx,
-    who: Annotated[Principal, Depends(Readers)],
+    who: Annotated[Caller, Depends(Allow("card.read"))],
     state: str | None = None,
     kind: str | None = None,
     user: str | None = None,
@@ -72,40 +70,46 @@ def search_cards(
 
 
 @router.get("/cards/{card}")
-def get_card(card: str, ctx: Ctx, who: Annotated[Principal, Depends(Readers)]) -> CardOut:
+def get_card(card: str, ctx: Ctx, who: Annotated[Caller, Depends(Allow("card.read"))]) -> CardOut:
     return cards.get_card(ctx.store, card)
 
 
 @router.patch("/cards/{card}")
 def edit_card(
-    card: str, body: CardPatch, ctx: Ctx, who: Annotated[Principal, Depends(Operators)]
+    card: str, body: CardPatch, ctx: Ctx, who: Annotated[Caller, Depends(Allow("card.edit"))]
 ) -> CardOut:
-    cards.edit_card(ctx.store, card, by=who.name, line=body.line, policy=ctx.policy)
+    cards.edit_card(ctx.store, card, by=who.actor, line=body.line, policy=ctx.policy)
     return cards.get_card(ctx.store, card)
 
 
 @router.post("/cards/{card}/approve")
 def approve_card(
-    card: str, body: CommentIn, ctx: Ctx, who: Annotated[Principal, Depends(Approvers)]
+    card: str, body: CommentIn, ctx: Ctx, who: Annotated[Caller, Depends(Allow("card.decide"))]
 ) -> StateOut:
-    return StateOut(state=cards.approve_card(ctx.store, card, by=who.name, comment=body.comment))
+    return StateOut(state=cards.approve_card(ctx.store, card, by=who.actor, comment=body.comment))
 
 
 @router.post("/cards/{card}/reject")
 def reject_card(
-    card: str, body: RequiredReasonIn, ctx: Ctx, who: Annotated[Principal, Depends(Approvers)]
+    card: str,
+    body: RequiredReasonIn,
+    ctx: Ctx,
+    who: Annotated[Caller, Depends(Allow("card.decide"))],
 ) -> StateOut:
     state = cards.reject_card(
-        ctx.store, card, by=who.name, reason=body.reason, comment=body.comment
+        ctx.store, card, by=who.actor, reason=body.reason, comment=body.comment
     )
     return StateOut(state=state)
 
 
 @router.post("/cards/{card}/postpone")
 def postpone_card(
-    card: str, body: RequiredReasonIn, ctx: Ctx, who: Annotated[Principal, Depends(Approvers)]
+    card: str,
+    body: RequiredReasonIn,
+    ctx: Ctx,
+    who: Annotated[Caller, Depends(Allow("card.decide"))],
 ) -> StateOut:
-    return StateOut(state=cards.postpone_card(ctx.store, card, by=who.name, reason=body.reason))
+    return StateOut(state=cards.postpone_card(ctx.store, card, by=who.actor, reason=body.reason))
 
 
 @router.post("/cards/{card}/cancel")
@@ -113,45 +117,49 @@ def cancel_card(
     card: str,
     body: ReasonIn,
     ctx: Ctx,
-    who: Annotated[Principal, Depends(Allow(Role.REQUESTER, Role.OPERATOR))],
+    who: Annotated[Caller, Depends(Allow("card.cancel"))],
 ) -> StateOut:
-    return StateOut(state=cards.cancel_card(ctx.store, card, by=who.name, reason=body.reason))
+    return StateOut(state=cards.cancel_card(ctx.store, card, by=who.actor, reason=body.reason))
 
 
 @router.post("/cards/{card}/activate")
-def activate_card(card: str, ctx: Ctx, who: Annotated[Principal, Depends(Operators)]) -> StateOut:
-    return StateOut(state=cards.activate_card(ctx.store, card, by=who.name))
+def activate_card(
+    card: str, ctx: Ctx, who: Annotated[Caller, Depends(Allow("card.activate"))]
+) -> StateOut:
+    return StateOut(state=cards.activate_card(ctx.store, card, by=who.actor))
 
 
 @router.post("/cards/{card}/deactivate")
 def deactivate_card(
-    card: str, body: ReasonIn, ctx: Ctx, who: Annotated[Principal, Depends(Operators)]
+    card: str, body: ReasonIn, ctx: Ctx, who: Annotated[Caller, Depends(Allow("card.deactivate"))]
 ) -> CountOut:
     held = lifecycle.deactivate_card(
-        ctx.store, card, by=who.name, reason=body.reason, reasons=ctx.policy.deactivation_reasons
+        ctx.store, card, by=who.actor, reason=body.reason, reasons=ctx.policy.deactivation_reasons
     )
     return CountOut(certificates=held)
 
 
 @router.post("/cards/{card}/reactivate")
 def reactivate_card(
-    card: str, body: ReasonIn, ctx: Ctx, who: Annotated[Principal, Depends(Operators)]
+    card: str, body: ReasonIn, ctx: Ctx, who: Annotated[Caller, Depends(Allow("card.reactivate"))]
 ) -> CountOut:
     released = lifecycle.reactivate_card(
-        ctx.store, card, by=who.name, reason=body.reason, reasons=ctx.policy.deactivation_reasons
+        ctx.store, card, by=who.actor, reason=body.reason, reasons=ctx.policy.deactivation_reasons
     )
     return CountOut(certificates=released)
 
 
 @router.post("/cards/{card}/lock")
 def lock_card(
-    card: str, body: LockIn, ctx: Ctx, who: Annotated[Principal, Depends(Operators)]
+    card: str, body: LockIn, ctx: Ctx, who: Annotated[Caller, Depends(Allow("card.lock"))]
 ) -> CountOut:
-    revoked = lifecycle.lock_card(ctx.store, card, by=who.name, reason=body.reason)
+    revoked = lifecycle.lock_card(ctx.store, card, by=who.actor, reason=body.reason)
     return CountOut(certificates=revoked)
 
 
 @router.post("/cards/{card}/recover-escrow")
-def recover_escrow(card: str, ctx: Ctx, who: Annotated[Principal, Depends(Operators)]) -> CountOut:
+def recover_escrow(
+    card: str, ctx: Ctx, who: Annotated[Caller, Depends(Allow("card.recover"))]
+) -> CountOut:
     """Have the card (not yet produced) also carry the holder's earlier escrowed keys."""
-    return CountOut(certificates=escrow.request_key_recovery(ctx.store, card, by=who.name))
+    return CountOut(certificates=escrow.request_key_recovery(ctx.store, card, by=who.actor))

@@ -9,9 +9,8 @@ from fastapi import APIRouter, Depends
 from producers import cpr
 from producers.api.auth import Allow, context
 from producers.api.context import ApiContext
-from producers.tokens import Principal
+from producers.principals import Caller
 from schemas.cpr import CprOutcome, SignedCpr
-from schemas.roles import Role
 
 router = APIRouter(tags=["cpr"])
 
@@ -20,7 +19,7 @@ router = APIRouter(tags=["cpr"])
 def submit_cpr(
     body: SignedCpr,
     ctx: Annotated[ApiContext, Depends(context)],
-    who: Annotated[Principal, Depends(Allow(Role.REQUESTER))],
+    who: Annotated[Caller, Depends(Allow("cpr.submit"))],
 ) -> CprOutcome:
     """A CPR signed by a configured identity system: a user and a card request, or a
     refusal with the reason (400 invalid_cpr, 409 already_exists) and nothing stored."""

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends
 from producers import cards, incidents, lifecycle, tempcards
 from producers.api.auth import Allow, context
 from producers.api.context import ApiContext, RowId
-from producers.tokens import Principal
+from producers.principals import Caller
 from schemas.api import (
     AssignIn,
     CountOut,
@@ -22,62 +22,60 @@ from schemas.api import (
     StockIn,
     StockOut,
 )
-from schemas.roles import Role
 
 router = APIRouter()
 Ctx = Annotated[ApiContext, Depends(context)]
-Operators = Allow(Role.OPERATOR)
 
 
 @router.post("/tempcards/stock", status_code=201, tags=["temporary cards"])
 def stock_run(
-    body: StockIn, ctx: Ctx, who: Annotated[Principal, Depends(Allow(Role.REQUESTER))]
+    body: StockIn, ctx: Ctx, who: Annotated[Caller, Depends(Allow("tempcard.stock"))]
 ) -> StockOut:
     """A stock run of N temporary cards (one batch order; approve it like a batch)."""
     batch_id, ids = tempcards.request_stock(
-        ctx.store, body.count, by=who.name, policy=ctx.policy, line=body.line
+        ctx.store, body.count, by=who.actor, policy=ctx.policy, line=body.line
     )
     return StockOut(batch_id=batch_id, ids=ids)
 
 
 @router.post("/tempcards/{card}/assign", tags=["temporary cards"])
 def assign(
-    card: str, body: AssignIn, ctx: Ctx, who: Annotated[Principal, Depends(Operators)]
+    card: str, body: AssignIn, ctx: Ctx, who: Annotated[Caller, Depends(Allow("tempcard.assign"))]
 ) -> StateOut:
     state = tempcards.assign(
-        ctx.store, card, body.user, by=who.name, policy=ctx.policy, days=body.days
+        ctx.store, card, body.user, by=who.actor, policy=ctx.policy, days=body.days
     )
     return StateOut(state=state)
 
 
 @router.post("/tempcards/{card}/extend", tags=["temporary cards"])
 def extend(
-    card: str, body: DaysIn, ctx: Ctx, who: Annotated[Principal, Depends(Operators)]
+    card: str, body: DaysIn, ctx: Ctx, who: Annotated[Caller, Depends(Allow("tempcard.extend"))]
 ) -> StateOut:
-    state = tempcards.extend(ctx.store, card, by=who.name, policy=ctx.policy, days=body.days)
+    state = tempcards.extend(ctx.store, card, by=who.actor, policy=ctx.policy, days=body.days)
     return StateOut(state=state)
 
 
 @router.post("/tempcards/{card}/withdraw", tags=["temporary cards"])
 def withdraw(
-    card: str, body: ReasonIn, ctx: Ctx, who: Annotated[Principal, Depends(Operators)]
+    card: str, body: ReasonIn, ctx: Ctx, who: Annotated[Caller, Depends(Allow("tempcard.withdraw"))]
 ) -> CountOut:
-    revoked = tempcards.withdraw(ctx.store, card, by=who.name, reason=body.reason)
+    revoked = tempcards.withdraw(ctx.store, card, by=who.actor, reason=body.reason)
     return CountOut(certificates=revoked)
 
 
 @router.post("/tempcards/{card}/lock", tags=["temporary cards"])
 def lock(
-    card: str, body: LockIn, ctx: Ctx, who: Annotated[Principal, Depends(Operators)]
+    card: str, body: LockIn, ctx: Ctx, who: Annotated[Caller, Depends(Allow("card.lock"))]
 ) -> CountOut:
-    revoked = lifecycle.lock_card(ctx.store, card, by=who.name, reason=body.reason)
+    revoked = lifecycle.lock_card(ctx.store, card, by=who.actor, reason=body.reason)
     return CountOut(certificates=revoked)
 
 
 @router.post("/cards/{card}/renew", tags=["cards"])
-def renew(card: str, ctx: Ctx, who: Annotated[Principal, Depends(Operators)]) -> StateOut:
+def renew(card: str, ctx: Ctx, who: Annotated[Caller, Depends(Allow("card.renew"))]) -> StateOut:
     """New certificates for the card's keys; PIN and PUK kept."""
-    return StateOut(state=cards.renew_card(ctx.store, card, by=who.name))
+    return StateOut(state=cards.renew_card(ctx.store, card, by=who.actor))
 
 
 @router.post("/cards/{card}/incidents", status_code=201, tags=["incidents"])
@@ -85,7 +83,7 @@ def declare(
     card: str,
     body: IncidentIn,
     ctx: Ctx,
-    who: Annotated[Principal, Depends(Allow(Role.REQUESTER, Role.OPERATOR))],
+    who: Annotated[Caller, Depends(Allow("card.incident"))],
 ) -> IncidentOut:
     """Declare the card forgotten, lost, stolen or damaged: it goes out of use and a
     replacement request (temporary or permanent) waits for approval."""
@@ -93,7 +91,7 @@ def declare(
         ctx.store,
         card,
         body.kind,
-        by=who.name,
+        by=who.actor,
         policy=ctx.policy,
         temporary=body.temporary,
         note=body.note,
@@ -104,7 +102,7 @@ def declare(
 @router.get("/incidents", tags=["incidents"])
 def list_incidents(
     ctx: Ctx,
-    who: Annotated[Principal, Depends(Allow(Role.APPROVER, Role.OPERATOR, Role.AUDITOR))],
+    who: Annotated[Caller, Depends(Allow("incident.read"))],
     state: str | None = None,
 ) -> list[IncidentOut]:
     return [i for i in incidents.list_incidents(ctx.store, state=state)]
@@ -112,9 +110,9 @@ def list_incidents(
 
 @router.post("/incidents/{incident_id}/approve", tags=["incidents"])
 def approve_incident(
-    incident_id: RowId, ctx: Ctx, who: Annotated[Principal, Depends(Allow(Role.APPROVER))]
+    incident_id: RowId, ctx: Ctx, who: Annotated[Caller, Depends(Allow("incident.decide"))]
 ) -> IncidentOut:
-    incident = incidents.approve(ctx.store, incident_id, by=who.name, policy=ctx.policy)
+    incident = incidents.approve(ctx.store, incident_id, by=who.actor, policy=ctx.policy)
     return incident
 
 
@@ -123,8 +121,8 @@ def cancel_incident(
     incident_id: RowId,
     body: ReasonIn,
     ctx: Ctx,
-    who: Annotated[Principal, Depends(Allow(Role.REQUESTER, Role.OPERATOR))],
+    who: Annotated[Caller, Depends(Allow("card.incident"))],
 ) -> IncidentOut:
     """The card was found: the replacement request is withdrawn."""
-    incident = incidents.cancel(ctx.store, incident_id, by=who.name, reason=body.reason)
+    incident = incidents.cancel(ctx.store, incident_id, by=who.actor, reason=body.reason)
     return incident

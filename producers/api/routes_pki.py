@@ -11,7 +11,7 @@ from fastapi.responses import Response
 from producers import certificates, softtokens
 from producers.api.auth import Allow, context
 from producers.api.context import ApiContext, RowId
-from producers.tokens import Principal
+from producers.principals import Caller
 from schemas.api import (
     CardsCreated,
     CommentIn,
@@ -24,35 +24,41 @@ from schemas.api import (
     StateOut,
 )
 from schemas.errors import NotFound
-from schemas.roles import Role
 from schemas.states import RevocationReason
 
 router = APIRouter()
 Ctx = Annotated[ApiContext, Depends(context)]
-Operators = Allow(Role.OPERATOR)
-Approvers = Allow(Role.APPROVER)
 
 
 @router.post("/certificates/{serial}/revoke", tags=["certificates"])
 def revoke_certificate(
-    serial: str, body: RevokeIn, ctx: Ctx, who: Annotated[Principal, Depends(Operators)]
+    serial: str,
+    body: RevokeIn,
+    ctx: Ctx,
+    who: Annotated[Caller, Depends(Allow("certificate.revoke"))],
 ) -> StateOut:
-    state = certificates.revoke(ctx.store, serial, reason=body.reason, by=who.name)
+    state = certificates.revoke(ctx.store, serial, reason=body.reason, by=who.actor)
     return StateOut(state=state)
 
 
 @router.post("/certificates/{serial}/hold", tags=["certificates"])
 def hold_certificate(
-    serial: str, body: ReasonIn, ctx: Ctx, who: Annotated[Principal, Depends(Operators)]
+    serial: str,
+    body: ReasonIn,
+    ctx: Ctx,
+    who: Annotated[Caller, Depends(Allow("certificate.hold"))],
 ) -> StateOut:
-    return StateOut(state=certificates.hold(ctx.store, serial, by=who.name, reason=body.reason))
+    return StateOut(state=certificates.hold(ctx.store, serial, by=who.actor, reason=body.reason))
 
 
 @router.post("/certificates/{serial}/release", tags=["certificates"])
 def release_certificate(
-    serial: str, body: ReasonIn, ctx: Ctx, who: Annotated[Principal, Depends(Operators)]
+    serial: str,
+    body: ReasonIn,
+    ctx: Ctx,
+    who: Annotated[Caller, Depends(Allow("certificate.hold"))],
 ) -> StateOut:
-    state = certificates.release(ctx.store, serial, by=who.name, reason=body.reason)
+    state = certificates.release(ctx.store, serial, by=who.actor, reason=body.reason)
     return StateOut(state=state)
 
 
@@ -83,18 +89,16 @@ def ca_chain(ctx: Ctx) -> Response:
 
 @router.post("/softtokens", status_code=201, tags=["softtokens"])
 def request_softtokens(
-    body: SoftTokenRequestIn, ctx: Ctx, who: Annotated[Principal, Depends(Allow(Role.REQUESTER))]
+    body: SoftTokenRequestIn, ctx: Ctx, who: Annotated[Caller, Depends(Allow("softtoken.request"))]
 ) -> CardsCreated:
-    ids = softtokens.request_softtokens(ctx.store, body.user, body.types, by=who.name, pki=ctx.pki)
+    ids = softtokens.request_softtokens(ctx.store, body.user, body.types, by=who.actor, pki=ctx.pki)
     return CardsCreated(ids=ids, state="requested" if ctx.pki.softtoken_approval else "approved")
 
 
 @router.get("/softtokens", tags=["softtokens"])
 def list_softtokens(
     ctx: Ctx,
-    who: Annotated[
-        Principal, Depends(Allow(Role.REQUESTER, Role.APPROVER, Role.OPERATOR, Role.AUDITOR))
-    ],
+    who: Annotated[Caller, Depends(Allow("softtoken.read"))],
     user: Annotated[str | None, Query(max_length=254)] = None,
     state: Annotated[str | None, Query(max_length=32)] = None,
 ) -> list[SoftTokenOut]:
@@ -114,16 +118,22 @@ def list_softtokens(
 
 @router.post("/softtokens/{token_id}/approve", tags=["softtokens"])
 def approve_softtoken(
-    token_id: RowId, body: CommentIn, ctx: Ctx, who: Annotated[Principal, Depends(Approvers)]
+    token_id: RowId,
+    body: CommentIn,
+    ctx: Ctx,
+    who: Annotated[Caller, Depends(Allow("softtoken.decide"))],
 ) -> StateOut:
-    return StateOut(state=softtokens.approve(ctx.store, token_id, by=who.name))
+    return StateOut(state=softtokens.approve(ctx.store, token_id, by=who.actor))
 
 
 @router.post("/softtokens/{token_id}/reject", tags=["softtokens"])
 def reject_softtoken(
-    token_id: RowId, body: RequiredReasonIn, ctx: Ctx, who: Annotated[Principal, Depends(Approvers)]
+    token_id: RowId,
+    body: RequiredReasonIn,
+    ctx: Ctx,
+    who: Annotated[Caller, Depends(Allow("softtoken.decide"))],
 ) -> StateOut:
-    state = softtokens.reject(ctx.store, token_id, by=who.name, reason=body.reason)
+    state = softtokens.reject(ctx.store, token_id, by=who.actor, reason=body.reason)
     return StateOut(state=state)
 
 
@@ -132,26 +142,29 @@ def cancel_softtoken(
     token_id: RowId,
     body: ReasonIn,
     ctx: Ctx,
-    who: Annotated[Principal, Depends(Allow(Role.REQUESTER, Role.OPERATOR))],
+    who: Annotated[Caller, Depends(Allow("softtoken.manage"))],
 ) -> StateOut:
-    state = softtokens.cancel(ctx.store, token_id, by=who.name, reason=body.reason)
+    state = softtokens.cancel(ctx.store, token_id, by=who.actor, reason=body.reason)
     return StateOut(state=state)
 
 
 @router.post("/softtokens/{token_id}/revoke", tags=["softtokens"])
 def revoke_softtoken(
-    token_id: RowId, body: RevokeIn, ctx: Ctx, who: Annotated[Principal, Depends(Operators)]
+    token_id: RowId,
+    body: RevokeIn,
+    ctx: Ctx,
+    who: Annotated[Caller, Depends(Allow("softtoken.manage"))],
 ) -> StateOut:
     reason = RevocationReason(body.reason)
-    return StateOut(state=softtokens.revoke(ctx.store, token_id, by=who.name, reason=reason))
+    return StateOut(state=softtokens.revoke(ctx.store, token_id, by=who.actor, reason=reason))
 
 
 @router.post("/softtokens/{token_id}/passphrase", tags=["softtokens"])
 def display_passphrase(
-    token_id: RowId, ctx: Ctx, who: Annotated[Principal, Depends(Operators)]
+    token_id: RowId, ctx: Ctx, who: Annotated[Caller, Depends(Allow("softtoken.password"))]
 ) -> PassphraseOut:
     """ "Display password": audited; a POST, so no cache or log keeps it as a URL."""
     secret = softtokens.reveal_passphrase(
-        ctx.store, ctx.box, token_id, by=who.name, roles=frozenset({who.role.value})
+        ctx.store, ctx.box, token_id, by=who.actor, roles=frozenset(r.value for r in who.roles)
     )
     return PassphraseOut(passphrase=secret.reveal())

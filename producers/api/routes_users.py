@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Query
 from producers import lifecycle, users
 from producers.api.auth import Allow, context
 from producers.api.context import ApiContext
-from producers.tokens import Principal
+from producers.principals import Caller
 from schemas.api import (
     BulkIn,
     BulkLockIn,
@@ -25,26 +25,23 @@ from schemas.api import (
     UserPage,
     UserPatch,
 )
-from schemas.roles import Role
 
 router = APIRouter(tags=["users"])
 Ctx = Annotated[ApiContext, Depends(context)]
-Readers = Allow(Role.REQUESTER, Role.APPROVER, Role.OPERATOR, Role.AUDITOR)
-Operators = Allow(Role.OPERATOR)
 
 
 @router.post("/users", status_code=201)
 def create_user(
-    body: UserIn, ctx: Ctx, who: Annotated[Principal, Depends(Allow(Role.REQUESTER, Role.OPERATOR))]
+    body: UserIn, ctx: Ctx, who: Annotated[Caller, Depends(Allow("user.create"))]
 ) -> UserOut:
-    user_id = users.create_user(ctx.store, body.model_dump(), by=who.name, policy=ctx.policy)
+    user_id = users.create_user(ctx.store, body.model_dump(), by=who.actor, policy=ctx.policy)
     return users.get_user(ctx.store, str(user_id))
 
 
 @router.get("/users")
 def search_users(
     ctx: Ctx,
-    who: Annotated[Principal, Depends(Readers)],
+    who: Annotated[Caller, Depends(Allow("user.read"))],
     state: str | None = None,
     text: Annotated[str | None, Query(max_length=200)] = None,
     page: Annotated[int, Query(ge=1)] = 1,
@@ -60,19 +57,19 @@ def search_users(
 
 
 @router.get("/users/{user}")
-def get_user(user: str, ctx: Ctx, who: Annotated[Principal, Depends(Readers)]) -> UserOut:
+def get_user(user: str, ctx: Ctx, who: Annotated[Caller, Depends(Allow("user.read"))]) -> UserOut:
     return users.get_user(ctx.store, user)
 
 
 @router.patch("/users/{user}")
 def edit_user(
-    user: str, body: UserPatch, ctx: Ctx, who: Annotated[Principal, Depends(Operators)]
+    user: str, body: UserPatch, ctx: Ctx, who: Annotated[Caller, Depends(Allow("user.edit"))]
 ) -> UserOut:
     users.update_user(
         ctx.store,
         user,
         body.model_dump(exclude_unset=True),
-        by=who.name,
+        by=who.actor,
         unique_email=ctx.policy.email_unique,
     )
     return users.get_user(ctx.store, user)
@@ -80,54 +77,56 @@ def edit_user(
 
 @router.post("/users/{user}/deactivate")
 def deactivate_user(
-    user: str, body: ReasonIn, ctx: Ctx, who: Annotated[Principal, Depends(Operators)]
+    user: str, body: ReasonIn, ctx: Ctx, who: Annotated[Caller, Depends(Allow("user.deactivate"))]
 ) -> CountOut:
     held = lifecycle.deactivate_user(
-        ctx.store, user, by=who.name, reason=body.reason, reasons=ctx.policy.deactivation_reasons
+        ctx.store, user, by=who.actor, reason=body.reason, reasons=ctx.policy.deactivation_reasons
     )
     return CountOut(certificates=held)
 
 
 @router.post("/users/{user}/reactivate")
 def reactivate_user(
-    user: str, body: ReasonIn, ctx: Ctx, who: Annotated[Principal, Depends(Operators)]
+    user: str, body: ReasonIn, ctx: Ctx, who: Annotated[Caller, Depends(Allow("user.reactivate"))]
 ) -> CountOut:
     released = lifecycle.reactivate_user(
-        ctx.store, user, by=who.name, reason=body.reason, reasons=ctx.policy.deactivation_reasons
+        ctx.store, user, by=who.actor, reason=body.reason, reasons=ctx.policy.deactivation_reasons
     )
     return CountOut(certificates=released)
 
 
 @router.post("/users/{user}/lock")
 def lock_user(
-    user: str, body: LockIn, ctx: Ctx, who: Annotated[Principal, Depends(Operators)]
+    user: str, body: LockIn, ctx: Ctx, who: Annotated[Caller, Depends(Allow("user.lock"))]
 ) -> CountOut:
-    revoked = lifecycle.lock_user(ctx.store, user, by=who.name, reason=body.reason)
+    revoked = lifecycle.lock_user(ctx.store, user, by=who.actor, reason=body.reason)
     return CountOut(certificates=revoked)
 
 
 @router.delete("/users/{user}")
-def delete_user(user: str, ctx: Ctx, who: Annotated[Principal, Depends(Operators)]) -> StateOut:
-    return StateOut(state=users.delete_user(ctx.store, user, by=who.name))
+def delete_user(
+    user: str, ctx: Ctx, who: Annotated[Caller, Depends(Allow("user.delete"))]
+) -> StateOut:
+    return StateOut(state=users.delete_user(ctx.store, user, by=who.actor))
 
 
 @router.put("/users/{user}/roles")
 def set_roles(
-    user: str, body: RolesIn, ctx: Ctx, who: Annotated[Principal, Depends(Allow(Role.ADMIN))]
+    user: str, body: RolesIn, ctx: Ctx, who: Annotated[Caller, Depends(Allow("principal.admin"))]
 ) -> RolesIn:
-    return RolesIn(roles=users.set_roles(ctx.store, user, body.roles, by=who.name))
+    return RolesIn(roles=users.set_roles(ctx.store, user, body.roles, by=who.actor))
 
 
 @router.post("/bulk/users/deactivate")
 def deactivate_users(
-    body: BulkIn, ctx: Ctx, who: Annotated[Principal, Depends(Operators)]
+    body: BulkIn, ctx: Ctx, who: Annotated[Caller, Depends(Allow("user.bulk"))]
 ) -> BulkOut:
     report = users.for_each_user(
         ctx.store,
         state=body.state,
         text=body.text,
         action=lambda u: lifecycle.deactivate_user(
-            ctx.store, u, by=who.name, reason=body.reason, reasons=ctx.policy.deactivation_reasons
+            ctx.store, u, by=who.actor, reason=body.reason, reasons=ctx.policy.deactivation_reasons
         ),
     )
     return BulkOut(done=report.done, refused=report.refused)
@@ -135,23 +134,25 @@ def deactivate_users(
 
 @router.post("/bulk/users/lock")
 def lock_users(
-    body: BulkLockIn, ctx: Ctx, who: Annotated[Principal, Depends(Operators)]
+    body: BulkLockIn, ctx: Ctx, who: Annotated[Caller, Depends(Allow("user.bulk"))]
 ) -> BulkOut:
     report = users.for_each_user(
         ctx.store,
         state=body.state,
         text=body.text,
-        action=lambda u: lifecycle.lock_user(ctx.store, u, by=who.name, reason=body.lock_reason),
+        action=lambda u: lifecycle.lock_user(ctx.store, u, by=who.actor, reason=body.lock_reason),
     )
     return BulkOut(done=report.done, refused=report.refused)
 
 
 @router.post("/bulk/users/delete")
-def delete_users(body: BulkIn, ctx: Ctx, who: Annotated[Principal, Depends(Operators)]) -> BulkOut:
+def delete_users(
+    body: BulkIn, ctx: Ctx, who: Annotated[Caller, Depends(Allow("user.bulk"))]
+) -> BulkOut:
     report = users.for_each_user(
         ctx.store,
         state=body.state,
         text=body.text,
-        action=lambda u: users.delete_user(ctx.store, u, by=who.name, reason=body.reason),
+        action=lambda u: users.delete_user(ctx.store, u, by=who.actor, reason=body.reason),
     )
     return BulkOut(done=report.done, refused=report.refused)

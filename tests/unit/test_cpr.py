@@ -102,7 +102,7 @@ def _client(store, tmp_path: Path, idms: IdentitySystemKey, **options) -> TestCl
         cpr_keys=load_identity_systems(config),
     )
     client = TestClient(create_app(ctx), raise_server_exceptions=False)
-    _, token = create_token(store, name="idms1-gateway", role="requester", by="tests")
+    _, token = create_token(store, name="idms1-gateway", role="identity_system", by="tests")
     client.headers["Authorization"] = f"Bearer {token.reveal()}"
     return client
 

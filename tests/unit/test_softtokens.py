@@ -147,7 +147,7 @@ def test_the_p12_holds_the_key_of_its_certificate_and_the_chain(store, ctx, hold
     deliver_softtoken(ctx, DeliverSoftToken(soft_token_id=tid))
     token = _token(store, tid)
     passphrase = softtokens.reveal_passphrase(
-        store, box, tid, by="olga", roles=frozenset({"operator"})
+        store, box, tid, by="olga", roles=frozenset({"softtoken_admin"})
     )
     assert token.p12_path is not None
     blob = pkcs12.load_pkcs12(
@@ -181,7 +181,7 @@ def test_displaying_the_passphrase_needs_the_role_and_is_audited(store, ctx, hol
     tid = _issued(store, ctx, holder)
     with pytest.raises(Forbidden) as err:
         softtokens.reveal_passphrase(store, box, tid, by="rita", roles=frozenset({"requester"}))
-    assert "operator" in str(err.value)
+    assert "softtoken_admin" in str(err.value)
     with store.read() as s:
         shown = s.scalars(select(AuditEvent).where(AuditEvent.action == "reveal_passphrase")).all()
     assert shown == []
@@ -225,7 +225,7 @@ def test_the_passphrase_never_appears_in_logs_outbox_audit_or_errors(store, ctx,
         tid = _issued(store, ctx, holder)
         deliver_softtoken(ctx, DeliverSoftToken(soft_token_id=tid))
         secret = softtokens.reveal_passphrase(
-            store, box, tid, by="olga", roles=frozenset({"operator"})
+            store, box, tid, by="olga", roles=frozenset({"softtoken_admin"})
         )
         try:
             softtokens.reveal_passphrase(store, box, tid, by="x", roles=frozenset())
