@@ -62,8 +62,17 @@ def run_demo(settings: Settings, options: DemoOptions, *, as_json: bool, console
         log_file=paths.logs / "cardline.log", level=settings.log_level, console_level="ERROR"
     )
     started = time.monotonic()
-    csv_path = _input_csv(options, paths)
-    plan = DemoPlan(csv=str(csv_path), requester=options.requester, approver=options.approver)
+    # The plan first, before anything slow: a demo killed from here on is resumed by
+    # `cardline run`, which generates the same input again if it was not written yet.
+    generated = options.input_csv is None and not options.example
+    csv_path = paths.root / "input" / "users.csv" if generated else _input_csv(options, paths)
+    plan = DemoPlan(
+        csv=str(csv_path),
+        requester=options.requester,
+        approver=options.approver,
+        generate=options.cards if generated else 0,
+        seed=options.line.seed or 0,
+    )
     plan.write(settings.data_dir)
     report = plan.carry_out(settings, paths)
     err = Console(stderr=True)
@@ -104,6 +113,8 @@ class DemoPlan:
     csv: str
     requester: str
     approver: str
+    generate: int = 0  # users to generate into ``csv`` (with ``seed``) if it is missing
+    seed: int = 0
     done: bool = False
 
     def write(self, data_dir: Path) -> None:
@@ -121,9 +132,11 @@ class DemoPlan:
         """Import and approve; the demo's data dir is its own, so its store is created
         (migrated) here, also when ``cardline run`` resumes a killed demo."""
         policy = settings.policy
+        csv_path = Path(self.csv)
+        if self.generate and not csv_path.exists():
+            write_users_csv(csv_path, self.generate, seed=self.seed)  # atomic, deterministic
         store = open_migrated(settings)
         try:
-            csv_path = Path(self.csv)
             report = import_batch(
                 store,
                 csv_path,
