@@ -75,7 +75,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Any:
     config = work / "cardline.toml"
     config.write_text(
         "[pki]\nsofttoken_mail_passphrase = true\n\n"
-        '[roles]\nolga = ["operator"]\nrita = ["requester"]\n'
+        '[roles]\nolga = ["softtoken_admin"]\nrita = ["requester"]\n'
     )
     inbox = Inbox()
     port = _free_port()
@@ -202,7 +202,7 @@ def test_each_holder_gets_the_p12_and_the_passphrase_in_separate_messages(world)
 def test_displaying_a_passphrase_without_the_role_is_refused(world):
     refused = world.cli("softtoken", "password", 1, "--by", "rita")
     assert refused.exit_code != 0
-    assert "operator" in refused.output
+    assert "softtoken_admin" in refused.output
     assert world.passwords[1] not in refused.output
 
 
