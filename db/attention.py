@@ -15,6 +15,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from db.models import Attention, utcnow
+from db.transition import Unversioned, record
 from schemas.errors import NotFound
 
 REASON_MAX = 500
@@ -51,6 +52,14 @@ def resolve(session: Session, attention_id: int, *, by: str) -> Attention:
         update(Attention)
         .where(Attention.id == attention_id)
         .values(resolved_at=utcnow(), resolved_by=by[:100])
+    )
+    # An operator's decision that lets the reconciler try again: audited like any other.
+    record(
+        session,
+        Unversioned("attention", attention_id, before="open", after="resolved"),
+        "resolve",
+        actor=by,
+        reason=f"{row.entity} {row.entity_id} ({row.wait}): {row.reason}"[:500],
     )
     session.refresh(row)
     return row

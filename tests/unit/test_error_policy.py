@@ -127,3 +127,8 @@ def test_a_permanent_error_needs_attention_and_is_not_redriven_until_resolved(st
     with store.tx() as s:
         attention.resolve(s, item.id, by="ops")
     assert redrive(store, StallPolicy(), everything=True) == 1  # resolved: tried again
+    from db.models import AuditEvent
+
+    with store.read() as s:
+        (event,) = s.scalars(select(AuditEvent).where(AuditEvent.entity == "attention")).all()
+    assert (event.actor, event.action) == ("ops", "resolve")
