@@ -27,6 +27,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from schemas.states import (
+    APPROVAL_REQUEST,
     ATTEMPT,
     BATCH,
     CARD,
@@ -141,8 +142,6 @@ class User(Stateful, Base):
     username: Mapped[str | None] = mapped_column(String(100))
     identifier: Mapped[str | None] = mapped_column(String(100))
     photo_path: Mapped[str | None] = mapped_column(String(500))
-    # What the user may do in Cardline's own processes (the Blueprints' "edit roles").
-    roles: Mapped[list[str]] = mapped_column(JSON, default=list, server_default=text("'[]'"))
 
     credentials: Mapped[list[Credential]] = relationship(back_populates="user")
 
@@ -541,6 +540,62 @@ class ApiToken(Base):
     revoked_at: Mapped[dt.datetime | None]
 
     principal: Mapped[Principal] = relationship()
+
+
+class ConsoleSession(Base):
+    """A console login: the session cookie and its CSRF token are stored as SHA-256
+    digests only; a session ends at ``expires_at``, after ``idle`` without use, or when
+    revoked (logout, the principal disabled)."""
+
+    __tablename__ = "console_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    principal_id: Mapped[int] = mapped_column(ForeignKey("principals.id"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    csrf_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[dt.datetime]
+    revoked_at: Mapped[dt.datetime | None]
+
+    principal: Mapped[Principal] = relationship()
+
+
+_PENDING = text("state = 'pending'")
+
+
+class ApprovalRequest(Stateful, Base):
+    """An operation held for an approver (seed 002 §4.2): what it is (``process``, the
+    use case's name), on what (``target``, as the operator named it) and with which
+    parameters (never a secret). Approving it carries the operation out in the same
+    transaction; at most one is pending per process and target."""
+
+    __tablename__ = "approval_requests"
+    __table_args__ = (
+        state_check(APPROVAL_REQUEST),
+        Index(
+            "uq_pending_request",
+            "process",
+            "target",
+            unique=True,
+            sqlite_where=_PENDING,
+            postgresql_where=_PENDING,
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    process: Mapped[str] = mapped_column(String(32))
+    target: Mapped[str] = mapped_column(String(200))
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    summary: Mapped[str] = mapped_column(String(300))
+    requested_by: Mapped[str] = mapped_column(String(100), index=True)
+    decided_by: Mapped[str | None] = mapped_column(String(100))
+    decided_at: Mapped[dt.datetime | None]
+    outcome: Mapped[str | None] = mapped_column(String(500))
+
+    @property
+    def machine(self) -> Machine:
+        return APPROVAL_REQUEST
 
 
 class CrlPublication(Base):

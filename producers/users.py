@@ -1,4 +1,4 @@
-"""Users (card holders): create, edit, delete, roles, find; and the same over many.
+"""Users (card holders): create, edit, delete, find; and the same over many.
 
 Attributes follow the batch CSV's rules (``schemas.batch.BatchRow``), so a user made
 here and one made by an import are checked alike. E-mail and external id identify a
@@ -8,7 +8,7 @@ changes themselves (deactivate, reactivate, lock) live in ``producers.lifecycle`
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -24,7 +24,6 @@ from schemas.api import UserOut
 from schemas.batch import BatchRow, describe_errors
 from schemas.errors import AlreadyExists, CardlineError, PermanentError, ValidationFailed
 from schemas.policy import Policy
-from schemas.roles import Role
 from schemas.states import UserState
 
 EDITABLE = (
@@ -70,7 +69,6 @@ def view(user: User, cards: int) -> UserOut:
         username=user.username,
         identifier=user.identifier,
         external_id=user.external_id,
-        roles=list(user.roles or []),
         cards=cards,
         created_at=user.created_at.isoformat(timespec="seconds"),
         updated_at=user.updated_at.isoformat(timespec="seconds"),
@@ -170,33 +168,6 @@ def update_user(
     with store.tx() as s:
         user = find_user(s, who, lock=True)
         return update_in(s, user, changes, by=by, unique_email=unique_email)
-
-
-def set_roles(store: Store, who: str, roles: Iterable[str], *, by: str) -> list[str]:
-    """Replace the roles of user ``who`` (each one of ``schemas.roles.Role``)."""
-    chosen = sorted(set(roles))
-    for role in chosen:
-        if role not in {r.value for r in Role}:
-            raise ValidationFailed(
-                f"{role!r} is not a role; the roles are {', '.join(r.value for r in Role)}",
-                field="roles",
-            )
-    with store.tx() as s:
-        user = find_user(s, who, lock=True)
-        if user.state in _CLOSED:
-            raise PermanentError(f"user {user.id} is {user.state}; its roles cannot change")
-        before = sorted(user.roles or [])
-        if before == chosen:
-            return chosen
-        record(
-            s,
-            user,
-            "roles",
-            actor=by,
-            reason=f"roles {before} -> {chosen}",
-            changes={"roles": chosen},
-        )
-        return chosen
 
 
 def delete_user(store: Store, who: str, *, by: str, reason: str | None = None) -> str:

@@ -61,7 +61,6 @@ class UserOut(BaseModel):
     username: str | None
     identifier: str | None
     external_id: str | None
-    roles: list[str]
     cards: int
     created_at: str
     updated_at: str
@@ -72,10 +71,6 @@ class UserPage(BaseModel):
     total: int
     page: int
     per_page: int
-
-
-class RolesIn(_In):
-    roles: list[str] = Field(max_length=7)
 
 
 class ReasonIn(_In):

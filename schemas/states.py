@@ -79,6 +79,16 @@ class IncidentState(StrEnum):
     CLOSED = "closed"  # the replacement was produced or assigned
 
 
+class RequestState(StrEnum):
+    """An operation waiting for an approver (seed 002 §4.2's approval step)."""
+
+    PENDING = "pending"
+    APPROVED = "approved"  # approved, and carried out in the same transaction
+    REJECTED = "rejected"
+    FAILED = "failed"  # approved, but no longer possible: nothing was changed
+    CANCELLED = "cancelled"  # withdrawn by its requester
+
+
 class IncidentKind(StrEnum):
     FORGOTTEN = "forgotten"
     LOST = "lost"
@@ -320,8 +330,32 @@ INCIDENT = Machine(
     ),
 )
 
+Q = RequestState
+APPROVAL_REQUEST = Machine(
+    name="approval_request",
+    states=frozenset(Q),
+    initial=frozenset({Q.PENDING}),
+    edges=(
+        _e("approve", Q.PENDING, Q.APPROVED),
+        _e("reject", Q.PENDING, Q.REJECTED),
+        _e("fail", Q.PENDING, Q.FAILED),
+        _e("cancel", Q.PENDING, Q.CANCELLED),
+    ),
+)
+
 MACHINES: dict[str, Machine] = {
-    m.name: m for m in (CARD, TEMP_CARD, CERTIFICATE, USER, ATTEMPT, BATCH, SOFT_TOKEN, INCIDENT)
+    m.name: m
+    for m in (
+        CARD,
+        TEMP_CARD,
+        CERTIFICATE,
+        USER,
+        ATTEMPT,
+        BATCH,
+        SOFT_TOKEN,
+        INCIDENT,
+        APPROVAL_REQUEST,
+    )
 }
 
 # States in which a credential still needs the production line.

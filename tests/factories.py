@@ -8,6 +8,7 @@ import itertools
 from sqlalchemy.orm import Session
 
 from db.models import (
+    ApprovalRequest,
     BatchOrder,
     Certificate,
     Credential,
@@ -112,6 +113,20 @@ def batch(session: Session, state: str = "requested") -> BatchOrder:
     return row
 
 
+def approval_request(session: Session, state: str = "pending") -> ApprovalRequest:
+    row = ApprovalRequest(
+        state=state,
+        process="card.lock",
+        target=str(next(_seq)),
+        params={},
+        summary="lock a card",
+        requested_by="principal:1",
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
 def entity(session: Session, machine: str, state: str) -> Stateful:
     """A row governed by ``machine`` in ``state``."""
     makers = {
@@ -123,5 +138,6 @@ def entity(session: Session, machine: str, state: str) -> Stateful:
         "batch": lambda: batch(session, state),
         "soft_token": lambda: soft_token(session, state),
         "incident": lambda: incident(session, state),
+        "approval_request": lambda: approval_request(session, state),
     }
     return makers[machine]()

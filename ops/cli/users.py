@@ -91,7 +91,7 @@ def user_list(
 def _user_table(app: CliContext, items: list[Any], total: int, page: int) -> None:
     from rich.table import Table
 
-    table = Table("id", "state", "email", "name", "organization", "cards", "roles")
+    table = Table("id", "state", "email", "name", "organization", "cards")
     table.title = f"users {len(items)} of {total} (page {page})"
     for u in items:
         table.add_row(
@@ -101,24 +101,8 @@ def _user_table(app: CliContext, items: list[Any], total: int, page: int) -> Non
             f"{u.first_name} {u.last_name}",
             f"{u.organization} / {u.org_unit}",
             str(u.cards),
-            ", ".join(u.roles),
         )
     app.out.print(table)
-
-
-@user.command("roles")
-@click.argument("who", metavar="USER")
-@click.option("--role", "roles", multiple=True, help="A role (repeat; none clears them).")
-@click.option("--by", required=True)
-@data_dir_option
-@pass_app
-@handle_errors
-def user_roles(app: CliContext, who: str, roles: tuple[str, ...], by: str) -> None:
-    """Replace the roles of USER."""
-    from producers.users import set_roles
-
-    chosen = set_roles(app.store(), who, roles, by=by)
-    click.echo(f"roles: {', '.join(chosen) or 'none'}")
 
 
 @user.command("delete")

@@ -1,4 +1,4 @@
-"""/users: create, find, edit, deactivate, reactivate, lock, delete, roles; and the
+"""/users: create, find, edit, deactivate, reactivate, lock, delete; and the
 multi-user forms under /bulk/users."""
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from schemas.api import (
     CountOut,
     LockIn,
     ReasonIn,
-    RolesIn,
     StateOut,
     UserIn,
     UserOut,
@@ -108,13 +107,6 @@ def delete_user(
     user: str, ctx: Ctx, who: Annotated[Caller, Depends(Allow("user.delete"))]
 ) -> StateOut:
     return StateOut(state=users.delete_user(ctx.store, user, by=who.actor))
-
-
-@router.put("/users/{user}/roles")
-def set_roles(
-    user: str, body: RolesIn, ctx: Ctx, who: Annotated[Caller, Depends(Allow("principal.admin"))]
-) -> RolesIn:
-    return RolesIn(roles=users.set_roles(ctx.store, user, body.roles, by=who.actor))
 
 
 @router.post("/bulk/users/deactivate")

@@ -98,7 +98,6 @@ USE_CASES: dict[tuple[str, str], str | None] = {
     ("POST", "/users/{user}/reactivate"): "user.reactivate",
     ("POST", "/users/{user}/lock"): "user.lock",
     ("DELETE", "/users/{user}"): "user.delete",
-    ("PUT", "/users/{user}/roles"): "principal.admin",
     ("POST", "/bulk/users/deactivate"): "user.bulk",
     ("POST", "/bulk/users/lock"): "user.bulk",
     ("POST", "/bulk/users/delete"): "user.bulk",
@@ -261,24 +260,20 @@ def test_an_existing_email_is_a_conflict(store, client):
 # --- users and cards through HTTP ------------------------------------------------------
 
 
-def test_a_user_is_created_found_edited_and_given_roles(store, client):
+def test_a_user_is_created_found_and_edited(store, client):
     requester = _auth(store, "rita", "requester")
     operator = _auth(store, "olga", "operator")
-    admin = _auth(store, "ada", "admin")
     created = client.post("/users", json=USER, headers=requester)
     assert created.status_code == 201
     user = created.json()
-    assert (user["state"], user["cards"], user["roles"]) == ("active", 0, [])
+    assert (user["state"], user["cards"]) == ("active", 0)
+    assert "roles" not in user  # roles belong to principals, not to holders
     found = client.get("/users", params={"text": "hopper"}, headers=requester).json()
     assert [u["email"] for u in found["items"]] == ["grace@example.org"]
     edited = client.patch(f"/users/{user['id']}", json={"title": "Rear Admiral"}, headers=operator)
     assert edited.json()["title"] == "Rear Admiral"
     by_email = client.get("/users/grace@example.org", headers=operator).json()
     assert by_email["id"] == user["id"]
-    roles = client.put(f"/users/{user['id']}/roles", json={"roles": ["approver"]}, headers=admin)
-    assert roles.json() == {"roles": ["approver"]}
-    bad = client.put(f"/users/{user['id']}/roles", json={"roles": ["king"]}, headers=admin)
-    assert bad.status_code == 422
 
 
 def test_the_status_after_create_is_an_option(store, tmp_path):

@@ -17,7 +17,8 @@ from schemas.errors import StateConflict
 from schemas.states import MACHINES
 from tests import factories
 
-# The states each table's CHECK allows, as migration 0009 wrote them. A machine that
+# The states each table's CHECK allows, as migration 0009 (0012 for approval requests)
+# wrote them. A machine that
 # gains a state fails this test: add a migration that re-creates that table's CHECK
 # (the stores already migrated would refuse the new state), then update this table.
 STATES_AT_0009 = {
@@ -29,6 +30,7 @@ STATES_AT_0009 = {
     "certificates": "expired hold revoked valid",
     "soft_tokens": "approved cancelled issued rejected requested revoked",
     "incidents": "cancelled closed open",
+    "approval_requests": "approved cancelled failed pending rejected",
 }
 STATEFUL_TABLES = sorted(
     m.local_table.name for m in Base.registry.mappers if issubclass(m.class_, Stateful)
@@ -53,6 +55,7 @@ def test_every_stateful_table_has_a_state_check_for_the_states_it_was_migrated_w
         ("certificates", "certificate"),
         ("soft_tokens", "soft_token"),
         ("incidents", "incident"),
+        ("approval_requests", "approval_request"),
     ]:
         assert machine_states[machine] == STATES_AT_0009[table].split(), table
 
