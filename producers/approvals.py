@@ -16,7 +16,8 @@ from sqlalchemy.orm import Session
 from db.engine import Store
 from db.models import BatchOrder, Credential
 from db.transition import transition
-from schemas.errors import FourEyesViolation, NotFound, ValidationFailed
+from producers.principals import check_four_eyes
+from schemas.errors import NotFound, ValidationFailed
 from schemas.messages import PrepareCard
 from schemas.states import CardState
 
@@ -91,8 +92,7 @@ def _batch_awaiting(session: Session, batch_id: int, decider: str) -> BatchOrder
     batch = session.get(BatchOrder, batch_id, with_for_update=True)
     if batch is None:
         raise NotFound("batch", batch_id)
-    if decider.casefold() == batch.requested_by.strip().casefold():
-        raise FourEyesViolation(decider, f"batch {batch_id}")
+    check_four_eyes(decider, batch.requested_by, f"batch {batch_id}")
     return batch
 
 

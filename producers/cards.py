@@ -21,10 +21,11 @@ from db.engine import Store
 from db.models import BatchOrder, Certificate, Credential, User, utcnow
 from db.transition import create, record, transition
 from producers.lookup import find_card, find_user
+from producers.principals import check_four_eyes
 from producers.users import MAX_PAGE, Page
 from schemas.api import CardOut
 from schemas.batch import LINE_NAME
-from schemas.errors import FourEyesViolation, PermanentError, ValidationFailed
+from schemas.errors import PermanentError, ValidationFailed
 from schemas.messages import PrepareCard, RecertifyCard
 from schemas.policy import Policy
 from schemas.states import (
@@ -189,8 +190,7 @@ def issue_cards(
 
 def _decidable(session: Session, card: str, by: str) -> Credential:
     cred = find_card(session, card, lock=True)
-    if by.strip().casefold() == cred.requested_by.strip().casefold():
-        raise FourEyesViolation(by, f"card {cred.id}")
+    check_four_eyes(by, cred.requested_by, f"card {cred.id}")
     return cred
 
 

@@ -29,11 +29,11 @@ from db.transition import create, transition
 from producers import lifecycle
 from producers.cards import new_cards_in
 from producers.lookup import find_card
+from producers.principals import check_four_eyes
 from producers.tempcards import assign_in, first_in_stock
 from schemas.api import IncidentOut
 from schemas.errors import (
     AlreadyExists,
-    FourEyesViolation,
     NotFound,
     PermanentError,
     ValidationFailed,
@@ -183,8 +183,7 @@ def approve(store: Store, incident_id: int, *, by: str, policy: Policy) -> Incid
     or the replacement card goes to production."""
     with store.tx() as s:
         incident = _incident(s, incident_id)
-        if by.strip().casefold() == incident.declared_by.strip().casefold():
-            raise FourEyesViolation(by, f"the replacement of incident {incident_id}")
+        check_four_eyes(by, incident.declared_by, f"the replacement of incident {incident_id}")
         if incident.state != IncidentState.OPEN:
             transition(s, incident, "close", actor=by)  # raises StateConflict, names the state
         _approve_in(s, incident, by=by, policy=policy)

@@ -32,7 +32,7 @@ from db.engine import Store
 from db.models import ApiToken, Principal, utcnow
 from db.secrets import Secret
 from db.transition import Unversioned, record
-from schemas.errors import NotFound, Unauthorized, ValidationFailed
+from schemas.errors import FourEyesViolation, NotFound, Unauthorized, ValidationFailed
 from schemas.permissions import may
 from schemas.roles import PrincipalKind, Role
 
@@ -166,6 +166,29 @@ def find_principal(store: Store, name_or_id: str) -> int:
         if row is None:
             raise NotFound("principal", name_or_id)
         return row.id
+
+
+# --- the four-eyes rule ---------------------------------------------------------------
+
+
+def _actor_key(actor: str) -> str:
+    text = actor.strip()
+    if text.startswith("principal:"):
+        return text
+    # Rows written before principals existed hold typed names: compared as names are.
+    return unicodedata.normalize("NFKC", text).casefold()
+
+
+def same_principal(a: str, b: str) -> bool:
+    """Whether two recorded actors are one principal (``principal:<id>`` by id)."""
+    return _actor_key(a) == _actor_key(b)
+
+
+def check_four_eyes(decider: str, requester: str, what: str) -> None:
+    """FourEyesViolation when whoever decides ``what`` is whoever requested it, whatever
+    roles or tokens they hold."""
+    if same_principal(decider, requester):
+        raise FourEyesViolation(decider, what)
 
 
 # --- tokens ---------------------------------------------------------------------------

@@ -22,7 +22,8 @@ from db.models import Certificate, SoftToken, utcnow
 from db.secrets import Secret, SecretBox, context
 from db.transition import create, transition
 from producers.lookup import find_user
-from schemas.errors import Forbidden, FourEyesViolation, NotFound, PermanentError, ValidationFailed
+from producers.principals import check_four_eyes
+from schemas.errors import Forbidden, NotFound, PermanentError, ValidationFailed
 from schemas.messages import IssueSoftToken, PublishCrl
 from schemas.permissions import may, roles_for
 from schemas.pki import PkiConfig
@@ -88,8 +89,7 @@ def request_softtokens(
 def approve(store: Store, token_id: int, *, by: str) -> str:
     with store.tx() as s:
         token = _token(s, token_id)
-        if by == token.requested_by:
-            raise FourEyesViolation(by, f"soft token {token_id}")
+        check_four_eyes(by, token.requested_by, f"soft token {token_id}")
         return transition(
             s,
             token,
@@ -105,8 +105,7 @@ def reject(store: Store, token_id: int, *, by: str, reason: str) -> str:
         raise ValidationFailed("a rejection needs a reason", field="reason")
     with store.tx() as s:
         token = _token(s, token_id)
-        if by == token.requested_by:
-            raise FourEyesViolation(by, f"soft token {token_id}")
+        check_four_eyes(by, token.requested_by, f"soft token {token_id}")
         return transition(s, token, "reject", actor=by, reason=reason)
 
 
