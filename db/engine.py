@@ -85,6 +85,18 @@ class Store:
             yield session
 
     @contextmanager
+    def trial(self) -> Iterator[Session]:
+        """An audited transaction that is always rolled back: whether an operation
+        would succeed now (its errors propagate), with nothing written."""
+        with self.sessions() as session:
+            session.begin()
+            try:
+                lock_audit_head(session)
+                yield session
+            finally:
+                session.rollback()
+
+    @contextmanager
     def read(self) -> Iterator[Session]:
         """A read-only transaction (on SQLite it does not take the write lock)."""
         with self.readers.begin() as session:

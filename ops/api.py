@@ -32,6 +32,7 @@ def build_app(settings: Settings) -> FastAPI:
         rejects_dir=paths.rejects,
         cpr=settings.cpr,
         cpr_keys=load_identity_systems(settings.cpr),
+        approvals=settings.approvals,
     )
     return create_app(ctx)
 

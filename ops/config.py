@@ -4,7 +4,7 @@
 Two sources make it: the environment (``ENVIRONMENT`` below lists every variable
 Cardline reads, and the README's configuration table shows the same list) and the TOML
 file ``CARDLINE_CONFIG`` names (``ConfigFile``: the tables ``[policy]``, ``[pki]``,
-``[cpr]``, ``[expiry]`` and ``[roles]``). The file is strict: a table or a key Cardline
+``[cpr]``, ``[expiry]`` and ``[approvals]``). The file is strict: a table or a key Cardline
 does not know is an error naming the file and the dotted key
 (``cardline.toml: polcy: unknown table``), so a typo fails at start-up instead of
 silently leaving a default in force.
@@ -28,7 +28,7 @@ from schemas.cpr import CprConfig
 from schemas.errors import ConfigurationError
 from schemas.expiry import ExpiryConfig
 from schemas.pki import PkiConfig
-from schemas.policy import Policy
+from schemas.policy import ApprovalSteps, Policy
 from workers.mail import Mailer
 
 
@@ -81,6 +81,19 @@ ENVIRONMENT: tuple[Variable, ...] = (
     ),
     Variable("CARDLINE_MAIL_FROM", "cardline@localhost", "sender of Cardline's mail", "mail_from"),
     Variable(
+        "CARDLINE_TOKEN",
+        "none",
+        "the operator's token: the CLI's operator commands act as its principal "
+        "(wins over the token file; never logged)",
+        "token",
+    ),
+    Variable(
+        "CARDLINE_TOKEN_FILE",
+        "~/.config/cardline/token",
+        "where `cardline login` keeps the token (mode 0600) and the CLI reads it",
+        "token_file",
+    ),
+    Variable(
         "CARDLINE_STATIONS",
         "none",
         "the station configuration file of `cardline station` (its --config option)",
@@ -121,8 +134,7 @@ class ConfigFile(BaseModel):
     pki: PkiConfig = Field(default_factory=PkiConfig)
     cpr: CprConfig = Field(default_factory=CprConfig)
     expiry: ExpiryConfig = Field(default_factory=ExpiryConfig)
-    # Who may display soft token passphrases, by name: ``olga = ["operator"]``.
-    roles: dict[str, frozenset[str]] = Field(default_factory=dict)
+    approvals: ApprovalSteps = Field(default_factory=ApprovalSteps)
 
     @classmethod
     def read(cls, path: Path) -> ConfigFile:
@@ -171,6 +183,8 @@ class Settings(BaseModel):
     ca_pin: SecretStr | None = None
     smtp_url: SecretStr | None = None
     mail_from: str = "cardline@localhost"
+    token: SecretStr | None = None
+    token_file: Path = Path("~/.config/cardline/token")
     file: ConfigFile = Field(default_factory=ConfigFile)
 
     @model_validator(mode="before")
@@ -209,9 +223,10 @@ class Settings(BaseModel):
         """``[expiry]``: the expiry check and its reminders."""
         return self.file.expiry
 
-    def roles_of(self, name: str) -> frozenset[str]:
-        """The roles ``[roles]`` gives ``name`` (none when unlisted)."""
-        return self.file.roles.get(name, frozenset())
+    @property
+    def approvals(self) -> ApprovalSteps:
+        """``[approvals]``: which lifecycle processes wait for an approver."""
+        return self.file.approvals
 
     def secret_box(self) -> SecretBox:
         if self.master_key is not None:

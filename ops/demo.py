@@ -24,7 +24,9 @@ from ops.store import open_checked, open_migrated
 from producers.approvals import approve_batch
 from producers.batch_import import ImportReport, import_batch
 from producers.generate import write_users_csv
+from producers.principals import ensure_principal
 from schemas.errors import ConfigurationError
+from schemas.roles import Role
 from schemas.states import BatchState
 
 EXAMPLE_CSV = Path(__file__).parent / "examples" / "users.csv"
@@ -137,21 +139,31 @@ class DemoPlan:
             write_users_csv(csv_path, self.generate, seed=self.seed)  # atomic, deterministic
         store = open_migrated(settings)
         try:
+            requester, approver = demo_principals(store, self.requester, self.approver)
             report = import_batch(
                 store,
                 csv_path,
                 policy=policy,
-                requested_by=self.requester,
+                requested_by=requester,
                 reject_dir=paths.rejects,
             )
             if report.batch_id is None:
                 raise ConfigurationError(f"{csv_path}: no valid rows to produce")
             if policy.approval_required and _awaits_decision(store, report.batch_id):
-                approve_batch(store, report.batch_id, by=self.approver)
+                approve_batch(store, report.batch_id, by=approver)
         finally:
             store.dispose()
         replace(self, done=True).write(settings.data_dir)
         return report
+
+
+def demo_principals(store: Store, requester: str, approver: str) -> tuple[str, str]:
+    """The actors of the demo's own requester and approver principals (created on
+    first use: two principals, so the four-eyes rule holds for the demo too)."""
+    return (
+        ensure_principal(store, requester, roles=[Role.REQUESTER], by="host:demo"),
+        ensure_principal(store, approver, roles=[Role.APPROVER], by="host:demo"),
+    )
 
 
 def _awaits_decision(store: Store, batch_id: int) -> bool:
@@ -175,13 +187,14 @@ def seed_batch(
         cards=cards, input_csv=input_csv, example=example, line=LineOptions(seed=seed)
     )
     csv_path = _input_csv(options, paths, name=f"users-{seed}.csv")
+    requester, approver = demo_principals(store, options.requester, options.approver)
     report = import_batch(
-        store, csv_path, policy=policy, requested_by=options.requester, reject_dir=paths.rejects
+        store, csv_path, policy=policy, requested_by=requester, reject_dir=paths.rejects
     )
     if report.batch_id is None:
         raise ConfigurationError(f"{csv_path}: no valid rows to produce")
     if policy.approval_required and not report.already_imported:
-        approve_batch(store, report.batch_id, by=options.approver)
+        approve_batch(store, report.batch_id, by=approver)
     store.dispose()
     return {
         "batch_id": report.batch_id,

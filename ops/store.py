@@ -16,7 +16,7 @@ from sqlalchemy.engine import make_url
 from db.engine import Store, open_store
 from db.migrate import check_revision, head_revision, upgrade
 from ops.config import Settings
-from schemas.errors import SchemaOutOfDate
+from schemas.errors import ConfigurationError, SchemaOutOfDate
 
 
 def missing_sqlite_file(url: str) -> Path | None:
@@ -52,3 +52,35 @@ def open_migrated(settings: Settings) -> Store:
     store = open_store(settings.db_url)
     upgrade(store)
     return store
+
+
+def master_key_check(settings: Settings, store: Store) -> None:
+    """ConfigurationError unless this process holds the store's master key: once the
+    store holds a sealed secret, the key (CARDLINE_MASTER_KEY or the data dir's
+    master.key) must exist and open it. A store with no secret yet (a fresh install)
+    gets its key file created, as the first worker would."""
+    from sqlalchemy import select
+
+    from db.models import Credential
+    from db.secrets import SecretBox, context
+
+    with store.read() as s:
+        row = s.execute(
+            select(Credential.id, Credential.pin_sealed)
+            .where(Credential.pin_sealed.is_not(None))
+            .limit(1)
+        ).first()
+    if row is None:
+        settings.secret_box()
+        return
+    if settings.master_key is not None:
+        box = SecretBox.from_b64(settings.master_key.get_secret_value())
+    else:
+        box = SecretBox.from_key_file(settings.data_dir / "master.key", create=False)
+    try:
+        box.open(row.pin_sealed, context=context("credential", row.id, "pin"))
+    except Exception:  # noqa: BLE001 - any failure means: not this store's key
+        raise ConfigurationError(
+            "the master key does not open this store's secrets: "
+            "run as the host administrator with its master key"
+        ) from None

@@ -25,7 +25,7 @@ from producers.principals import check_four_eyes
 from producers.users import MAX_PAGE, Page
 from schemas.api import CardOut
 from schemas.batch import LINE_NAME
-from schemas.errors import PermanentError, ValidationFailed
+from schemas.errors import ApprovalRequired, PermanentError, ValidationFailed
 from schemas.messages import PrepareCard, RecertifyCard
 from schemas.policy import Policy
 from schemas.states import (
@@ -175,7 +175,10 @@ def request_cards(
 def issue_cards(
     store: Store, users: Sequence[str], *, by: str, policy: Policy, line: str | None = None
 ) -> list[int]:
-    """An operator's issuance: approved at once and queued for production."""
+    """An operator's issuance (local issuance): approved at once and queued for
+    production. ApprovalRequired under validated issuance."""
+    if policy.approval_required:
+        raise ApprovalRequired()
     with store.tx() as s:
         return new_cards_in(
             s,
@@ -280,16 +283,21 @@ def renew_card(store: Store, card: str, *, by: str) -> str:
     """New certificates for the card's keys (the old ones revoked as superseded); the
     PIN and PUK stay. The ``pki`` worker does the issuing (``RecertifyCard``)."""
     with store.tx() as s:
-        cred = find_card(s, card, lock=True)
-        return transition(
-            s,
-            cred,
-            "renew",
-            actor=by,
-            reason="certificates renewed",
-            changes={"recertify_requested_at": utcnow()},
-            messages=[RecertifyCard(credential_id=cred.id)],
-        )
+        return renew_card_in(s, card, by=by)
+
+
+def renew_card_in(session: Session, card: str, *, by: str) -> str:
+    """``renew_card`` inside the caller's transaction."""
+    cred = find_card(session, card, lock=True)
+    return transition(
+        session,
+        cred,
+        "renew",
+        actor=by,
+        reason="certificates renewed",
+        changes={"recertify_requested_at": utcnow()},
+        messages=[RecertifyCard(credential_id=cred.id)],
+    )
 
 
 def edit_card(store: Store, card: str, *, by: str, line: str, policy: Policy) -> list[str]:

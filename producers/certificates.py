@@ -23,7 +23,7 @@ class CertificateNotFound(NotFound):
         super().__init__("certificate with serial", serial)
 
 
-def _find(session: Session, serial: str) -> Certificate:
+def find(session: Session, serial: str) -> Certificate:
     wanted = serial.lower().removeprefix("0x").lstrip("0") or "0"
     cert = session.scalars(select(Certificate).where(Certificate.serial == wanted)).first()
     if cert is None:
@@ -32,27 +32,32 @@ def _find(session: Session, serial: str) -> Certificate:
 
 
 def revoke(store: Store, serial: str, *, reason: RevocationReason, by: str) -> str:
+    with store.tx() as s:
+        return revoke_in(s, serial, reason=reason, by=by)
+
+
+def revoke_in(session: Session, serial: str, *, reason: RevocationReason | str, by: str) -> str:
+    """``revoke`` inside the caller's transaction."""
     if reason not in OPERATOR_REASONS:
         raise PermanentError(
             f"reason {reason!r} is not one an operator may give; choose "
             f"from {', '.join(OPERATOR_REASONS)}"
         )
-    with store.tx() as s:
-        cert = _find(s, serial)
-        return transition(
-            s,
-            cert,
-            "revoke",
-            actor=by,
-            reason=reason,
-            changes={"revoked_at": utcnow(), "revocation_reason": reason},
-            messages=[PublishCrl(reason=f"revoked {cert.serial}")],
-        )
+    cert = find(session, serial)
+    return transition(
+        session,
+        cert,
+        "revoke",
+        actor=by,
+        reason=reason,
+        changes={"revoked_at": utcnow(), "revocation_reason": RevocationReason(reason)},
+        messages=[PublishCrl(reason=f"revoked {cert.serial}")],
+    )
 
 
 def hold(store: Store, serial: str, *, by: str, reason: str | None = None) -> str:
     with store.tx() as s:
-        cert = _find(s, serial)
+        cert = find(s, serial)
         return transition(
             s,
             cert,
@@ -65,7 +70,7 @@ def hold(store: Store, serial: str, *, by: str, reason: str | None = None) -> st
 
 def release(store: Store, serial: str, *, by: str, reason: str | None = None) -> str:
     with store.tx() as s:
-        cert = _find(s, serial)
+        cert = find(s, serial)
         return transition(
             s,
             cert,

@@ -151,9 +151,16 @@ def deactivate_card(
     reasons: Sequence[str] = (),
 ) -> int:
     """``active -> inactive``; its valid certificates go on hold. Returns how many."""
-    why = _reason(reason, "card deactivated", reasons)
     with store.tx() as s:
-        return deactivate_card_in(s, find_card(s, card, lock=True), by=by, reason=why)
+        return deactivate_card_at(s, card, by=by, reason=reason, reasons=reasons)
+
+
+def deactivate_card_at(
+    s: Session, card: str, *, by: str, reason: str | None, reasons: Sequence[str] = ()
+) -> int:
+    """``deactivate_card`` inside the caller's transaction."""
+    why = _reason(reason, "card deactivated", reasons)
+    return deactivate_card_in(s, find_card(s, card, lock=True), by=by, reason=why)
 
 
 def reactivate_card_in(session: Session, cred: Credential, *, by: str, reason: str) -> int:
@@ -178,9 +185,16 @@ def reactivate_card(
     reasons: Sequence[str] = (),
 ) -> int:
     """``inactive -> active``; its held certificates are released. Returns how many."""
-    why = _reason(reason, "card reactivated", reasons)
     with store.tx() as s:
-        return reactivate_card_in(s, find_card(s, card, lock=True), by=by, reason=why)
+        return reactivate_card_at(s, card, by=by, reason=reason, reasons=reasons)
+
+
+def reactivate_card_at(
+    s: Session, card: str, *, by: str, reason: str | None, reasons: Sequence[str] = ()
+) -> int:
+    """``reactivate_card`` inside the caller's transaction."""
+    why = _reason(reason, "card reactivated", reasons)
+    return reactivate_card_in(s, find_card(s, card, lock=True), by=by, reason=why)
 
 
 def lock_card_in(
@@ -196,9 +210,14 @@ def lock_card_in(
 
 def lock_card(store: Store, card: str, *, by: str, reason: RevocationReason | str) -> int:
     """Lock the card for good; its valid and held certificates are revoked."""
-    why = _lock_reason(reason)
     with store.tx() as s:
-        return lock_card_in(s, find_card(s, card, lock=True), by=by, reason=why)
+        return lock_card_at(s, card, by=by, reason=reason)
+
+
+def lock_card_at(s: Session, card: str, *, by: str, reason: RevocationReason | str) -> int:
+    """``lock_card`` inside the caller's transaction."""
+    why = _lock_reason(reason)
+    return lock_card_in(s, find_card(s, card, lock=True), by=by, reason=why)
 
 
 # --- users ---------------------------------------------------------------------------
@@ -238,24 +257,31 @@ def deactivate_user(
 ) -> int:
     """The user and every active card of theirs inactive; every valid certificate of
     theirs (cards and soft tokens) on hold. Returns how many certificates."""
-    why = f"{_BY_USER}: {_reason(reason, 'no reason given', reasons)}"
     with store.tx() as s:
-        user = find_user(s, who, lock=True)
-        cards = _cards_of(s, user)
-        _refuse_if_in_production(user, cards)
-        transition(s, user, "deactivate", actor=by, reason=why)
-        held = 0
-        for cred in cards:
-            if cred.state == CardState.ACTIVE:
-                transition(s, cred, "deactivate", actor=by, reason=why)
-            if cred.state in (CardState.INACTIVE, CardState.ISSUED):
-                certs = _certificates(s, states=[CertState.VALID], card=cred.id)
-                held += _hold(s, certs, by=by, reason=why)
-        for token in _tokens_of(s, user):
-            certs = _certificates(s, states=[CertState.VALID], token=token.id)
+        return deactivate_user_in(s, who, by=by, reason=reason, reasons=reasons)
+
+
+def deactivate_user_in(
+    s: Session, who: str, *, by: str, reason: str | None, reasons: Sequence[str] = ()
+) -> int:
+    """``deactivate_user`` inside the caller's transaction."""
+    why = f"{_BY_USER}: {_reason(reason, 'no reason given', reasons)}"
+    user = find_user(s, who, lock=True)
+    cards = _cards_of(s, user)
+    _refuse_if_in_production(user, cards)
+    transition(s, user, "deactivate", actor=by, reason=why)
+    held = 0
+    for cred in cards:
+        if cred.state == CardState.ACTIVE:
+            transition(s, cred, "deactivate", actor=by, reason=why)
+        if cred.state in (CardState.INACTIVE, CardState.ISSUED):
+            certs = _certificates(s, states=[CertState.VALID], card=cred.id)
             held += _hold(s, certs, by=by, reason=why)
-        _crl(s, held, f"user {user.id} deactivated")
-        return held
+    for token in _tokens_of(s, user):
+        certs = _certificates(s, states=[CertState.VALID], token=token.id)
+        held += _hold(s, certs, by=by, reason=why)
+    _crl(s, held, f"user {user.id} deactivated")
+    return held
 
 
 def reactivate_user(
@@ -268,57 +294,69 @@ def reactivate_user(
 ) -> int:
     """Undo ``deactivate_user``: the user active, and each card and certificate the
     deactivation put out of use back in use. Returns how many certificates."""
-    why = _reason(reason, "user reactivated", reasons)
     with store.tx() as s:
-        user = find_user(s, who, lock=True)
-        transition(s, user, "reactivate", actor=by, reason=why)
-        released = 0
-        for cred in _cards_of(s, user):
-            if cred.state == CardState.INACTIVE and _put_out_by_user(s, cred.machine.name, cred.id):
-                transition(s, cred, "reactivate", actor=by, reason=why)
-            if cred.state in (CardState.ACTIVE, CardState.ISSUED):
-                certs = [
-                    c
-                    for c in _certificates(s, states=[CertState.HOLD], card=cred.id)
-                    if _put_out_by_user(s, "certificate", c.id)
-                ]
-                released += _release(s, certs, by=by, reason=why)
-        for token in _tokens_of(s, user):
+        return reactivate_user_in(s, who, by=by, reason=reason, reasons=reasons)
+
+
+def reactivate_user_in(
+    s: Session, who: str, *, by: str, reason: str | None, reasons: Sequence[str] = ()
+) -> int:
+    """``reactivate_user`` inside the caller's transaction."""
+    why = _reason(reason, "user reactivated", reasons)
+    user = find_user(s, who, lock=True)
+    transition(s, user, "reactivate", actor=by, reason=why)
+    released = 0
+    for cred in _cards_of(s, user):
+        if cred.state == CardState.INACTIVE and _put_out_by_user(s, cred.machine.name, cred.id):
+            transition(s, cred, "reactivate", actor=by, reason=why)
+        if cred.state in (CardState.ACTIVE, CardState.ISSUED):
             certs = [
                 c
-                for c in _certificates(s, states=[CertState.HOLD], token=token.id)
+                for c in _certificates(s, states=[CertState.HOLD], card=cred.id)
                 if _put_out_by_user(s, "certificate", c.id)
             ]
             released += _release(s, certs, by=by, reason=why)
-        _crl(s, released, f"user {user.id} reactivated")
-        return released
+    for token in _tokens_of(s, user):
+        certs = [
+            c
+            for c in _certificates(s, states=[CertState.HOLD], token=token.id)
+            if _put_out_by_user(s, "certificate", c.id)
+        ]
+        released += _release(s, certs, by=by, reason=why)
+    _crl(s, released, f"user {user.id} reactivated")
+    return released
 
 
 def lock_user(store: Store, who: str, *, by: str, reason: RevocationReason | str) -> int:
     """Lock the user: produced cards locked and their certificates revoked, cards not yet
     produced cancelled, soft tokens revoked or cancelled. Only delete remains after.
     Returns how many certificates were revoked."""
-    why = _lock_reason(reason)
     with store.tx() as s:
-        user = find_user(s, who, lock=True)
-        cards = _cards_of(s, user)
-        _refuse_if_in_production(user, cards)
-        transition(s, user, "lock", actor=by, reason=why)
-        revoked = 0
-        for cred in cards:
-            if cred.state in _NOT_YET_PRODUCED:
-                transition(s, cred, "cancel", actor=by, reason=f"user locked: {why}")
-                continue
-            if cred.machine.target(cred.state, "lock") is not None:
-                transition(s, cred, "lock", actor=by, reason=why)
-            certs = _certificates(s, states=[CertState.VALID, CertState.HOLD], card=cred.id)
-            revoked += _revoke(s, certs, by=by, reason=why)
-        for token in _tokens_of(s, user):
-            if token.state in (SoftTokenState.REQUESTED, SoftTokenState.APPROVED):
-                transition(s, token, "cancel", actor=by, reason=f"user locked: {why}")
-            elif token.state == SoftTokenState.ISSUED:
-                transition(s, token, "revoke", actor=by, reason=why)
-            certs = _certificates(s, states=[CertState.VALID, CertState.HOLD], token=token.id)
-            revoked += _revoke(s, certs, by=by, reason=why)
-        _crl(s, revoked, f"user {user.id} locked")
-        return revoked
+        return lock_user_in(s, who, by=by, reason=reason)
+
+
+def lock_user_in(s: Session, who: str, *, by: str, reason: RevocationReason | str) -> int:
+    """``lock_user`` inside the caller's transaction."""
+    why = _lock_reason(reason)
+    user = find_user(s, who, lock=True)
+    cards = _cards_of(s, user)
+    _refuse_if_in_production(user, cards)
+    transition(s, user, "lock", actor=by, reason=why)
+    revoked = 0
+    for cred in cards:
+        if cred.state in _NOT_YET_PRODUCED:
+            transition(s, cred, "cancel", actor=by, reason=f"user locked: {why}")
+            continue
+        if cred.machine.target(cred.state, "lock") is not None:
+            transition(s, cred, "lock", actor=by, reason=why)
+        certs = _certificates(s, states=[CertState.VALID, CertState.HOLD], card=cred.id)
+        revoked += _revoke(s, certs, by=by, reason=why)
+    for token in _tokens_of(s, user):
+        if token.state in (SoftTokenState.REQUESTED, SoftTokenState.APPROVED):
+            transition(s, token, "cancel", actor=by, reason=f"user locked: {why}")
+        elif token.state == SoftTokenState.ISSUED:
+            transition(s, token, "revoke", actor=by, reason=why)
+        certs = _certificates(s, states=[CertState.VALID, CertState.HOLD], token=token.id)
+        revoked += _revoke(s, certs, by=by, reason=why)
+    _crl(s, revoked, f"user {user.id} locked")
+    return revoked

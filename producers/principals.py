@@ -37,7 +37,15 @@ from schemas.permissions import may
 from schemas.roles import PrincipalKind, Role
 
 PREFIX = "cl_"
-RESERVED_PREFIXES = ("policy:", "cpr:", "station:", "worker:", "principal:", "migration")
+RESERVED_PREFIXES = (
+    "policy:",
+    "cpr:",
+    "station:",
+    "worker:",
+    "principal:",
+    "host:",
+    "migration",
+)
 MAX_FAILED_LOGINS = 5
 LOCKOUT = dt.timedelta(minutes=15)
 ADMIN_NAME = "admin"
@@ -132,19 +140,41 @@ def create_principal(
         return row.id
 
 
+def ensure_principal(
+    store: Store, name: str, *, roles: Iterable[str], by: str, kind: str = PrincipalKind.SERVICE
+) -> str:
+    """The actor (``principal:<id>``) of principal ``name``, created with ``roles`` if
+    it does not exist yet (the demo's own requester and approver; a resumed demo finds
+    them again)."""
+    key = normalise_name(name)
+    with store.read() as s:
+        found = s.scalar(select(Principal.id).where(Principal.name == key))
+    if found is None:
+        found = create_principal(store, name, roles=roles, by=by, kind=kind)
+    return f"principal:{found}"
+
+
 def set_roles(store: Store, principal_id: int, roles: Iterable[str], *, by: str) -> list[str]:
-    chosen = _roles(roles)
+    """Replace the principal's roles (audited); returns them."""
     with store.tx() as s:
-        row = _principal(s, principal_id)
-        before = sorted(row.roles or [])
-        row.roles = chosen
-        record(
-            s,
-            Unversioned("principal", row.id, before="active", after="active"),
-            "roles",
-            actor=by,
-            reason=f"roles {', '.join(before) or 'none'} -> {', '.join(chosen) or 'none'}",
-        )
+        return set_roles_in(s, principal_id, roles, by=by)
+
+
+def set_roles_in(
+    session: Session, principal_id: int, roles: Iterable[str], *, by: str
+) -> list[str]:
+    """``set_roles`` inside the caller's transaction."""
+    chosen = _roles(roles)
+    row = _principal(session, principal_id)
+    before = sorted(row.roles or [])
+    row.roles = chosen
+    record(
+        session,
+        Unversioned("principal", row.id, before="active", after="active"),
+        "roles",
+        actor=by,
+        reason=f"roles {', '.join(before) or 'none'} -> {', '.join(chosen) or 'none'}",
+    )
     return chosen
 
 
@@ -168,6 +198,48 @@ def find_principal(store: Store, name_or_id: str) -> int:
         return row.id
 
 
+@dataclass(frozen=True)
+class PrincipalView:
+    id: int
+    name: str
+    kind: str
+    roles: list[str]
+    created_by: str
+    created_at: str
+    disabled: bool
+    live_tokens: int
+
+
+def list_principals(store: Store) -> list[PrincipalView]:
+    with store.read() as s:
+        now = utcnow()
+        views = []
+        for row in s.scalars(select(Principal).order_by(Principal.id)):
+            live = s.scalars(
+                select(ApiToken.id).where(
+                    ApiToken.principal_id == row.id, ApiToken.revoked_at.is_(None)
+                )
+            ).all()
+            tokens = [
+                t
+                for t in s.scalars(select(ApiToken).where(ApiToken.id.in_(live)))
+                if t.expires_at is None or t.expires_at > now
+            ]
+            views.append(
+                PrincipalView(
+                    id=row.id,
+                    name=row.name,
+                    kind=row.kind,
+                    roles=sorted(row.roles or []),
+                    created_by=row.created_by,
+                    created_at=row.created_at.isoformat(timespec="seconds"),
+                    disabled=row.disabled_at is not None,
+                    live_tokens=len(tokens),
+                )
+            )
+        return views
+
+
 # --- the four-eyes rule ---------------------------------------------------------------
 
 
@@ -189,6 +261,19 @@ def check_four_eyes(decider: str, requester: str, what: str) -> None:
     roles or tokens they hold."""
     if same_principal(decider, requester):
         raise FourEyesViolation(decider, what)
+
+
+def audit_refusal(store: Store, caller: Caller, what: str, why: str) -> None:
+    """Record in the audit log that ``caller`` was refused ``what`` (nothing else is
+    written: the refused operation's own transaction, if any, was rolled back)."""
+    with store.tx() as s:
+        record(
+            s,
+            Unversioned("principal", caller.id, before="active", after="active"),
+            "refused",
+            actor=caller.actor,
+            reason=f"{what}: {why}"[:400],
+        )
 
 
 # --- tokens ---------------------------------------------------------------------------
@@ -354,7 +439,7 @@ _DUMMY = (
 # --- the administrator ----------------------------------------------------------------
 
 
-def bootstrap_admin(store: Store, *, by: str) -> tuple[int, Secret]:
+def bootstrap_admin(store: Store, *, by: str, expires_days: int = 30) -> tuple[int, Secret]:
     """Create the administrator principal (or, run again, recover access to it) and a
     new token for it; returns (principal id, token). ``by`` says who ran it (the host
     account), for the audit log."""
@@ -364,4 +449,4 @@ def bootstrap_admin(store: Store, *, by: str) -> tuple[int, Secret]:
         existing = create_principal(store, ADMIN_NAME, roles=[Role.ADMIN], by=by)
     else:
         set_roles(store, existing, sorted({Role.ADMIN.value}), by=by)
-    return existing, issue_token(store, existing, by=by, expires_days=30)[1]
+    return existing, issue_token(store, existing, by=by, expires_days=expires_days)[1]

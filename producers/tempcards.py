@@ -143,59 +143,79 @@ def assign(
     store: Store, card: str, user: str, *, by: str, policy: Policy, days: int | None = None
 ) -> str:
     with store.tx() as s:
-        cred = _temp_card(s, card)
-        return assign_in(s, cred, find_user(s, user, lock=True), by=by, policy=policy, days=days)
+        return assign_at(s, card, user, by=by, policy=policy, days=days)
+
+
+def assign_at(
+    session: Session, card: str, user: str, *, by: str, policy: Policy, days: int | None = None
+) -> str:
+    """``assign`` inside the caller's transaction."""
+    cred = _temp_card(session, card)
+    holder = find_user(session, user, lock=True)
+    return assign_in(session, cred, holder, by=by, policy=policy, days=days)
 
 
 def extend(store: Store, card: str, *, by: str, policy: Policy, days: int | None = None) -> str:
     """Lengthen the assignment by ``days`` (default: the policy's validity)."""
     with store.tx() as s:
-        cred = _temp_card(s, card)
-        start = max(cred.assigned_until or utcnow(), utcnow())
-        return transition(
-            s,
-            cred,
-            "extend",
-            actor=by,
-            reason="assignment extended",
-            changes={"assigned_until": _until(cred, start, _days(days, policy))},
-        )
+        return extend_in(s, card, by=by, policy=policy, days=days)
+
+
+def extend_in(
+    session: Session, card: str, *, by: str, policy: Policy, days: int | None = None
+) -> str:
+    """``extend`` inside the caller's transaction."""
+    cred = _temp_card(session, card)
+    start = max(cred.assigned_until or utcnow(), utcnow())
+    return transition(
+        session,
+        cred,
+        "extend",
+        actor=by,
+        reason="assignment extended",
+        changes={"assigned_until": _until(cred, start, _days(days, policy))},
+    )
 
 
 def withdraw(store: Store, card: str, *, by: str, reason: str | None = None) -> int:
     """Take the card back: the holder's certificates revoked, the card in stock again.
     Returns how many certificates were revoked."""
     with store.tx() as s:
-        cred = _temp_card(s, card)
-        transition(
-            s,
-            cred,
-            "withdraw",
-            actor=by,
-            reason=(reason or "withdrawn").strip()[:400],
-            changes={"user_id": None, "assigned_until": None, "pin_letter_path": None},
+        return withdraw_in(s, card, by=by, reason=reason)
+
+
+def withdraw_in(session: Session, card: str, *, by: str, reason: str | None = None) -> int:
+    """``withdraw`` inside the caller's transaction."""
+    cred = _temp_card(session, card)
+    transition(
+        session,
+        cred,
+        "withdraw",
+        actor=by,
+        reason=(reason or "withdrawn").strip()[:400],
+        changes={"user_id": None, "assigned_until": None, "pin_letter_path": None},
+    )
+    certs = session.scalars(
+        select(Certificate).where(
+            Certificate.credential_id == cred.id,
+            Certificate.state.in_([CertState.VALID, CertState.HOLD]),
         )
-        certs = s.scalars(
-            select(Certificate).where(
-                Certificate.credential_id == cred.id,
-                Certificate.state.in_([CertState.VALID, CertState.HOLD]),
-            )
-        ).all()
-        for cert in certs:
-            transition(
-                s,
-                cert,
-                "revoke",
-                actor=by,
-                reason=RevocationReason.CESSATION_OF_OPERATION,
-                changes={
-                    "revoked_at": utcnow(),
-                    "revocation_reason": RevocationReason.CESSATION_OF_OPERATION,
-                },
-            )
-        if certs:
-            outbox.add(s, PublishCrl(reason=f"temporary card {cred.id} withdrawn"))
-        return len(certs)
+    ).all()
+    for cert in certs:
+        transition(
+            session,
+            cert,
+            "revoke",
+            actor=by,
+            reason=RevocationReason.CESSATION_OF_OPERATION,
+            changes={
+                "revoked_at": utcnow(),
+                "revocation_reason": RevocationReason.CESSATION_OF_OPERATION,
+            },
+        )
+    if certs:
+        outbox.add(session, PublishCrl(reason=f"temporary card {cred.id} withdrawn"))
+    return len(certs)
 
 
 def first_in_stock(session: Session) -> Credential | None:

@@ -114,17 +114,21 @@ def create_user(store: Store, values: dict[str, Any], *, by: str, policy: Policy
 
     Its state is ``policy.user_status_after_create``.
     """
-    row = validated(values)
     with store.tx() as s:
-        user = create_in(
-            s,
-            row,
-            by=by,
-            state=policy.user_status_after_create,
-            why="user created",
-            unique_email=policy.email_unique,
-        )
-        return user.id
+        return create_user_in(s, values, by=by, policy=policy)
+
+
+def create_user_in(session: Session, values: dict[str, Any], *, by: str, policy: Policy) -> int:
+    """``create_user`` inside the caller's transaction."""
+    user = create_in(
+        session,
+        validated(values),
+        by=by,
+        state=policy.user_status_after_create,
+        why="user created",
+        unique_email=policy.email_unique,
+    )
+    return user.id
 
 
 def update_in(
@@ -166,15 +170,27 @@ def update_user(
 ) -> list[str]:
     """Change attributes of user ``who``; returns the names of those that changed."""
     with store.tx() as s:
-        user = find_user(s, who, lock=True)
-        return update_in(s, user, changes, by=by, unique_email=unique_email)
+        return update_user_in(s, who, changes, by=by, unique_email=unique_email)
+
+
+def update_user_in(
+    session: Session, who: str, changes: dict[str, Any], *, by: str, unique_email: bool = True
+) -> list[str]:
+    """``update_user`` inside the caller's transaction."""
+    user = find_user(session, who, lock=True)
+    return update_in(session, user, changes, by=by, unique_email=unique_email)
 
 
 def delete_user(store: Store, who: str, *, by: str, reason: str | None = None) -> str:
     """``locked -> deleted``: only a locked user (no live card or certificate) goes."""
     with store.tx() as s:
-        user = find_user(s, who, lock=True)
-        return transition(s, user, "delete", actor=by, reason=reason or "user deleted")
+        return delete_user_in(s, who, by=by, reason=reason)
+
+
+def delete_user_in(session: Session, who: str, *, by: str, reason: str | None = None) -> str:
+    """``delete_user`` inside the caller's transaction."""
+    user = find_user(session, who, lock=True)
+    return transition(session, user, "delete", actor=by, reason=reason or "user deleted")
 
 
 def _cards_of(session: Session, user_ids: list[int]) -> dict[int, int]:

@@ -130,6 +130,21 @@ class Forbidden(PermanentError):
         super().__init__(f"{who} may not {action}: it needs the role {' or '.join(roles)}")
 
 
+class Refused(PermanentError):
+    """The action is not this principal's to take (not a matter of role)."""
+
+
+class ApprovalRequired(Refused):
+    """Validated issuance is on: nothing may issue a card without an approver."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "validated issuance is on ([policy] approval_required): request the card "
+            "(`cardline card request`, POST /cards) and have an approver approve it; "
+            "no one issues a card alone"
+        )
+
+
 class NotFound(PermanentError):
     """The entity asked for does not exist."""
 

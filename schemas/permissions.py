@@ -82,9 +82,14 @@ USE_CASES: tuple[UseCase, ...] = (
     _u("line.status", "read the line's status", (*READERS, R.BUREAU, R.STATION)),
     _u("station.report", "a station reporting its work", (R.STATION,)),
     _u("approvals.read", "list what waits for a decision", (R.APPROVER, R.AUDITOR)),
+    _u("attention.read", "list work that needs a person", READERS),
+    _u("attention.resolve", "mark work that needed a person fixed", (R.OPERATOR,)),
+    _u("request.decide", "approve or reject a held lifecycle request", (R.APPROVER,), "002 §4.2"),
+    _u("request.cancel", "withdraw one's own held request", (R.REQUESTER, R.OPERATOR, R.HELP_DESK)),
     _u("audit.read", "read the audit log", (R.AUDITOR,)),
     # administration
-    _u("principal.admin", "create principals, set roles, issue and revoke tokens", ()),
+    _u("principal.admin", "create principals, issue and revoke tokens", ()),
+    _u("principal.roles", "change a principal's roles", (), "002 §5.1.12"),
 )
 
 BY_NAME: dict[str, UseCase] = {u.name: u for u in USE_CASES}

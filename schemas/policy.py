@@ -9,9 +9,41 @@ from pydantic import BaseModel, ConfigDict, Field
 from schemas.states import CertUsage
 
 
+class ApprovalSteps(BaseModel):
+    """``[approvals]``: which lifecycle processes wait for an approver (seed 002 §4.2,
+    "an approval process can be enabled or disabled for any process that modifies the
+    lifecycle of a user, a certificate, or a card"). All off by default; card requests
+    have their own switch, ``[policy] approval_required`` (validated issuance, on)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    user_create: bool = False
+    user_edit: bool = False
+    user_deactivate: bool = False
+    user_reactivate: bool = False
+    user_lock: bool = False
+    user_delete: bool = False
+    principal_roles: bool = False  # role changes
+    card_deactivate: bool = False
+    card_reactivate: bool = False
+    card_lock: bool = False
+    card_renew: bool = False
+    tempcard_assign: bool = False
+    tempcard_extend: bool = False
+    tempcard_withdraw: bool = False
+    certificate_revoke: bool = False
+
+    def required(self, process: str) -> bool:
+        """Whether ``process`` (a use case such as ``card.lock``) waits for an approver."""
+        return bool(getattr(self, process.replace(".", "_")))
+
+
 class Policy(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    # Validated issuance (seed 001): a card request waits for an approver, and no
+    # command or endpoint issues a card without one. Off: local issuance, where an
+    # operator issues a card alone (``cardline card issue``, ``POST /cards/issue``).
     approval_required: bool = True
     pin_length: int = Field(6, ge=4, le=12)
     puk_length: int = Field(8, ge=6, le=16)

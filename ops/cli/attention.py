@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from ops.cli.context import (
@@ -11,7 +13,11 @@ from ops.cli.context import (
     json_option,
     pass_app,
     print_json,
+    requires,
 )
+
+if TYPE_CHECKING:
+    from producers.principals import Caller
 
 
 @click.group()
@@ -24,7 +30,8 @@ def attention() -> None:
 @json_option
 @pass_app
 @handle_errors
-def attention_list(app: CliContext, as_json: bool) -> None:
+@requires("attention.read")
+def attention_list(app: CliContext, as_json: bool, who: Caller) -> None:
     """Open items: what, which wait, the reason, since when."""
     from db.summary import attention_list as open_attention
 
@@ -41,16 +48,16 @@ def attention_list(app: CliContext, as_json: bool) -> None:
 
 @attention.command("resolve")
 @click.argument("attention_id", type=int)
-@click.option("--by", required=True, help="Who fixed the cause.")
 @data_dir_option
 @pass_app
 @handle_errors
-def attention_resolve(app: CliContext, attention_id: int, by: str) -> None:
+@requires("attention.resolve")
+def attention_resolve(app: CliContext, attention_id: int, who: Caller) -> None:
     """Mark an item resolved once its cause is fixed; the reconciler then re-drives it."""
     from db import attention as attention_mod
 
     with app.store().tx() as s:
-        row = attention_mod.resolve(s, attention_id, by=by)
+        row = attention_mod.resolve(s, attention_id, by=who.actor)
     click.echo(f"resolved {row.entity} {row.entity_id} ({row.wait}); it will be re-driven")
 
 

@@ -3,12 +3,15 @@ produced card (deactivate, reactivate, lock) and paging through cards."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from ops.cli.context import CliContext, data_dir_option, handle_errors, pass_app
+from ops.cli.context import CliContext, data_dir_option, handle_errors, pass_app, requires
 from ops.cli.lifecycle import add_lifecycle_commands
+
+if TYPE_CHECKING:
+    from producers.principals import Caller
 
 
 @click.group()
@@ -29,56 +32,57 @@ add_lifecycle_commands(
 
 @card.command("request")
 @click.argument("users", nargs=-1, required=True)
-@click.option("--by", required=True)
 @click.option("--line", default=None)
 @data_dir_option
 @pass_app
 @handle_errors
-def card_request(app: CliContext, users: tuple[str, ...], by: str, line: str | None) -> None:
+@requires("card.request")
+def card_request(app: CliContext, users: tuple[str, ...], line: str | None, who: Caller) -> None:
     """Request a card for each USER (e-mail or id); several make one batch order."""
     from producers.cards import request_cards
 
     policy = app.settings.policy
-    ids = request_cards(app.store(), users, by=by, policy=policy, line=line)
+    ids = request_cards(app.store(), users, by=who.actor, policy=policy, line=line)
     click.echo(f"cards requested: {', '.join(map(str, ids))}")
 
 
 @card.command("issue")
 @click.argument("users", nargs=-1, required=True)
-@click.option("--by", required=True)
 @click.option("--line", default=None)
 @data_dir_option
 @pass_app
 @handle_errors
-def card_issue(app: CliContext, users: tuple[str, ...], by: str, line: str | None) -> None:
-    """Issue a card for each USER at once (the operator's issuance: no approval step)."""
+@requires("card.issue")
+def card_issue(app: CliContext, users: tuple[str, ...], line: str | None, who: Caller) -> None:
+    """Issue a card for each USER at once (local issuance; refused under validated
+    issuance, ``[policy] approval_required``)."""
     from producers.cards import issue_cards
 
-    ids = issue_cards(app.store(), users, by=by, policy=app.settings.policy, line=line)
+    ids = issue_cards(app.store(), users, by=who.actor, policy=app.settings.policy, line=line)
     click.echo(f"cards issued: {', '.join(map(str, ids))}")
 
 
 @card.command("decide")
 @click.argument("decision", type=click.Choice(["approve", "reject", "postpone"]))
 @click.argument("card_ref", metavar="CARD")
-@click.option("--by", required=True)
 @click.option("--reason", default=None, help="Required to reject or postpone.")
 @click.option("--comment", default=None)
 @data_dir_option
 @pass_app
 @handle_errors
+@requires("card.decide")
 def card_decide(
     app: CliContext,
     decision: str,
     card_ref: str,
-    by: str,
     reason: str | None,
     comment: str | None,
+    who: Caller,
 ) -> None:
     """Approve, reject or postpone the request CARD (never your own)."""
     from producers import cards
 
-    store = app.store()
+    store, by = app.store(), who.actor
     if decision == "approve":
         state = cards.approve_card(store, card_ref, by=by, comment=comment)
     elif decision == "reject":
@@ -88,62 +92,83 @@ def card_decide(
     click.echo(state)
 
 
-@card.command("step")
-@click.argument("step", type=click.Choice(["cancel", "activate", "renew"]))
+@card.command("cancel")
 @click.argument("card_ref", metavar="CARD")
-@click.option("--by", required=True)
 @data_dir_option
 @pass_app
 @handle_errors
-def card_step(app: CliContext, step: str, card_ref: str, by: str) -> None:
-    """Cancel a request, activate an issued card, or renew an active card's certificates."""
+@requires("card.cancel")
+def card_cancel(app: CliContext, card_ref: str, who: Caller) -> None:
+    """Cancel the request CARD (not yet produced)."""
     from producers import cards
 
-    steps = {
-        "cancel": cards.cancel_card,
-        "activate": cards.activate_card,
-        "renew": cards.renew_card,
-    }
-    click.echo(steps[step](app.store(), card_ref, by=by))
+    click.echo(cards.cancel_card(app.store(), card_ref, by=who.actor))
+
+
+@card.command("activate")
+@click.argument("card_ref", metavar="CARD")
+@data_dir_option
+@pass_app
+@handle_errors
+@requires("card.activate")
+def card_activate(app: CliContext, card_ref: str, who: Caller) -> None:
+    """Activate the issued card CARD."""
+    from producers import cards
+
+    click.echo(cards.activate_card(app.store(), card_ref, by=who.actor))
+
+
+@card.command("renew")
+@click.argument("card_ref", metavar="CARD")
+@data_dir_option
+@pass_app
+@handle_errors
+@requires("card.renew")
+def card_renew(app: CliContext, card_ref: str, who: Caller) -> None:
+    """Renew the certificates of the active card CARD (PIN and PUK kept)."""
+    app.perform(who, "card.renew", card_ref, {}, lambda state: state)
 
 
 @card.command("edit")
 @click.argument("card_ref", metavar="CARD")
 @click.option("--line", required=True, help="The production line it goes to.")
-@click.option("--by", required=True)
 @data_dir_option
 @pass_app
 @handle_errors
-def card_edit(app: CliContext, card_ref: str, line: str, by: str) -> None:
+@requires("card.edit")
+def card_edit(app: CliContext, card_ref: str, line: str, who: Caller) -> None:
     """Move CARD (not yet at a station) to another production line."""
     from producers.cards import edit_card
 
-    changed = edit_card(app.store(), card_ref, by=by, line=line, policy=app.settings.policy)
+    policy = app.settings.policy
+    changed = edit_card(app.store(), card_ref, by=who.actor, line=line, policy=policy)
     click.echo(f"changed: {', '.join(changed) or 'nothing'}")
 
 
 @card.command("list")
 @click.option("--state", default=None)
 @click.option("--kind", type=click.Choice(["card", "temp_card"]), default=None)
-@click.option("--user", "who", default=None, help="Only this holder's (e-mail or id).")
+@click.option("--user", "holder", default=None, help="Only this holder's (e-mail or id).")
 @click.option("--page", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--per-page", type=click.IntRange(1, 500), default=50, show_default=True)
 @data_dir_option
 @pass_app
 @handle_errors
+@requires("card.read")
 def card_list(
     app: CliContext,
     state: str | None,
     kind: str | None,
-    who: str | None,
+    holder: str | None,
     page: int,
     per_page: int,
+    who: Caller,
 ) -> None:
     """Cards and temporary cards by id, one page at a time."""
     from producers.cards import search_cards
 
     found = search_cards(
-        app.store(), state=state, kind=kind, user=who, page=page, per_page=per_page
+        app.store(), state=state, kind=kind, user=holder, page=page, per_page=per_page
     )
     _card_table(app, found.items, found.total, found.page)
 

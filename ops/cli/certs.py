@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from ops.cli.context import CliContext, data_dir_option, handle_errors, pass_app
+from ops.cli.context import CliContext, data_dir_option, handle_errors, pass_app, requires
 from schemas.states import OPERATOR_REASONS
+
+if TYPE_CHECKING:
+    from producers.principals import Caller
 
 # The revocation reasons an operator may give.
 REASONS_CHOICE = click.Choice([r.value for r in OPERATOR_REASONS])
@@ -24,7 +28,8 @@ def certs() -> None:
 @data_dir_option
 @pass_app
 @handle_errors
-def certs_export(app: CliContext, status: str, out: Path) -> None:
+@requires("certificate.read")
+def certs_export(app: CliContext, status: str, out: Path, who: Caller) -> None:
     """Write every certificate in STATUS to OUT as <serial>.pem."""
     from ops.pki import export_certs
 
@@ -35,42 +40,39 @@ def certs_export(app: CliContext, status: str, out: Path) -> None:
 @certs.command("revoke")
 @click.argument("serial")
 @click.option("--reason", required=True, type=REASONS_CHOICE)
-@click.option("--by", required=True, help="Who revokes it (audited).")
 @data_dir_option
 @pass_app
 @handle_errors
-def certs_revoke(app: CliContext, serial: str, reason: str, by: str) -> None:
+@requires("certificate.revoke")
+def certs_revoke(app: CliContext, serial: str, reason: str, who: Caller) -> None:
     """Revoke the certificate SERIAL (hex); the CRL is re-published."""
-    from producers.certificates import revoke
-    from schemas.states import RevocationReason
-
-    click.echo(revoke(app.store(), serial, reason=RevocationReason(reason), by=by))
+    app.perform(who, "certificate.revoke", serial, {"reason": reason}, lambda state: state)
 
 
 @certs.command("hold")
 @click.argument("serial")
-@click.option("--by", required=True)
 @data_dir_option
 @pass_app
 @handle_errors
-def certs_hold(app: CliContext, serial: str, by: str) -> None:
+@requires("certificate.hold")
+def certs_hold(app: CliContext, serial: str, who: Caller) -> None:
     """Put the certificate SERIAL on hold (listed on the CRL as certificateHold)."""
     from producers.certificates import hold
 
-    click.echo(hold(app.store(), serial, by=by))
+    click.echo(hold(app.store(), serial, by=who.actor))
 
 
 @certs.command("release")
 @click.argument("serial")
-@click.option("--by", required=True)
 @data_dir_option
 @pass_app
 @handle_errors
-def certs_release(app: CliContext, serial: str, by: str) -> None:
+@requires("certificate.hold")
+def certs_release(app: CliContext, serial: str, who: Caller) -> None:
     """Release the certificate SERIAL from hold (removed from the next CRL)."""
     from producers.certificates import release
 
-    click.echo(release(app.store(), serial, by=by))
+    click.echo(release(app.store(), serial, by=who.actor))
 
 
 COMMANDS = (certs,)

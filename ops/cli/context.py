@@ -17,13 +17,22 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from schemas.errors import CardlineError, ConfigurationError, SchemaOutOfDate
+from schemas.errors import (
+    CardlineError,
+    ConfigurationError,
+    Forbidden,
+    FourEyesViolation,
+    Refused,
+    SchemaOutOfDate,
+    Unauthorized,
+)
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from db.engine import Store
     from ops.config import Settings
+    from producers.principals import Caller
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -46,6 +55,7 @@ class CliContext:
     _settings: Settings | None = None
     _logging: bool = False
     _stores: dict[bool, Store] = field(default_factory=dict)
+    who: Caller | None = None  # the principal the command acts as, once proved
 
     def load_settings(self) -> Settings:
         """The configuration, loaded and validated once (no log file yet: the demo
@@ -82,6 +92,70 @@ class CliContext:
             self._stores[readonly] = store
             click.get_current_context().call_on_close(store.dispose)
         return self._stores[readonly]
+
+    def presented_token(self) -> str:
+        """The operator's token: ``CARDLINE_TOKEN``, else the file ``cardline login``
+        wrote (refused if others may read it)."""
+        settings = self.load_settings()
+        if settings.token is not None:
+            return settings.token.get_secret_value().strip()
+        path = settings.token_file.expanduser()
+        try:
+            mode = path.stat().st_mode
+            text = path.read_text(encoding="utf-8").strip()
+        except OSError:
+            raise Unauthorized(
+                "no token: run `cardline login` or set CARDLINE_TOKEN "
+                "(an administrator creates tokens: `cardline token create`)"
+            ) from None
+        if mode & 0o077:
+            raise Unauthorized(f"{path} may be read by others: chmod 600 it, or log in again")
+        return text
+
+    def caller(self, use_case: str) -> Caller:
+        """The principal whose token this is, verified against the store, if its roles
+        may run ``use_case``; Forbidden otherwise (audited as refused)."""
+        from producers.principals import audit_refusal, authenticate
+        from schemas.permissions import roles_for
+
+        who = authenticate(self.store(), self.presented_token())
+        self.who = who
+        if not who.may(use_case):
+            allowed = tuple(sorted(r.value for r in roles_for(use_case)))
+            error = Forbidden(who.name, use_case, allowed)
+            audit_refusal(self.store(), who, use_case, str(error))
+            raise error
+        return who
+
+    def perform(
+        self,
+        who: Caller,
+        process: str,
+        target: str,
+        params: dict[str, Any],
+        done: Callable[[Any], str],
+    ) -> None:
+        """Run a process an approval step may hold (``producers.pending``) as ``who``:
+        print ``done(result)``, or the pending request it became."""
+        from producers import pending
+
+        settings = self.settings
+        outcome = pending.perform(
+            self.store(),
+            process,
+            target,
+            params,
+            by=who.actor,
+            policy=settings.policy,
+            steps=settings.approvals,
+        )
+        if outcome.done:
+            click.echo(done(outcome.result))
+        else:
+            click.echo(
+                f"request {outcome.request_id} waits for an approver: {outcome.summary} "
+                "(`cardline approvals`)"
+            )
 
     @functools.cached_property
     def out(self) -> Console:
@@ -127,7 +201,8 @@ def json_option(fn: F) -> F:
 
 
 def handle_errors(fn: F) -> F:
-    """Turn Cardline's errors into a one-line message and a non-zero exit."""
+    """Turn Cardline's errors into a one-line message and a non-zero exit; a proved
+    principal's refusal by the four-eyes rule or by ownership is audited as refused."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -137,11 +212,44 @@ def handle_errors(fn: F) -> F:
             from rich.markup import escape
 
             prefix, code = next((p, c) for kind, p, c in ERROR_REPORTS if isinstance(exc, kind))
-            app = click.get_current_context().find_object(CliContext) or CliContext()
+            ctx = click.get_current_context()
+            app = ctx.find_object(CliContext) or CliContext()
+            if app.who is not None and isinstance(exc, (FourEyesViolation, Refused)):
+                from producers.principals import audit_refusal
+
+                audit_refusal(app.store(), app.who, ctx.command_path, str(exc))
             app.err.print(f"{prefix}{escape(str(exc))}", highlight=False, soft_wrap=True)
             sys.exit(code)
 
     return wrapper  # type: ignore[return-value]  # functools.wraps keeps the signature
+
+
+def requires(use_case: str) -> Callable[[F], F]:
+    """An operator command: it runs as the principal of the presented token, whose
+    stored roles must allow ``use_case`` (``schemas.permissions``); the command gets it
+    as ``who``. The use case is kept on the command for ``cardline roles`` and the
+    role matrix test."""
+
+    def decorate(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(app: CliContext, *args: Any, **kwargs: Any) -> Any:
+            return fn(app, *args, who=app.caller(use_case), **kwargs)
+
+        wrapper.cardline_use_case = use_case  # type: ignore[attr-defined]
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def use_case_of(command: click.Command) -> str | None:
+    """The use case an operator command runs (None: a host or process command)."""
+    callback = command.callback
+    while callback is not None:
+        found = getattr(callback, "cardline_use_case", None)
+        if found is not None:
+            return str(found)
+        callback = getattr(callback, "__wrapped__", None)
+    return None
 
 
 def print_json(obj: dict[str, Any]) -> None:

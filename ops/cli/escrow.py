@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from ops.cli.context import CliContext, data_dir_option, handle_errors, pass_app
+from ops.cli.context import CliContext, data_dir_option, handle_errors, pass_app, requires
+
+if TYPE_CHECKING:
+    from producers.principals import Caller
 
 
 @click.group()
@@ -17,30 +21,30 @@ def escrow() -> None:
 @escrow.command("export")
 @click.argument("card")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
-@click.option("--by", required=True, help="Who exports it (audited).")
 @data_dir_option
 @pass_app
 @handle_errors
-def escrow_export(app: CliContext, card: str, out: Path, by: str) -> None:
+@requires("escrow.export")
+def escrow_export(app: CliContext, card: str, out: Path, who: Caller) -> None:
     """Write CARD's escrowed key and certificate to OUT (PFX); print its one-time password."""
     from ops.pki import export_escrow_pfx
 
-    path, password = export_escrow_pfx(app.settings, card, out, by=by)
+    path, password = export_escrow_pfx(app.settings, card, out, by=who.actor)
     click.echo(f"PFX written to {path}")
     click.echo(f"one-time password (shown once, stored nowhere): {password.reveal()}")
 
 
 @escrow.command("recover")
 @click.argument("card")
-@click.option("--by", required=True, help="Who asks for it (audited).")
 @data_dir_option
 @pass_app
 @handle_errors
-def escrow_recover(app: CliContext, card: str, by: str) -> None:
+@requires("card.recover")
+def escrow_recover(app: CliContext, card: str, who: Caller) -> None:
     """Have CARD (not yet produced) also carry its holder's earlier escrowed keys."""
     from producers.escrow import request_key_recovery
 
-    count = request_key_recovery(app.store(), card, by=by)
+    count = request_key_recovery(app.store(), card, by=who.actor)
     click.echo(f"card {card} will carry {count} earlier escrowed keys")
 
 

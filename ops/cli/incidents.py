@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
-from ops.cli.context import CliContext, data_dir_option, handle_errors, pass_app
+from ops.cli.context import CliContext, data_dir_option, handle_errors, pass_app, requires
+
+if TYPE_CHECKING:
+    from producers.principals import Caller
 
 
 @click.group()
@@ -19,12 +24,12 @@ def incident() -> None:
 )
 @click.option("--temporary/--permanent", default=None, help="The replacement's kind.")
 @click.option("--note", default=None)
-@click.option("--by", required=True)
 @data_dir_option
 @pass_app
 @handle_errors
+@requires("card.incident")
 def incident_declare(
-    app: CliContext, card_ref: str, kind: str, temporary: bool | None, note: str | None, by: str
+    app: CliContext, card_ref: str, kind: str, temporary: bool | None, note: str | None, who: Caller
 ) -> None:
     """Declare an incident on CARD: it goes out of use, a replacement is requested."""
     from producers.incidents import declare
@@ -33,7 +38,7 @@ def incident_declare(
         app.store(),
         card_ref,
         kind,
-        by=by,
+        by=who.actor,
         policy=app.settings.policy,
         temporary=temporary,
         note=note,
@@ -44,30 +49,30 @@ def incident_declare(
 
 @incident.command("approve")
 @click.argument("incident_id", type=int)
-@click.option("--by", required=True)
 @data_dir_option
 @pass_app
 @handle_errors
-def incident_approve(app: CliContext, incident_id: int, by: str) -> None:
+@requires("incident.decide")
+def incident_approve(app: CliContext, incident_id: int, who: Caller) -> None:
     """Approve the replacement of INCIDENT_ID (never your own declaration)."""
     from producers.incidents import approve
 
-    found = approve(app.store(), incident_id, by=by, policy=app.settings.policy)
+    found = approve(app.store(), incident_id, by=who.actor, policy=app.settings.policy)
     click.echo(f"incident {found.id} {found.state}; replacement card {found.replacement_id}")
 
 
 @incident.command("cancel")
 @click.argument("incident_id", type=int)
-@click.option("--by", required=True)
 @click.option("--reason", default=None)
 @data_dir_option
 @pass_app
 @handle_errors
-def incident_cancel(app: CliContext, incident_id: int, by: str, reason: str | None) -> None:
+@requires("card.incident")
+def incident_cancel(app: CliContext, incident_id: int, reason: str | None, who: Caller) -> None:
     """The card was found: withdraw the replacement request."""
     from producers.incidents import cancel
 
-    found = cancel(app.store(), incident_id, by=by, reason=reason)
+    found = cancel(app.store(), incident_id, by=who.actor, reason=reason)
     click.echo(f"incident {found.id} {found.state}")
 
 
@@ -76,7 +81,8 @@ def incident_cancel(app: CliContext, incident_id: int, by: str, reason: str | No
 @data_dir_option
 @pass_app
 @handle_errors
-def incident_list(app: CliContext, state: str | None) -> None:
+@requires("incident.read")
+def incident_list(app: CliContext, state: str | None, who: Caller) -> None:
     """Incidents with their card, kind and replacement."""
     from rich.table import Table
 

@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
-from ops.cli.context import CliContext, data_dir_option, handle_errors, pass_app
+from ops.cli.context import CliContext, data_dir_option, handle_errors, pass_app, requires
 from schemas.states import LOCK_REASONS
+
+if TYPE_CHECKING:
+    from producers.principals import Caller
 
 LOCK_REASONS_CHOICE = click.Choice([r.value for r in LOCK_REASONS])
 
@@ -33,22 +36,21 @@ STEPS = {
 
 
 def add_lifecycle_commands(group: click.Group, entity: str, docs: dict[str, str]) -> None:
-    """``group STEP REF --by NAME --reason R`` for each step in ``docs`` (its help), on
+    """``group STEP REF --reason R`` for each step in ``docs`` (its help), on
     ``entity`` (``card`` or ``user``)."""
     for name, doc in docs.items():
         group.add_command(_step_command(name, STEPS[name], entity, doc))
 
 
 def _step_command(name: str, step: Step, entity: str, doc: str) -> click.Command:
-    def command(app: CliContext, ref: str, by: str, reason: str | None) -> None:
-        from producers import lifecycle
-
-        options: dict[str, Any] = {}
-        if not step.locks:
-            options["reasons"] = app.settings.policy.deactivation_reasons
-        run = getattr(lifecycle, f"{name}_{entity}")
-        count = run(app.store(), ref, by=by, reason=reason, **options)
-        click.echo(f"{entity} {ref} {step.state}; {count} certificates {step.certificates}")
+    def command(app: CliContext, ref: str, reason: str | None, who: Caller) -> None:
+        app.perform(
+            who,
+            f"{entity}.{name}",
+            ref,
+            {"reason": reason},
+            lambda count: f"{entity} {ref} {step.state}; {count} certificates {step.certificates}",
+        )
 
     command.__doc__ = doc
     command.__name__ = f"{entity}_{name}"
@@ -57,11 +59,10 @@ def _step_command(name: str, step: Step, entity: str, doc: str) -> click.Command
         if step.locks
         else click.option("--reason", default=None)
     )
-    decorated = pass_app(handle_errors(command))
+    decorated = pass_app(handle_errors(requires(f"{entity}.{name}")(command)))
     for decorator in (
         data_dir_option,
         reason,
-        click.option("--by", required=True, help="Who does it (audited)."),
         click.argument("ref", metavar=entity.upper()),
     ):
         decorated = decorator(decorated)

@@ -3,12 +3,15 @@ that carries their cards and certificates with them."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from ops.cli.context import CliContext, data_dir_option, handle_errors, pass_app
+from ops.cli.context import CliContext, data_dir_option, handle_errors, pass_app, requires
 from ops.cli.lifecycle import LOCK_REASONS_CHOICE, add_lifecycle_commands
+
+if TYPE_CHECKING:
+    from producers.principals import Caller
 
 
 @click.group()
@@ -42,32 +45,38 @@ def _pairs(values: tuple[str, ...]) -> dict[str, str | None]:
 
 @user.command("create")
 @click.option("--set", "values", multiple=True, required=True, help="NAME=VALUE (repeat).")
-@click.option("--by", required=True)
 @data_dir_option
 @pass_app
 @handle_errors
-def user_create(app: CliContext, values: tuple[str, ...], by: str) -> None:
+@requires("user.create")
+def user_create(app: CliContext, values: tuple[str, ...], who: Caller) -> None:
     """Create one user from NAME=VALUE attributes (the batch CSV's columns)."""
-    from producers.users import create_user
-
-    user_id = create_user(app.store(), _pairs(values), by=by, policy=app.settings.policy)
-    click.echo(f"user {user_id} created")
+    attributes = _pairs(values)
+    app.perform(
+        who,
+        "user.create",
+        str(attributes.get("email") or ""),
+        {"values": attributes},
+        lambda user_id: f"user {user_id} created",
+    )
 
 
 @user.command("edit")
-@click.argument("who", metavar="USER")
+@click.argument("holder", metavar="USER")
 @click.option("--set", "values", multiple=True, required=True, help="NAME=VALUE (repeat).")
-@click.option("--by", required=True)
 @data_dir_option
 @pass_app
 @handle_errors
-def user_edit(app: CliContext, who: str, values: tuple[str, ...], by: str) -> None:
+@requires("user.edit")
+def user_edit(app: CliContext, holder: str, values: tuple[str, ...], who: Caller) -> None:
     """Change attributes of USER (e-mail or id)."""
-    from producers.users import update_user
-
-    unique = app.settings.policy.email_unique
-    changed = update_user(app.store(), who, _pairs(values), by=by, unique_email=unique)
-    click.echo(f"changed: {', '.join(changed) or 'nothing'}")
+    app.perform(
+        who,
+        "user.edit",
+        holder,
+        {"changes": _pairs(values)},
+        lambda changed: f"changed: {', '.join(changed) or 'nothing'}",
+    )
 
 
 @user.command("list")
@@ -78,8 +87,9 @@ def user_edit(app: CliContext, who: str, values: tuple[str, ...], by: str) -> No
 @data_dir_option
 @pass_app
 @handle_errors
+@requires("user.read")
 def user_list(
-    app: CliContext, state: str | None, text: str | None, page: int, per_page: int
+    app: CliContext, state: str | None, text: str | None, page: int, per_page: int, who: Caller
 ) -> None:
     """Users by id, one page at a time."""
     from producers.users import search_users
@@ -106,16 +116,15 @@ def _user_table(app: CliContext, items: list[Any], total: int, page: int) -> Non
 
 
 @user.command("delete")
-@click.argument("who", metavar="USER")
-@click.option("--by", required=True)
+@click.argument("holder", metavar="USER")
+@click.option("--reason", default=None)
 @data_dir_option
 @pass_app
 @handle_errors
-def user_delete(app: CliContext, who: str, by: str) -> None:
+@requires("user.delete")
+def user_delete(app: CliContext, holder: str, reason: str | None, who: Caller) -> None:
     """Delete a locked USER."""
-    from producers.users import delete_user
-
-    click.echo(delete_user(app.store(), who, by=by))
+    app.perform(who, "user.delete", holder, {"reason": reason}, lambda state: state)
 
 
 @user.command("bulk")
@@ -124,10 +133,10 @@ def user_delete(app: CliContext, who: str, by: str) -> None:
 @click.option("--text", default=None, help="Only users matching this text.")
 @click.option("--reason", default=None)
 @click.option("--lock-reason", type=LOCK_REASONS_CHOICE, default="privilege_withdrawn")
-@click.option("--by", required=True)
 @data_dir_option
 @pass_app
 @handle_errors
+@requires("user.bulk")
 def user_bulk(
     app: CliContext,
     action: str,
@@ -135,29 +144,34 @@ def user_bulk(
     text: str | None,
     reason: str | None,
     lock_reason: str,
-    by: str,
+    who: Caller,
 ) -> None:
     """The multi-user forms: ACTION every user the search finds, one at a time."""
     from rich.progress import Progress
 
-    from producers import lifecycle, users
+    from producers import pending, users
 
-    store = app.store()
-    reasons = app.settings.policy.deactivation_reasons
-    actions = {
-        "deactivate": lambda u: lifecycle.deactivate_user(
-            store, u, by=by, reason=reason, reasons=reasons
-        ),
-        "lock": lambda u: lifecycle.lock_user(store, u, by=by, reason=lock_reason),
-        "delete": lambda u: users.delete_user(store, u, by=by, reason=reason),
-    }
+    store, settings = app.store(), app.settings
+    params = {"reason": lock_reason if action == "lock" else reason}
+
+    def act(holder: str) -> object:  # held for an approver when user.ACTION's step is on
+        return pending.perform(
+            store,
+            f"user.{action}",
+            holder,
+            params,
+            by=who.actor,
+            policy=settings.policy,
+            steps=settings.approvals,
+        )
+
     with Progress(console=app.err, transient=True) as progress:
         bar = progress.add_task(f"{action} users", total=None)
         report = users.for_each_user(
             store,
             state=state,
             text=text,
-            action=actions[action],
+            action=act,
             on_progress=lambda done, total: progress.update(bar, completed=done, total=total),
         )
     click.echo(f"{action}: {len(report.done)} done, {len(report.refused)} refused")

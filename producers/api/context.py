@@ -12,7 +12,7 @@ from db.engine import Store
 from db.secrets import SecretBox
 from schemas.cpr import CprConfig
 from schemas.pki import PkiConfig
-from schemas.policy import Policy
+from schemas.policy import ApprovalSteps, Policy
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,8 @@ class ApiContext:
     cpr: CprConfig = field(default_factory=CprConfig)
     # Each identity system's CPR signing key (producers.cpr.load_identity_systems).
     cpr_keys: dict[str, Any] = field(default_factory=dict)
+    # ``[approvals]``: the lifecycle processes that wait for an approver.
+    approvals: ApprovalSteps = field(default_factory=ApprovalSteps)
 
 
 # A row id in a path: a positive 32-bit integer (larger ones cannot name a row, and

@@ -26,6 +26,8 @@ STATUS: dict[type[e.CardlineError], tuple[int, str]] = {
     e.Unauthorized: (401, "unauthorized"),
     e.Forbidden: (403, "forbidden"),
     e.FourEyesViolation: (403, "four_eyes"),
+    e.ApprovalRequired: (403, "approval_required"),
+    e.Refused: (403, "refused"),
     e.StateConflict: (409, "state_conflict"),
     e.AlreadyExists: (409, "already_exists"),
     e.ConflictError: (409, "conflict"),

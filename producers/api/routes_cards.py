@@ -3,13 +3,14 @@ recovery of escrowed keys onto a card."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 
-from producers import cards, escrow, lifecycle
+from producers import cards, escrow
 from producers.api.auth import Allow, context
 from producers.api.context import ApiContext
+from producers.api.held import HELD, perform
 from producers.principals import Caller
 from producers.users import MAX_PAGE
 from schemas.api import (
@@ -129,32 +130,29 @@ def activate_card(
     return StateOut(state=cards.activate_card(ctx.store, card, by=who.actor))
 
 
-@router.post("/cards/{card}/deactivate")
+def _count(n: int) -> CountOut:
+    return CountOut(certificates=n)
+
+
+@router.post("/cards/{card}/deactivate", response_model=CountOut, responses=HELD)
 def deactivate_card(
     card: str, body: ReasonIn, ctx: Ctx, who: Annotated[Caller, Depends(Allow("card.deactivate"))]
-) -> CountOut:
-    held = lifecycle.deactivate_card(
-        ctx.store, card, by=who.actor, reason=body.reason, reasons=ctx.policy.deactivation_reasons
-    )
-    return CountOut(certificates=held)
+) -> Any:
+    return perform(ctx, who, "card.deactivate", card, {"reason": body.reason}, _count)
 
 
-@router.post("/cards/{card}/reactivate")
+@router.post("/cards/{card}/reactivate", response_model=CountOut, responses=HELD)
 def reactivate_card(
     card: str, body: ReasonIn, ctx: Ctx, who: Annotated[Caller, Depends(Allow("card.reactivate"))]
-) -> CountOut:
-    released = lifecycle.reactivate_card(
-        ctx.store, card, by=who.actor, reason=body.reason, reasons=ctx.policy.deactivation_reasons
-    )
-    return CountOut(certificates=released)
+) -> Any:
+    return perform(ctx, who, "card.reactivate", card, {"reason": body.reason}, _count)
 
 
-@router.post("/cards/{card}/lock")
+@router.post("/cards/{card}/lock", response_model=CountOut, responses=HELD)
 def lock_card(
     card: str, body: LockIn, ctx: Ctx, who: Annotated[Caller, Depends(Allow("card.lock"))]
-) -> CountOut:
-    revoked = lifecycle.lock_card(ctx.store, card, by=who.actor, reason=body.reason)
-    return CountOut(certificates=revoked)
+) -> Any:
+    return perform(ctx, who, "card.lock", card, {"reason": body.reason}, _count)
 
 
 @router.post("/cards/{card}/recover-escrow")

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
 
-from producers import cards, incidents, lifecycle, tempcards
+from producers import incidents, tempcards
 from producers.api.auth import Allow, context
 from producers.api.context import ApiContext, RowId
+from producers.api.held import HELD, perform
 from producers.principals import Caller
 from schemas.api import (
     AssignIn,
@@ -38,44 +39,55 @@ def stock_run(
     return StockOut(batch_id=batch_id, ids=ids)
 
 
-@router.post("/tempcards/{card}/assign", tags=["temporary cards"])
+def _state(state: str) -> StateOut:
+    return StateOut(state=state)
+
+
+def _count(n: int) -> CountOut:
+    return CountOut(certificates=n)
+
+
+@router.post(
+    "/tempcards/{card}/assign", tags=["temporary cards"], response_model=StateOut, responses=HELD
+)
 def assign(
     card: str, body: AssignIn, ctx: Ctx, who: Annotated[Caller, Depends(Allow("tempcard.assign"))]
-) -> StateOut:
-    state = tempcards.assign(
-        ctx.store, card, body.user, by=who.actor, policy=ctx.policy, days=body.days
-    )
-    return StateOut(state=state)
+) -> Any:
+    params = {"user": body.user, "days": body.days}
+    return perform(ctx, who, "tempcard.assign", card, params, _state)
 
 
-@router.post("/tempcards/{card}/extend", tags=["temporary cards"])
+@router.post(
+    "/tempcards/{card}/extend", tags=["temporary cards"], response_model=StateOut, responses=HELD
+)
 def extend(
     card: str, body: DaysIn, ctx: Ctx, who: Annotated[Caller, Depends(Allow("tempcard.extend"))]
-) -> StateOut:
-    state = tempcards.extend(ctx.store, card, by=who.actor, policy=ctx.policy, days=body.days)
-    return StateOut(state=state)
+) -> Any:
+    return perform(ctx, who, "tempcard.extend", card, {"days": body.days}, _state)
 
 
-@router.post("/tempcards/{card}/withdraw", tags=["temporary cards"])
+@router.post(
+    "/tempcards/{card}/withdraw", tags=["temporary cards"], response_model=CountOut, responses=HELD
+)
 def withdraw(
     card: str, body: ReasonIn, ctx: Ctx, who: Annotated[Caller, Depends(Allow("tempcard.withdraw"))]
-) -> CountOut:
-    revoked = tempcards.withdraw(ctx.store, card, by=who.actor, reason=body.reason)
-    return CountOut(certificates=revoked)
+) -> Any:
+    return perform(ctx, who, "tempcard.withdraw", card, {"reason": body.reason}, _count)
 
 
-@router.post("/tempcards/{card}/lock", tags=["temporary cards"])
+@router.post(
+    "/tempcards/{card}/lock", tags=["temporary cards"], response_model=CountOut, responses=HELD
+)
 def lock(
     card: str, body: LockIn, ctx: Ctx, who: Annotated[Caller, Depends(Allow("card.lock"))]
-) -> CountOut:
-    revoked = lifecycle.lock_card(ctx.store, card, by=who.actor, reason=body.reason)
-    return CountOut(certificates=revoked)
+) -> Any:
+    return perform(ctx, who, "card.lock", card, {"reason": body.reason}, _count)
 
 
-@router.post("/cards/{card}/renew", tags=["cards"])
-def renew(card: str, ctx: Ctx, who: Annotated[Caller, Depends(Allow("card.renew"))]) -> StateOut:
+@router.post("/cards/{card}/renew", tags=["cards"], response_model=StateOut, responses=HELD)
+def renew(card: str, ctx: Ctx, who: Annotated[Caller, Depends(Allow("card.renew"))]) -> Any:
     """New certificates for the card's keys; PIN and PUK kept."""
-    return StateOut(state=cards.renew_card(ctx.store, card, by=who.actor))
+    return perform(ctx, who, "card.renew", card, {}, _state)
 
 
 @router.post("/cards/{card}/incidents", status_code=201, tags=["incidents"])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
@@ -11,6 +11,7 @@ from fastapi.responses import Response
 from producers import certificates, softtokens
 from producers.api.auth import Allow, context
 from producers.api.context import ApiContext, RowId
+from producers.api.held import HELD, perform
 from producers.principals import Caller
 from schemas.api import (
     CardsCreated,
@@ -30,15 +31,19 @@ router = APIRouter()
 Ctx = Annotated[ApiContext, Depends(context)]
 
 
-@router.post("/certificates/{serial}/revoke", tags=["certificates"])
+@router.post(
+    "/certificates/{serial}/revoke", tags=["certificates"], response_model=StateOut, responses=HELD
+)
 def revoke_certificate(
     serial: str,
     body: RevokeIn,
     ctx: Ctx,
     who: Annotated[Caller, Depends(Allow("certificate.revoke"))],
-) -> StateOut:
-    state = certificates.revoke(ctx.store, serial, reason=body.reason, by=who.actor)
-    return StateOut(state=state)
+) -> Any:
+    params = {"reason": str(body.reason)}
+    return perform(
+        ctx, who, "certificate.revoke", serial, params, lambda state: StateOut(state=state)
+    )
 
 
 @router.post("/certificates/{serial}/hold", tags=["certificates"])

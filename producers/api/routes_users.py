@@ -3,13 +3,14 @@ multi-user forms under /bulk/users."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 
-from producers import lifecycle, users
+from producers import pending, users
 from producers.api.auth import Allow, context
 from producers.api.context import ApiContext
+from producers.api.held import HELD, perform
 from producers.principals import Caller
 from schemas.api import (
     BulkIn,
@@ -29,12 +30,19 @@ router = APIRouter(tags=["users"])
 Ctx = Annotated[ApiContext, Depends(context)]
 
 
-@router.post("/users", status_code=201)
+@router.post("/users", status_code=201, response_model=UserOut, responses=HELD)
 def create_user(
     body: UserIn, ctx: Ctx, who: Annotated[Caller, Depends(Allow("user.create"))]
-) -> UserOut:
-    user_id = users.create_user(ctx.store, body.model_dump(), by=who.actor, policy=ctx.policy)
-    return users.get_user(ctx.store, str(user_id))
+) -> Any:
+    values = body.model_dump()
+    return perform(
+        ctx,
+        who,
+        "user.create",
+        body.email,
+        {"values": values},
+        lambda user_id: users.get_user(ctx.store, str(user_id)),
+    )
 
 
 @router.get("/users")
@@ -60,91 +68,82 @@ def get_user(user: str, ctx: Ctx, who: Annotated[Caller, Depends(Allow("user.rea
     return users.get_user(ctx.store, user)
 
 
-@router.patch("/users/{user}")
+@router.patch("/users/{user}", response_model=UserOut, responses=HELD)
 def edit_user(
     user: str, body: UserPatch, ctx: Ctx, who: Annotated[Caller, Depends(Allow("user.edit"))]
-) -> UserOut:
-    users.update_user(
-        ctx.store,
-        user,
-        body.model_dump(exclude_unset=True),
-        by=who.actor,
-        unique_email=ctx.policy.email_unique,
+) -> Any:
+    changes = body.model_dump(exclude_unset=True)
+    return perform(
+        ctx, who, "user.edit", user, {"changes": changes}, lambda _: users.get_user(ctx.store, user)
     )
-    return users.get_user(ctx.store, user)
 
 
-@router.post("/users/{user}/deactivate")
+def _count(n: int) -> CountOut:
+    return CountOut(certificates=n)
+
+
+@router.post("/users/{user}/deactivate", response_model=CountOut, responses=HELD)
 def deactivate_user(
     user: str, body: ReasonIn, ctx: Ctx, who: Annotated[Caller, Depends(Allow("user.deactivate"))]
-) -> CountOut:
-    held = lifecycle.deactivate_user(
-        ctx.store, user, by=who.actor, reason=body.reason, reasons=ctx.policy.deactivation_reasons
-    )
-    return CountOut(certificates=held)
+) -> Any:
+    return perform(ctx, who, "user.deactivate", user, {"reason": body.reason}, _count)
 
 
-@router.post("/users/{user}/reactivate")
+@router.post("/users/{user}/reactivate", response_model=CountOut, responses=HELD)
 def reactivate_user(
     user: str, body: ReasonIn, ctx: Ctx, who: Annotated[Caller, Depends(Allow("user.reactivate"))]
-) -> CountOut:
-    released = lifecycle.reactivate_user(
-        ctx.store, user, by=who.actor, reason=body.reason, reasons=ctx.policy.deactivation_reasons
-    )
-    return CountOut(certificates=released)
+) -> Any:
+    return perform(ctx, who, "user.reactivate", user, {"reason": body.reason}, _count)
 
 
-@router.post("/users/{user}/lock")
+@router.post("/users/{user}/lock", response_model=CountOut, responses=HELD)
 def lock_user(
     user: str, body: LockIn, ctx: Ctx, who: Annotated[Caller, Depends(Allow("user.lock"))]
-) -> CountOut:
-    revoked = lifecycle.lock_user(ctx.store, user, by=who.actor, reason=body.reason)
-    return CountOut(certificates=revoked)
+) -> Any:
+    return perform(ctx, who, "user.lock", user, {"reason": body.reason}, _count)
 
 
-@router.delete("/users/{user}")
-def delete_user(
-    user: str, ctx: Ctx, who: Annotated[Caller, Depends(Allow("user.delete"))]
-) -> StateOut:
-    return StateOut(state=users.delete_user(ctx.store, user, by=who.actor))
+@router.delete("/users/{user}", response_model=StateOut, responses=HELD)
+def delete_user(user: str, ctx: Ctx, who: Annotated[Caller, Depends(Allow("user.delete"))]) -> Any:
+    return perform(ctx, who, "user.delete", user, {}, lambda state: StateOut(state=state))
+
+
+def _bulk(ctx: ApiContext, who: Caller, body: BulkIn, process: str, reason: str | None) -> BulkOut:
+    """One ``process`` per user the search finds (each held for an approver when the
+    process's approval step is on)."""
+    report = users.for_each_user(
+        ctx.store,
+        state=body.state,
+        text=body.text,
+        action=lambda u: pending.perform(
+            ctx.store,
+            process,
+            u,
+            {"reason": reason},
+            by=who.actor,
+            policy=ctx.policy,
+            steps=ctx.approvals,
+        ),
+    )
+    return BulkOut(done=report.done, refused=report.refused)
 
 
 @router.post("/bulk/users/deactivate")
 def deactivate_users(
     body: BulkIn, ctx: Ctx, who: Annotated[Caller, Depends(Allow("user.bulk"))]
 ) -> BulkOut:
-    report = users.for_each_user(
-        ctx.store,
-        state=body.state,
-        text=body.text,
-        action=lambda u: lifecycle.deactivate_user(
-            ctx.store, u, by=who.actor, reason=body.reason, reasons=ctx.policy.deactivation_reasons
-        ),
-    )
-    return BulkOut(done=report.done, refused=report.refused)
+    return _bulk(ctx, who, body, "user.deactivate", body.reason)
 
 
 @router.post("/bulk/users/lock")
 def lock_users(
     body: BulkLockIn, ctx: Ctx, who: Annotated[Caller, Depends(Allow("user.bulk"))]
 ) -> BulkOut:
-    report = users.for_each_user(
-        ctx.store,
-        state=body.state,
-        text=body.text,
-        action=lambda u: lifecycle.lock_user(ctx.store, u, by=who.actor, reason=body.lock_reason),
-    )
-    return BulkOut(done=report.done, refused=report.refused)
+    return _bulk(ctx, who, body, "user.lock", body.lock_reason)
 
 
 @router.post("/bulk/users/delete")
 def delete_users(
     body: BulkIn, ctx: Ctx, who: Annotated[Caller, Depends(Allow("user.bulk"))]
 ) -> BulkOut:
-    report = users.for_each_user(
-        ctx.store,
-        state=body.state,
-        text=body.text,
-        action=lambda u: users.delete_user(ctx.store, u, by=who.actor, reason=body.reason),
-    )
-    return BulkOut(done=report.done, refused=report.refused)
+    return _bulk(ctx, who, body, "user.delete", body.reason)
