@@ -79,7 +79,7 @@ def master_key_check(settings: Settings, store: Store) -> None:
         box = SecretBox.from_key_file(settings.data_dir / "master.key", create=False)
     try:
         box.open(row.pin_sealed, context=context("credential", row.id, "pin"))
-    except Exception:  # noqa: BLE001 - any failure means: not this store's key
+    except Exception:
         raise ConfigurationError(
             "the master key does not open this store's secrets: "
             "run as the host administrator with its master key"

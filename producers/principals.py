@@ -325,10 +325,10 @@ def authenticate(store: Store, presented: str) -> Caller:
         principal = row.principal
         if principal.disabled_at is not None:
             raise Unauthorized("principal disabled")
-        return _caller(principal, token_id=row.id)
+        return caller_of(principal, token_id=row.id)
 
 
-def _caller(principal: Principal, *, token_id: int | None) -> Caller:
+def caller_of(principal: Principal, *, token_id: int | None) -> Caller:
     return Caller(
         id=principal.id,
         name=principal.name,
@@ -425,7 +425,7 @@ def login(store: Store, name: str, password: Secret) -> Caller:
         else:
             row.failed_logins, row.locked_until = 0, None
             failed = False
-        caller = _caller(row, token_id=None)
+        caller = caller_of(row, token_id=None)
     if failed:
         raise failure
     return caller

@@ -17,11 +17,14 @@ from starlette.routing import BaseRoute
 from db.summary import summarise
 from producers.api import (
     errors,
+    routes_approvals,
     routes_batches,
     routes_cards,
+    routes_console,
     routes_cpr,
     routes_life,
     routes_pki,
+    routes_principals,
     routes_users,
 )
 from producers.api.auth import Allow, context
@@ -88,6 +91,9 @@ def create_app(ctx: ApiContext) -> FastAPI:
         routes_batches,
         routes_pki,
         routes_cpr,
+        routes_console,
+        routes_approvals,
+        routes_principals,
     ):
         _mark_roles(api_routes(module.router.routes))
         app.include_router(module.router)

@@ -13,6 +13,7 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from schemas import errors as e
@@ -55,6 +56,14 @@ def body(code: str, message: str, field: str | None = None) -> dict[str, Any]:
 async def _cardline(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, e.CardlineError)
     status, code = status_of(exc)
+    caller = getattr(request.state, "caller", None)
+    if caller is not None and isinstance(exc, (e.FourEyesViolation, e.Refused)):
+        # A proved principal refused by the four-eyes rule or by ownership: audited (the
+        # refused operation's own transaction was rolled back, so nothing else is).
+        from producers.principals import audit_refusal
+
+        what = f"{request.method} {request.url.path}"
+        await run_in_threadpool(audit_refusal, request.app.state.ctx.store, caller, what, str(exc))
     field = getattr(exc, "field", None)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     return JSONResponse(body(code, str(exc), field), status_code=status, headers=headers)

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from db.engine import open_store, sqlite_url
 from db.migrate import upgrade
-from db.models import ApiToken, Certificate, Credential
+from db.models import ApiToken, AuditEvent, Certificate, Credential
 from db.secrets import SecretBox
 from producers.api.app import api_routes, create_app, roles_of
 from producers.api.context import ApiContext
@@ -69,7 +69,7 @@ def matrix(tmp_path_factory):
     upgrade(store)
     client = _app(store, folder)
     headers = {role: _auth(store, f"{role.value}-person", role.value) for role in Role}
-    yield client, headers
+    yield client, headers, store
     store.dispose()
 
 
@@ -142,7 +142,23 @@ USE_CASES: dict[tuple[str, str], str | None] = {
     ("GET", "/incidents"): "incident.read",
     ("POST", "/incidents/{incident_id}/approve"): "incident.decide",
     ("POST", "/incidents/{incident_id}/cancel"): "card.incident",
+    ("GET", "/approvals"): "approvals.read",
+    ("GET", "/approvals/requests"): "approvals.read",
+    ("POST", "/approvals/requests/{request_id}/approve"): "request.decide",
+    ("POST", "/approvals/requests/{request_id}/reject"): "request.decide",
+    ("POST", "/approvals/requests/{request_id}/cancel"): "request.cancel",
+    ("GET", "/principals"): "principal.admin",
+    ("POST", "/principals"): "principal.admin",
+    ("PUT", "/principals/{principal_id}/roles"): "principal.roles",
+    ("POST", "/principals/{principal_id}/tokens"): "principal.admin",
+    ("DELETE", "/tokens/{token_id}"): "principal.admin",
+    ("POST", "/console/login"): PUBLIC,
+    ("GET", "/console/session"): PUBLIC,
+    ("POST", "/console/logout"): PUBLIC,
 }
+# Public to every role, but only with a console session (who am I, log out): a principal
+# with no role at all may still see who is signed in and log out.
+SIGNED_IN = {("GET", "/console/session"), ("POST", "/console/logout")}
 
 
 def test_every_endpoint_declares_the_roles_of_its_use_case_in_the_one_table():
@@ -161,6 +177,8 @@ def _call(client: TestClient, method: str, path: str, headers: dict[str, str]):
         .replace("{token_id}", "1")
         .replace("{batch_id}", "1")
         .replace("{incident_id}", "1")
+        .replace("{request_id}", "1")
+        .replace("{principal_id}", "1")
     )
     body = b"" if method in ("GET", "DELETE") else b"{}"
     return client.request(
@@ -171,22 +189,50 @@ def _call(client: TestClient, method: str, path: str, headers: dict[str, str]):
 @pytest.mark.parametrize(
     ("method", "path", "roles"), OPERATIONS, ids=[f"{m} {p}" for m, p, _ in OPERATIONS]
 )
-def test_every_endpoint_admits_exactly_its_roles(matrix, method, path, roles):
-    client, headers = matrix
-    if roles is None:  # public: the CRL, the CA chain, liveness
-        assert _call(client, method, path, {}).status_code != 401
+def test_every_endpoint_admits_exactly_its_roles_and_audits_each_refusal(
+    matrix, method, path, roles
+):
+    client, headers, store = matrix
+    if roles is None:  # public: the CRL, the CA chain, liveness, the console's login
+        refused = _call(client, method, path, {}).status_code == 401
+        assert refused == ((method, path) in SIGNED_IN)
         return
     anonymous = _call(client, method, path, {})
     assert anonymous.status_code == 401
     assert anonymous.headers["WWW-Authenticate"] == "Bearer"
     assert Role.ADMIN in roles
     for role in Role:
-        response = _call(client, method, path, headers[role])
         if role in roles:
+            response = _call(client, method, path, headers[role])
             assert response.status_code not in (401, 403), (role, response.json())
-        else:
-            assert response.status_code == 403, (role, response.status_code)
-            assert response.json()["error"]["code"] == "forbidden"
+            continue
+        before = _rows(store)
+        response = _call(client, method, path, headers[role])
+        assert response.status_code == 403, (role, response.status_code)
+        assert response.json()["error"]["code"] == "forbidden"
+        # A refused call writes nothing but the audit event saying it was refused.
+        after = _rows(store)
+        assert {t: n for t, n in after.items() if t not in _AUDIT} == {
+            t: n for t, n in before.items() if t not in _AUDIT
+        }, (role, method, path)
+        assert after["audit_events"] == before["audit_events"] + 1
+        with store.read() as s:
+            last = s.scalars(select(AuditEvent).order_by(AuditEvent.seq.desc()).limit(1)).one()
+        assert (last.action, last.entity) == ("refused", "principal"), (role, method, path)
+        assert path.split("{")[0].rstrip("/") in (last.reason or "")
+
+
+_AUDIT = ("audit_events", "audit_head")
+
+
+def _rows(store) -> dict[str, int]:
+    from db.models import Base
+
+    with store.read() as s:
+        return {
+            t.name: int(s.scalar(select(func.count()).select_from(t)) or 0)
+            for t in Base.metadata.sorted_tables
+        }
 
 
 def test_the_openapi_document_lists_the_roles_of_each_operation(client):

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 
+from pathlib import Path
+
 from click.testing import CliRunner
 
+from db.engine import open_store, sqlite_url
 from ops.cli import main
+from tests.principals import token_for
 
 GOOD = (
     "first_name,last_name,email,upn,organization,org_unit\n"
@@ -15,8 +19,30 @@ GOOD = (
 BAD_ROW = "Bob,,bob@example.org,bob@example.org,Example,R&D\n"
 
 
+# The principals these tests act as, and their roles.
+ROLES = {
+    "alice": ["requester", "approver", "operator"],  # four-eyes holds even so
+    "rita": ["requester"],
+    "bob": ["approver"],
+    "olga": ["operator"],
+    "helpdesk": ["operator"],
+}
+
+
 def _invoke(*args, env=None):
-    return CliRunner().invoke(main, [str(a) for a in args], env=env, catch_exceptions=False)
+    """``cardline ARGS``; ``--as NAME`` (a test's own switch) runs it with a token of
+    principal NAME (created with ``ROLES[NAME]`` in the --data-dir's store)."""
+    argv = [str(a) for a in args]
+    if "--as" in argv:
+        at = argv.index("--as")
+        name = argv[at + 1]
+        del argv[at : at + 2]
+        store = open_store(sqlite_url(Path(argv[argv.index("--data-dir") + 1])))
+        try:
+            env = {**(env or {}), "CARDLINE_TOKEN": token_for(store, name, ROLES[name])}
+        finally:
+            store.dispose()
+    return CliRunner().invoke(main, argv, env=env, catch_exceptions=False)
 
 
 def _upgraded(data):
@@ -29,7 +55,9 @@ def test_batch_import_reports_the_rejected_line_and_exits_1(tmp_path):
     csv = tmp_path / "b.csv"
     csv.write_text(GOOD + BAD_ROW, encoding="utf-8")
     _upgraded(tmp_path / "d")
-    result = _invoke("batch", "import", csv, "--data-dir", tmp_path / "d", "--json")
+    result = _invoke(
+        "batch", "import", csv, "--as", "alice", "--data-dir", tmp_path / "d", "--json"
+    )
     assert result.exit_code == 1
     report = json.loads(result.output)
     assert report["cards_requested"] == 1
@@ -41,11 +69,11 @@ def test_approval_by_the_requester_is_refused_with_a_clear_error(tmp_path):
     csv = tmp_path / "b.csv"
     csv.write_text(GOOD, encoding="utf-8")
     data = _upgraded(tmp_path / "d")
-    assert _invoke("batch", "import", csv, "--by", "alice", "--data-dir", data).exit_code == 0
-    refused = _invoke("batch", "approve", "1", "--by", "alice", "--data-dir", data)
+    assert _invoke("batch", "import", csv, "--as", "alice", "--data-dir", data).exit_code == 0
+    refused = _invoke("batch", "approve", "1", "--as", "alice", "--data-dir", data)
     assert refused.exit_code == 2
     assert "four-eyes" in refused.output
-    approved = _invoke("batch", "approve", "1", "--by", "bob", "--data-dir", data)
+    approved = _invoke("batch", "approve", "1", "--as", "bob", "--data-dir", data)
     assert approved.exit_code == 0
     status = _invoke("status", "--json", "--data-dir", data)
     assert json.loads(status.output.splitlines()[-1])["cards"] == {"approved": 1}
@@ -98,37 +126,42 @@ def test_card_and_user_lifecycle_commands_move_certificates_and_refuse_illegal_s
         status = _invoke("status", "--json", "--data-dir", data)
         return json.loads(status.output.splitlines()[-1])["certificates"]
 
-    off = _invoke("user", "deactivate", "1", "--by", "olga", "--reason", "left", "--data-dir", data)
+    off = _invoke("user", "deactivate", "1", "--as", "olga", "--reason", "left", "--data-dir", data)
     assert off.exit_code == 0, off.output
     assert "3 certificates on hold" in off.output
     assert certificates()["hold"] == 3
-    again = _invoke("card", "reactivate", "1", "--by", "olga", "--data-dir", data)
+    again = _invoke("card", "reactivate", "1", "--as", "olga", "--data-dir", data)
     assert again.exit_code == 2
     assert "reactivate the user" in again.output
-    on = _invoke("user", "reactivate", "1", "--by", "olga", "--data-dir", data)
+    on = _invoke("user", "reactivate", "1", "--as", "olga", "--data-dir", data)
     assert on.exit_code == 0, on.output
     assert certificates()["hold"] == 0
-    bad = _invoke("card", "lock", "2", "--by", "olga", "--reason", "bored", "--data-dir", data)
+    bad = _invoke("card", "lock", "2", "--as", "olga", "--reason", "bored", "--data-dir", data)
     assert bad.exit_code == 2
     locked = _invoke(
-        "card", "lock", "2", "--by", "olga", "--reason", "key_compromise", "--data-dir", data
+        "card", "lock", "2", "--as", "olga", "--reason", "key_compromise", "--data-dir", data
     )
     assert locked.exit_code == 0, locked.output
     assert certificates()["revoked"] == 3
-    illegal = _invoke("card", "deactivate", "2", "--by", "olga", "--data-dir", data)
+    illegal = _invoke("card", "deactivate", "2", "--as", "olga", "--data-dir", data)
     assert illegal.exit_code == 2
     assert "locked" in illegal.output
 
 
 def test_a_token_is_printed_once_and_the_api_routes_list_their_roles(tmp_path):
     data = _upgraded(tmp_path / "d")
+    admin = _invoke("admin", "bootstrap", "--json", "--data-dir", data)
+    assert admin.exit_code == 0, admin.output
+    env = {"CARDLINE_TOKEN": json.loads(admin.stdout.splitlines()[-1])["token"]}
+    made = _invoke("principal", "create", "olga", "--role", "operator", "--data-dir", data, env=env)
+    assert made.exit_code == 0, made.output
     created = CliRunner().invoke(
-        main, ["token", "create", "--name", "olga", "--role", "operator", "--data-dir", str(data)]
+        main, ["token", "create", "olga", "--data-dir", str(data)], env=env
     )
     assert created.exit_code == 0, created.output
     token = created.stdout.strip().splitlines()[-1]
     assert token.startswith("cl_")
-    listing = _invoke("token", "list", "--data-dir", data)
+    listing = _invoke("token", "list", "--data-dir", data, env=env)
     assert "olga" in listing.output
     assert token not in listing.output
     routes = _invoke("api", "routes", "--markdown", "--data-dir", data)
@@ -148,30 +181,30 @@ def test_an_operator_runs_the_card_life_from_the_command_line(tmp_path):
 
     person = ("first_name=Ada", "last_name=Lovelace", "email=ada@example.org")
     rest = ("upn=ada@corp.example.org", "organization=Engines", "org_unit=R&D")
-    ok("user", "create", *[f"--set={v}" for v in person + rest], "--by", "rita")
+    ok("user", "create", *[f"--set={v}" for v in person + rest], "--as", "rita")
     incomplete = _invoke(
-        "user", "create", "--set=email=x@example.org", "--by", "r", "--data-dir", data
+        "user", "create", "--set=email=x@example.org", "--as", "rita", "--data-dir", data
     )
     assert incomplete.exit_code == 2
     assert "first_name" in incomplete.output
-    ok("card", "request", "ada@example.org", "--by", "rita")
-    own = _invoke("card", "decide", "approve", "1", "--by", "rita", "--data-dir", data)
+    ok("card", "request", "ada@example.org", "--as", "alice")
+    own = _invoke("card", "decide", "approve", "1", "--as", "alice", "--data-dir", data)
     assert own.exit_code == 2
     assert "four-eyes" in own.output
-    ok("card", "decide", "approve", "1", "--by", "bob")
+    ok("card", "decide", "approve", "1", "--as", "bob")
     run()
-    assert "active" in ok("card", "list", "--state", "active")
-    assert ok("card", "step", "renew", "1", "--by", "olga").strip() == "active"
+    assert "active" in ok("card", "list", "--state", "active", "--as", "olga")
+    assert ok("card", "renew", "1", "--as", "olga").strip() == "active"
     run()
-    ok("tempcard", "stock", "1", "--by", "alice")
-    ok("batch", "approve", "1", "--by", "bob")
+    ok("tempcard", "stock", "1", "--as", "alice")
+    ok("batch", "approve", "1", "--as", "bob")
     run()
-    assert ok("tempcard", "assign", "2", "ada@example.org", "--by", "olga").strip() == "assigned"
+    assert ok("tempcard", "assign", "2", "ada@example.org", "--as", "olga").strip() == "assigned"
     run()
-    declared = ok("incident", "declare", "1", "--kind", "lost", "--by", "helpdesk")
+    declared = ok("incident", "declare", "1", "--kind", "lost", "--as", "helpdesk")
     assert "incident 1 open; replacement: card 3" in declared
-    ok("incident", "approve", "1", "--by", "bob")
-    assert "closed" in ok("incident", "list")
-    bulk = ok("user", "bulk", "deactivate", "--text", "lovelace", "--by", "olga")
+    ok("incident", "approve", "1", "--as", "bob")
+    assert "closed" in ok("incident", "list", "--as", "olga")
+    bulk = ok("user", "bulk", "deactivate", "--text", "lovelace", "--as", "olga")
     assert "deactivate: 1 done, 0 refused" in bulk
-    assert "inactive" in ok("user", "list", "--text", "ada")
+    assert "inactive" in ok("user", "list", "--text", "ada", "--as", "olga")
