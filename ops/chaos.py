@@ -46,6 +46,7 @@ from db.summary import blocked_in_production, progress
 from ops.brokers import broker_outage, flush
 from ops.procline import CARDLINE, LineShape, PgDatabase, ProcessLine, line_env
 from schemas.policy import Policy
+from schemas.roles import Role
 from workers.broker import WORKER_QUEUES
 
 PG_ADMIN = os.environ.get("CARDLINE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -135,22 +136,35 @@ def feed(store: Store, folder: Path, *, batches: int, cards: int, lifecycle: int
     from producers.approvals import approve_batch
     from producers.batch_import import import_batch
 
+    requester, approver, operator = _principals(store)
     policy = Policy()
     for index in range(batches):
         csv = batch_file(folder, index, cards)
         report = import_batch(
-            store, csv, policy=policy, requested_by=REQUESTER, reject_dir=folder / "rejects"
+            store, csv, policy=policy, requested_by=requester, reject_dir=folder / "rejects"
         )
         assert report.batch_id is not None, f"{csv}: nothing to import"
         with store.read() as s:
             batch = s.get(BatchOrder, report.batch_id)
             waiting = batch is not None and batch.state == "requested"
         if waiting:
-            approve_batch(store, report.batch_id, by=APPROVER)
-    _cycle_some_cards(store, lifecycle)
+            approve_batch(store, report.batch_id, by=approver)
+    _cycle_some_cards(store, lifecycle, operator)
 
 
-def _cycle_some_cards(store: Store, count: int) -> None:
+def _principals(store: Store) -> tuple[str, str, str]:
+    """The feeder's requester, approver and operator principals (found again by a
+    restarted feeder)."""
+    from producers.principals import ensure_principal
+
+    return (
+        ensure_principal(store, REQUESTER, roles=[Role.REQUESTER], by="host:chaos"),
+        ensure_principal(store, APPROVER, roles=[Role.APPROVER], by="host:chaos"),
+        ensure_principal(store, OPERATOR, roles=[Role.OPERATOR], by="host:chaos"),
+    )
+
+
+def _cycle_some_cards(store: Store, count: int, operator: str) -> None:
     from producers.lifecycle import deactivate_card, reactivate_card
 
     done: set[int] = set()
@@ -172,9 +186,9 @@ def _cycle_some_cards(store: Store, count: int) -> None:
             if number is None:
                 continue  # not prepared yet
             if state == "active" and str(cid) not in deactivated:
-                deactivate_card(store, number, by=OPERATOR, reason="chaos: deactivated")
+                deactivate_card(store, number, by=operator, reason="chaos: deactivated")
             elif state == "inactive":
-                reactivate_card(store, number, by=OPERATOR, reason="chaos: reactivated")
+                reactivate_card(store, number, by=operator, reason="chaos: reactivated")
             elif state == "active":
                 done.add(cid)
         time.sleep(0.2)

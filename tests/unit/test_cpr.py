@@ -7,6 +7,7 @@ import base64
 import datetime as dt
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -71,8 +72,17 @@ class IdentitySystemKey:
             return self.key.sign(payload, padding.PKCS1v15(), hashes.SHA256())
         return self.key.sign(payload, ec.ECDSA(hashes.SHA256()))
 
-    def cpr(self, user: dict, *, request_id: str = "R1", signer: str | None = None) -> dict:
-        body = {"identity_system": self.name, "request_id": request_id, "user": user}
+    def cpr(
+        self,
+        user: Mapping[str, str | None],
+        *,
+        request_id: str = "R1",
+        signer: str | None = None,
+        names: str = "",
+    ) -> dict[str, str]:
+        """A CPR signed with this system's key; ``names`` puts another system's name in
+        the payload (and the wire form's ``signer`` stays this system's unless given)."""
+        body = {"identity_system": names or self.name, "request_id": request_id, "user": user}
         payload = json.dumps(body).encode()
         return {
             "signer": signer or self.name,
@@ -86,10 +96,16 @@ def idms(request, tmp_path):
     return IdentitySystemKey("idms1", request.param, tmp_path)
 
 
-def _client(store, tmp_path: Path, idms: IdentitySystemKey, **options) -> TestClient:
-    config = CprConfig(
-        identity_systems={idms.name: IdentitySystem(certificate=idms.cert_path)}, **options
-    )
+def _client(
+    store,
+    tmp_path: Path,
+    idms: IdentitySystemKey,
+    *,
+    also: tuple[IdentitySystemKey, ...] = (),
+    **options,
+) -> TestClient:
+    systems = {s.name: IdentitySystem(certificate=s.cert_path) for s in (idms, *also)}
+    config = CprConfig(identity_systems=systems, **options)
     ctx = ApiContext(
         store=store,
         box=SecretBox(os.urandom(32)),
@@ -203,13 +219,24 @@ def test_a_cpr_that_cannot_be_stored_is_refused_naming_the_field(store, tmp_path
     assert _counts(store) == (0, 0, 0)
 
 
-def test_a_cpr_signed_by_one_system_but_naming_another_is_refused(store, tmp_path, idms):
-    client = _client(store, tmp_path, idms)
+def test_a_cpr_validly_signed_by_one_system_but_naming_another_is_refused_by_the_name_check(
+    store, tmp_path, idms
+):
+    # Both systems are configured and the signature is idms1's own, over the payload as
+    # sent: only the check that the payload names its signer stands between idms1 and
+    # CPRs (and the actor "cpr:idms2") in idms2's name.
     other = IdentitySystemKey("idms2", "ec", tmp_path)
-    forged = other.cpr(PERSON)
-    forged["signer"] = "idms1"
-    assert client.post("/cpr", json=forged).status_code == 400
+    client = _client(store, tmp_path, idms, also=(other,))
+    forged = idms.cpr(PERSON, names="idms2")
+    assert forged["signer"] == "idms1"
+    response = client.post("/cpr", json=forged)
+    assert response.status_code == 400, response.json()
+    error = response.json()["error"]
+    assert error["code"] == "invalid_cpr"
+    assert error["message"] == "signed by idms1 but names idms2"
     assert _counts(store) == (0, 0, 0)
+    # The same two systems, each naming itself, are accepted: the refusal is the name's.
+    assert client.post("/cpr", json=other.cpr(PERSON)).status_code == 201
 
 
 def test_without_user_creation_an_unknown_user_is_refused(store, tmp_path, idms):

@@ -5,15 +5,21 @@ bootstrap; on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import datetime as dt
+import os
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import func, select, update
 
 from db.models import ApiToken, AuditEvent, Principal, utcnow
-from db.secrets import Secret
+from db.secrets import Secret, SecretBox
 from producers import principals as p
+from producers.api.app import create_app
+from producers.api.context import ApiContext
 from schemas.errors import Unauthorized, ValidationFailed
 from schemas.permissions import USE_CASES, markdown_table, roles_for
+from schemas.pki import PkiConfig
+from schemas.policy import Policy
 from schemas.roles import Role
 
 
@@ -79,6 +85,61 @@ def test_expired_and_revoked_tokens_are_refused(store):
     p.revoke_token(store, tid2, by="tests")
     with pytest.raises(Unauthorized, match="revoked"):
         p.authenticate(store, token2.reveal())
+
+
+def _expire(store, token_id: int) -> None:
+    with store.tx() as s:
+        s.execute(
+            update(ApiToken)
+            .where(ApiToken.id == token_id)
+            .values(expires_at=utcnow() - dt.timedelta(seconds=1))
+        )
+
+
+def _disable(store, token_id: int) -> None:
+    with store.tx() as s:
+        row = s.get(ApiToken, token_id)
+        assert row is not None
+        s.execute(
+            update(Principal).where(Principal.id == row.principal_id).values(disabled_at=utcnow())
+        )
+
+
+@pytest.mark.parametrize(
+    ("end", "why"),
+    [
+        (_expire, "token expired"),
+        (lambda store, tid: p.revoke_token(store, tid, by="tests"), "unknown or revoked token"),
+        (_disable, "principal disabled"),
+    ],
+    ids=["expired", "revoked", "principal-disabled"],
+)
+def test_over_http_an_expired_revoked_or_disabled_token_is_401_at_once_never_echoing_it(
+    store, tmp_path, end, why
+):
+    ctx = ApiContext(
+        store=store,
+        box=SecretBox(os.urandom(32)),
+        policy=Policy(),
+        pki=PkiConfig(),
+        crl_dir=tmp_path / "crl",
+        ca_chain=tmp_path / "chain.pem",
+        rejects_dir=tmp_path / "rejects",
+    )
+    client = TestClient(create_app(ctx), raise_server_exceptions=False)
+    pid = p.create_principal(store, "ops-e", roles=["operator"], by="tests")
+    tid, token = p.issue_token(store, pid, by="tests")
+    headers = {"Authorization": f"Bearer {token.reveal()}"}
+    assert client.get("/status", headers=headers).status_code == 200
+    end(store, tid)  # no restart, no cache to wait out: the next request is refused
+    refused = client.get("/status", headers=headers)
+    assert refused.status_code == 401
+    assert refused.json()["error"] == {"code": "unauthorized", "message": why}
+    assert refused.headers["WWW-Authenticate"] == "Bearer"
+    secret = token.reveal()
+    assert secret not in refused.text
+    assert secret.removeprefix(p.PREFIX) not in refused.text
+    assert not any(secret in value for value in refused.headers.values())
 
 
 def test_a_token_is_stored_only_as_its_digest(store):
