@@ -147,12 +147,16 @@ def intake(
     keys: dict[str, PublicKey],
     config: CprConfig,
     policy: Policy,
+    by: str,
 ) -> CprOutcome:
+    """Verify the CPR and turn it into a user and a card request, submitted by the
+    principal ``by`` (the audit log and ``requested_by`` record it; the reason names
+    the identity system and its request id)."""
     cpr, payload = verify(signed, keys)
-    actor = f"cpr:{cpr.identity_system}"
+    actor = by
     attributes = cpr.user.model_dump()
     row = validated(attributes)
-    why = f"CPR {cpr.request_id}"
+    why = f"CPR {cpr.request_id} of {cpr.identity_system}"
     with store.tx() as s:
         user = _find_user(s, cpr)
         created = user is None

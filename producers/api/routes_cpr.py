@@ -23,5 +23,7 @@ def submit_cpr(
 ) -> CprOutcome:
     """A CPR signed by a configured identity system: a user and a card request, or a
     refusal with the reason (400 invalid_cpr, 409 already_exists) and nothing stored."""
-    outcome = cpr.intake(ctx.store, body, keys=ctx.cpr_keys, config=ctx.cpr, policy=ctx.policy)
+    outcome = cpr.intake(
+        ctx.store, body, keys=ctx.cpr_keys, config=ctx.cpr, policy=ctx.policy, by=who.actor
+    )
     return outcome

@@ -22,6 +22,8 @@ from ops.line import EmbeddedLine, LineOptions
 from ops.store import open_migrated
 from producers.approvals import approve_batch
 from producers.batch_import import import_batch
+from producers.principals import find_principal
+from tests.principals import token_for
 
 HEADER = "first_name,last_name,email,upn,organization,org_unit,title\n"
 
@@ -51,7 +53,26 @@ def _run_line(settings: Settings) -> EmbeddedLine:
 
 
 def _cli(settings: Settings, *args: object) -> Any:
-    return CliRunner().invoke(main, [str(a) for a in args] + ["--data-dir", str(settings.data_dir)])
+    """``cardline ARGS`` as olga, an operator (her token's principal, made on first use)."""
+    store = open_migrated(settings)
+    try:
+        token = token_for(store, "olga", ["operator"])
+    finally:
+        store.dispose()
+    return CliRunner().invoke(
+        main,
+        [str(a) for a in args] + ["--data-dir", str(settings.data_dir)],
+        env={"CARDLINE_TOKEN": token},
+    )
+
+
+def _actor(settings: Settings, name: str) -> str:
+    """What the audit log records for principal ``name``."""
+    store = open_migrated(settings)
+    try:
+        return f"principal:{find_principal(store, name)}"
+    finally:
+        store.dispose()
 
 
 def _cards(settings: Settings) -> list[Credential]:
@@ -95,7 +116,7 @@ def test_an_escrowed_key_exports_as_a_pfx_that_opens_with_its_one_time_password(
     settings, work = first_card
     card = _cards(settings)[0]
     out = work / "escrow.pfx"
-    result = _cli(settings, "escrow", "export", card.card_number, "--out", out, "--by", "olga")
+    result = _cli(settings, "escrow", "export", card.card_number, "--out", out)
     assert result.exit_code == 0, result.output
     password = result.output.strip().splitlines()[-1].rsplit(": ", 1)[1]
     assert out.stat().st_mode & 0o777 == 0o600
@@ -121,7 +142,7 @@ def test_an_escrowed_key_exports_as_a_pfx_that_opens_with_its_one_time_password(
     assert _spki(pfx.key.public_key()) == _spki(escrow_cert.public_key())
     with open_migrated(settings).read() as s:
         (event,) = s.scalars(select(AuditEvent).where(AuditEvent.action == "escrow_export"))
-    assert event.actor == "olga"
+    assert event.actor == _actor(settings, "olga")
     assert password not in (settings.data_dir / "logs" / "cardline.log").read_text()
 
 
@@ -131,7 +152,7 @@ def test_every_export_gets_a_new_password(first_card):
     passwords = set()
     for n in range(2):
         result = _cli(
-            settings, "escrow", "export", card.id, "--out", work / f"again{n}.pfx", "--by", "olga"
+            settings, "escrow", "export", card.id, "--out", work / f"again{n}.pfx"
         )
         assert result.exit_code == 0, result.output
         passwords.add(result.output.strip().splitlines()[-1])
@@ -141,7 +162,7 @@ def test_every_export_gets_a_new_password(first_card):
 def test_recovery_is_refused_for_a_card_already_produced(first_card):
     settings, _work = first_card
     card = _cards(settings)[0]
-    result = _cli(settings, "escrow", "recover", card.card_number, "--by", "olga")
+    result = _cli(settings, "escrow", "recover", card.card_number)
     assert result.exit_code != 0
     assert "active" in result.output
 
@@ -152,7 +173,7 @@ def test_recovery_writes_the_earlier_key_to_the_holders_next_card(first_card):
     first, second = _cards(settings)
     assert first.user_id == second.user_id
     assert second.state == "requested"
-    result = _cli(settings, "escrow", "recover", second.id, "--by", "olga")
+    result = _cli(settings, "escrow", "recover", second.id)
     assert result.exit_code == 0, result.output
     assert "1 earlier escrowed keys" in result.output
     approve_batch(open_migrated(settings), batch, by="bob")
@@ -177,4 +198,4 @@ def test_recovery_writes_the_earlier_key_to_the_holders_next_card(first_card):
     ]
     with open_migrated(settings).read() as s:
         events = s.scalars(select(AuditEvent).where(AuditEvent.action == "recover_escrow"))
-        assert [e.actor for e in events] == ["olga"]
+        assert [e.actor for e in events] == [_actor(settings, "olga")]

@@ -18,7 +18,7 @@ from cryptography.x509.oid import NameOID
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from db.models import CardProductionRequest, Credential, User
+from db.models import AuditEvent, CardProductionRequest, Credential, Principal, User
 from db.secrets import SecretBox
 from producers.api.app import create_app
 from producers.api.context import ApiContext
@@ -145,7 +145,13 @@ def test_a_signed_cpr_creates_the_user_and_an_approved_card_request(store, tmp_p
         assert (user.external_id, user.title) == ("IDMS-0042", "Mathematician")
         card = s.get(Credential, outcome["card_id"])
         assert card is not None
-        assert card.requested_by == "cpr:idms1"
+        # The principal that submitted it, by id; the reason names the identity system.
+        gateway = s.scalars(select(Principal).where(Principal.name == "idms1-gateway")).one()
+        assert card.requested_by == f"principal:{gateway.id}"
+        created = s.scalars(
+            select(AuditEvent).where(AuditEvent.entity == "card", AuditEvent.action == "create")
+        ).one()
+        assert (created.actor, created.reason) == (gateway.actor, "CPR R1 of idms1")
         kept = s.scalars(select(CardProductionRequest)).one()
         assert kept.request_id == "R1"
         assert json.loads(kept.payload)["user"]["email"] == "kj@example.org"
@@ -224,7 +230,7 @@ def test_a_cpr_validly_signed_by_one_system_but_naming_another_is_refused_by_the
 ):
     # Both systems are configured and the signature is idms1's own, over the payload as
     # sent: only the check that the payload names its signer stands between idms1 and
-    # CPRs (and the actor "cpr:idms2") in idms2's name.
+    # CPRs in idms2's name.
     other = IdentitySystemKey("idms2", "ec", tmp_path)
     client = _client(store, tmp_path, idms, also=(other,))
     forged = idms.cpr(PERSON, names="idms2")
