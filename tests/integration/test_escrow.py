@@ -151,9 +151,7 @@ def test_every_export_gets_a_new_password(first_card):
     card = _cards(settings)[0]
     passwords = set()
     for n in range(2):
-        result = _cli(
-            settings, "escrow", "export", card.id, "--out", work / f"again{n}.pfx"
-        )
+        result = _cli(settings, "escrow", "export", card.id, "--out", work / f"again{n}.pfx")
         assert result.exit_code == 0, result.output
         passwords.add(result.output.strip().splitlines()[-1])
     assert len(passwords) == 2

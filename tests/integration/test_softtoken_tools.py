@@ -23,13 +23,22 @@ import pytest
 from aiosmtpd.controller import Controller
 from click.testing import CliRunner
 
+from db.engine import open_store, sqlite_url
 from ops.cli import main
+from tests.principals import token_for
 
 BIN = Path(sys.executable).parent
 USERS = (
     "first_name,last_name,email,upn,organization,org_unit\n"
     "Ada,Lovelace,ada@example.org,ada@corp.example.org,Example,R&D\n"
 )
+# The principals the commands act as, and their stored roles.
+ROLES = {
+    "alice": ["requester"],
+    "bob": ["approver"],
+    "olga": ["softtoken_admin"],
+    "rita": ["requester"],
+}
 
 
 @dataclass
@@ -51,10 +60,13 @@ class World:
     ids: dict[str, int]
     passwords: dict[int, str]
     log: str
+    tokens: dict[str, str] = field(default_factory=dict)
 
-    def cli(self, *args: object) -> Any:
+    def cli(self, *args: object, as_: str | None = None) -> Any:
+        """``cardline ARGS``; with ``as_``, as that principal (CARDLINE_TOKEN)."""
+        env = self.env if as_ is None else {**self.env, "CARDLINE_TOKEN": self.tokens[as_]}
         return CliRunner().invoke(
-            main, [str(a) for a in args] + ["--data-dir", str(self.data)], env=self.env
+            main, [str(a) for a in args] + ["--data-dir", str(self.data)], env=env
         )
 
 
@@ -73,10 +85,7 @@ def _ok(result: Any) -> str:
 def world(tmp_path_factory: pytest.TempPathFactory) -> Any:
     work = tmp_path_factory.mktemp("softtokens")
     config = work / "cardline.toml"
-    config.write_text(
-        "[pki]\nsofttoken_mail_passphrase = true\n\n"
-        '[roles]\nolga = ["softtoken_admin"]\nrita = ["requester"]\n'
-    )
+    config.write_text("[pki]\nsofttoken_mail_passphrase = true\n")
     inbox = Inbox()
     port = _free_port()
     smtp = Controller(inbox, hostname="127.0.0.1", port=port)
@@ -91,7 +100,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Any:
     csv.write_text(USERS)
     try:
         _ok(w.cli("db", "upgrade"))
-        _ok(w.cli("batch", "import", csv, "--by", "alice"))
+        store = open_store(sqlite_url(w.data))
+        try:
+            w.tokens = {name: token_for(store, name, roles) for name, roles in ROLES.items()}
+        finally:
+            store.dispose()
+        _ok(w.cli("batch", "import", csv, as_="alice"))
         out = _ok(
             w.cli(
                 "softtoken",
@@ -102,19 +116,18 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Any:
                 "user-p12",
                 "--type",
                 "email-signing",
-                "--by",
-                "alice",
+                as_="alice",
             )
         )
         assert out.count("requested") == 2, out
         w.ids = {"user-p12": 1, "email-signing": 2}
         for token_id in w.ids.values():
-            _ok(w.cli("softtoken", "approve", token_id, "--by", "bob"))
+            _ok(w.cli("softtoken", "approve", token_id, as_="bob"))
         w.log = _ok(w.cli("run", "--stations", "1", "--time-scale", "0"))
         w.log += (w.data / "logs" / "cardline.log").read_text()
         for token_id in w.ids.values():
             w.passwords[token_id] = _ok(
-                w.cli("softtoken", "password", token_id, "--by", "olga")
+                w.cli("softtoken", "password", token_id, as_="olga")
             ).strip()
         yield w
     finally:
@@ -150,7 +163,7 @@ def _verify(out: Path, cert: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_every_issued_p12_opens_with_its_passphrase_and_not_with_a_wrong_one(world):
-    listing = _ok(world.cli("softtoken", "list", "--user", "ada@example.org"))
+    listing = _ok(world.cli("softtoken", "list", "--user", "ada@example.org", as_="alice"))
     assert listing.count("issued") == 2
     for name, token_id in world.ids.items():
         p12 = world.data / "softtokens" / f"{token_id}-{name}.p12"
@@ -167,7 +180,7 @@ def test_every_issued_p12_opens_with_its_passphrase_and_not_with_a_wrong_one(wor
 def test_soft_token_certificates_chain_and_pass_pkilint(world):
     out = world.data.parent / "export-valid"
     _ok(world.cli("pki", "export", "--out", out))
-    _ok(world.cli("certs", "export", "--status", "valid", "--out", out / "valid"))
+    _ok(world.cli("certs", "export", "--status", "valid", "--out", out / "valid", as_="alice"))
     for name, token_id in world.ids.items():
         pem = world.data / "softtokens" / f"{token_id}-{name}.pem"
         result = _verify(out, pem)
@@ -200,7 +213,7 @@ def test_each_holder_gets_the_p12_and_the_passphrase_in_separate_messages(world)
 
 
 def test_displaying_a_passphrase_without_the_role_is_refused(world):
-    refused = world.cli("softtoken", "password", 1, "--by", "rita")
+    refused = world.cli("softtoken", "password", 1, as_="rita")
     assert refused.exit_code != 0
     assert "softtoken_admin" in refused.output
     assert world.passwords[1] not in refused.output
@@ -214,9 +227,7 @@ def test_the_passphrase_never_shows_in_the_line_output_or_log(world):
 
 def test_a_revoked_soft_token_fails_the_crl_check_as_revoked(world):
     token_id = world.ids["email-signing"]
-    revoked = world.cli(
-        "softtoken", "revoke", token_id, "--reason", "key_compromise", "--by", "olga"
-    )
+    revoked = world.cli("softtoken", "revoke", token_id, "--reason", "key_compromise", as_="olga")
     assert "revoked" in _ok(revoked)
     out = world.data.parent / "export-revoked"
     _ok(world.cli("pki", "export", "--out", out))
