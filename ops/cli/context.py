@@ -118,7 +118,8 @@ class CliContext:
         from producers.principals import audit_refusal, authenticate
         from schemas.permissions import roles_for
 
-        who = authenticate(self.store(), self.presented_token())
+        store = self.store()  # first: a store behind its schema says so before any token
+        who = authenticate(store, self.presented_token())
         self.who = who
         if not who.may(use_case):
             allowed = tuple(sorted(r.value for r in roles_for(use_case)))

@@ -23,12 +23,13 @@ from db.engine import open_store
 from db.models import Credential, ProductionAttempt
 from db.secrets import SecretBox, context
 from ops.brokers import flush
-from ops.procline import PgDatabase, ProcessLine, Role, line_env
+from ops.procline import CARDLINE, PgDatabase, ProcessLine, Role, line_env
 from ops.services import AMQP_URL, PG_URL
 from tests.backends import require
 from tests.hw.cups import pdf_pages, pdf_text, session_cups
 from tests.hw.pcsc import READER_0, CardSlots, session_pcscd
 from tests.hw.softhsm import MODULE, require_softhsm
+from tests.principals import token_for
 from workers.broker import WORKER_QUEUES
 
 pytestmark = [pytest.mark.hardware, pytest.mark.slow]
@@ -63,6 +64,20 @@ def _station_tokens(root: Path) -> dict[str, str]:
         env=env,
     )
     return env
+
+
+def _as(line: ProcessLine, token: str, *args: str) -> None:
+    """A one-shot ``cardline`` operator command in the line's environment, acting as the
+    principal of ``token`` (only this command gets it, not the line's processes)."""
+    done = subprocess.run(
+        [*CARDLINE, *args],
+        env={**line.env, "CARDLINE_TOKEN": token},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, (args, done.stdout, done.stderr)
 
 
 def _objects(env: dict[str, str], pin: str) -> str:
@@ -138,9 +153,9 @@ job_timeout_s = 60
                 "Zoë,Müller,zoe@example.org,zoe@corp.example.org,Example,Vault\n"
             )
             line.cardline("db", "upgrade")
-            line.cardline("batch", "import", str(csv), "--by", "alice")
-            line.cardline("batch", "approve", "1", "--by", "bob")
             store = open_store(db.url, pool_size=1)
+            _as(line, token_for(store, "alice", ["requester"]), "batch", "import", str(csv))
+            _as(line, token_for(store, "bob", ["approver"]), "batch", "approve", "1")
             line.start_all()
             deadline = time.monotonic() + 120
             state = None

@@ -9,10 +9,12 @@ import pytest
 from click.testing import CliRunner
 from pydantic import ValidationError
 
+from db.engine import open_store, sqlite_url
 from ops import config as config_mod
 from ops.cli import main
 from ops.config import ENVIRONMENT, ConfigFile, Settings
 from schemas.errors import ConfigurationError
+from tests.principals import token_for
 
 ROOT = Path(__file__).parents[2]
 
@@ -32,7 +34,7 @@ def _file(tmp_path: Path, text: str) -> Path:
         ("[expiry]\nwarn_days = 14\nevery = 3\n", "expiry.every: unknown key"),
         ("approval_required = false\n", "approval_required: unknown key"),
         ("[policy]\npin_length = 2\n", "policy.pin_length: Input should be greater than"),
-        ('[roles]\nolga = "operator"\n', "roles.olga: "),
+        ('[roles]\nolga = ["operator"]\n', "roles: unknown table"),  # roles live on principals
     ],
 )
 def test_the_file_names_itself_and_the_dotted_key_it_refuses(tmp_path, text, problem):
@@ -62,7 +64,7 @@ def test_a_file_that_is_not_toml_or_not_there_is_named(tmp_path):
 def test_a_good_file_and_the_environment_make_one_frozen_model(tmp_path):
     path = _file(
         tmp_path,
-        '[policy]\napproval_required = false\n[roles]\nolga = ["operator"]\n'
+        "[policy]\napproval_required = false\n"
         '[expiry]\nfrequency = "weekly"\n[pki]\nsofttoken_approval = false\n',
     )
     env = {
@@ -76,8 +78,6 @@ def test_a_good_file_and_the_environment_make_one_frozen_model(tmp_path):
     assert settings.policy.approval_required is False
     assert settings.expiry.frequency == "weekly"
     assert settings.pki.softtoken_approval is False
-    assert settings.roles_of("olga") == frozenset({"operator"})
-    assert settings.roles_of("mallory") == frozenset()
     assert settings.data_dir == tmp_path / "d"
     assert settings.log_level == "DEBUG"
     assert settings.database_url is None
@@ -101,12 +101,17 @@ def test_a_command_reads_the_file_once_and_refuses_a_wrong_one_with_exit_3(tmp_p
         return real(cls, path)
 
     monkeypatch.setattr(ConfigFile, "read", classmethod(counting))
-    good = _file(tmp_path, '[roles]\nolga = ["operator"]\n')
+    good = _file(tmp_path, "[pki]\nsofttoken_approval = false\n")
     data = tmp_path / "d"
     env = {"CARDLINE_CONFIG": str(good)}
     assert (
         CliRunner().invoke(main, ["db", "upgrade", "--data-dir", str(data)], env=env).exit_code == 0
     )
+    store = open_store(sqlite_url(data))
+    try:
+        env["CARDLINE_TOKEN"] = token_for(store, "olga", ["softtoken_admin"])
+    finally:
+        store.dispose()
     reads.clear()
     listing = CliRunner().invoke(main, ["softtoken", "list", "--data-dir", str(data)], env=env)
     assert listing.exit_code == 0, listing.output

@@ -11,11 +11,12 @@ from click.testing import CliRunner
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from db.engine import open_store
+from db.engine import open_store, sqlite_url
 from db.migrate import current_revision, head_revision
 from ops.cli import main
 from ops.demo import DemoPlan
 from producers.generate import write_users_csv
+from tests.principals import token_for
 
 HEAD = head_revision()
 PASSWORD = "hunter2"  # trust authentication here ignores it; it must never be shown
@@ -46,7 +47,7 @@ COMMANDS = [
     ("worker",),
     ("station", "--id", "ST1"),
     ("api", "routes"),
-    ("batch", "approve", "1", "--by", "bob"),
+    ("batch", "approve", "1"),  # no token: the schema check comes first
     ("card", "list"),
     ("token", "list"),
     ("expiry", "check"),
@@ -85,7 +86,13 @@ def test_a_missing_store_is_refused_and_not_created_and_db_upgrade_makes_it(tmp_
     upgraded = _invoke("db", "upgrade", "--data-dir", data)
     assert upgraded.exit_code == 0, upgraded.output
     assert upgraded.output == f"status store at revision {HEAD}\n"
-    assert _invoke("card", "list", "--data-dir", data).exit_code == 0
+    store = open_store(sqlite_url(data))
+    try:
+        env = {"CARDLINE_TOKEN": token_for(store, "audrey", ["auditor"])}
+    finally:
+        store.dispose()
+    listed = _invoke("card", "list", "--data-dir", data, env=env)
+    assert listed.exit_code == 0, listed.output
 
 
 def test_a_store_at_a_revision_this_cardline_does_not_know_asks_for_a_newer_cardline(
