@@ -263,15 +263,15 @@ WebInterface No
 Browsing No
 BrowseLocalProtocols none
 DefaultAuthType None
-JobPrivateAccess all
-JobPrivateValues none
-SubscriptionPrivateAccess all
-SubscriptionPrivateValues none
 <Location />
   Order allow,deny
   Allow all
 </Location>
 <Policy default>
+  JobPrivateAccess all
+  JobPrivateValues none
+  SubscriptionPrivateAccess all
+  SubscriptionPrivateValues none
   <Limit All>
     Order deny,allow
     Allow all
