@@ -196,6 +196,9 @@ class Credential(Stateful, Base):
     valid_from: Mapped[dt.datetime | None]
     valid_until: Mapped[dt.datetime | None]
     attempt_count: Mapped[int] = mapped_column(Integer, default=0)
+    # What a batch row asked to change on its holder, made when this card's request is
+    # approved (never at import, never on reject).
+    user_changes: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     pin_sealed: Mapped[str | None] = mapped_column(Text)
     puk_sealed: Mapped[str | None] = mapped_column(Text)
     admin_key_sealed: Mapped[str | None] = mapped_column(Text)

@@ -17,6 +17,7 @@ from db.engine import Store
 from db.models import BatchOrder, Credential
 from db.transition import transition
 from producers.principals import check_four_eyes
+from producers.users import apply_requested_changes
 from schemas.errors import NotFound, ValidationFailed
 from schemas.messages import PrepareCard
 from schemas.states import CardState
@@ -35,7 +36,9 @@ class ApprovalReport:
     rejected: int = 0
 
 
-def approve_batch(store: Store, batch_id: int, *, by: str) -> ApprovalReport:
+def approve_batch(
+    store: Store, batch_id: int, *, by: str, unique_email: bool = True
+) -> ApprovalReport:
     """Approve the batch and each of its cards still ``requested``, queueing every
     approved card for preparation, in one transaction.
 
@@ -49,11 +52,14 @@ def approve_batch(store: Store, batch_id: int, *, by: str) -> ApprovalReport:
         transition(session, batch, "approve", actor=approver, changes={"approved_by": approver})
         cards = _requested_cards(session, batch_id)
         for card in cards:
+            # What the batch asked to change on an existing holder happens now.
+            apply_requested_changes(session, card, by=batch.requested_by, unique_email=unique_email)
             transition(
                 session,
                 card,
                 "approve",
                 actor=approver,
+                changes={"user_changes": None},
                 messages=[PrepareCard(credential_id=card.id)],
             )
     return ApprovalReport(batch_id, approved=len(cards))

@@ -246,6 +246,8 @@ class _Import:
         # naming one must say which user it means by external_id.
         self.shared_emails: set[str] = set()
         self.by_external_id: dict[str, User] = {}
+        # UPNs (lower-cased) of users not deleted: no two may share one.
+        self.by_upn: dict[str, User] = {}
         self.live_cards: dict[int, int] = {}
 
     def run(self, records: Sequence[Record]) -> None:
@@ -270,12 +272,14 @@ class _Import:
     def _validate_all(self, records: Sequence[Record]) -> list[tuple[Record, BatchRow]]:
         first_email: dict[str, int] = {}
         first_external_id: dict[str, int] = {}
+        first_upn: dict[str, int] = {}
         valid: list[tuple[Record, BatchRow]] = []
         for record in records:
             try:
                 row = _parse(record)
                 _check_first(first_email, row.email, record.line, "email")
                 _check_first(first_external_id, row.external_id, record.line, "external_id")
+                _check_first(first_upn, row.upn.lower(), record.line, "upn")
             except _Rejected as rejected:
                 self._reject(record, rejected)
                 continue
@@ -292,6 +296,9 @@ class _Import:
             self._load_users(func.lower(User.email).in_(chunk))
         for chunk in _chunks(external_ids):
             self._load_users(User.external_id.in_(chunk))
+        upns = sorted({row.upn.lower() for row in rows})
+        for chunk in _chunks(upns):
+            self._load_users(func.lower(User.upn).in_(chunk))
         user_ids = sorted({user.id for user in self.by_email.values()})
         for chunk in _chunks(user_ids):
             self._count_live_cards(chunk)
@@ -318,13 +325,17 @@ class _Import:
     def _admit(self, record: Record, row: BatchRow) -> None:
         photo = self._photo_path(row)
         user = self._existing_user(row)
+        holder = self.by_upn.get(row.upn.lower())
+        if holder is not None and holder is not user:
+            raise _Rejected("upn", f"the upn belongs to user {holder.id}")
         self._check_card_limit(user)
         reason = f"batch {self._batch_order().id} line {record.line}"
+        changes: dict[str, Any] | None = None
         if user is None:
             user = self._create_user(row, photo, reason)
         else:
-            self._update_user(user, row, photo, reason)
-        self._request_card(user, reason)
+            changes = self._update_user(user, row, photo, reason)
+        self._request_card(user, reason, changes)
 
     def _photo_path(self, row: BatchRow) -> str | None:
         if row.photo is None:
@@ -394,14 +405,21 @@ class _Import:
         self.users_created += 1
         return user
 
-    def _update_user(self, user: User, row: BatchRow, photo: str | None, reason: str) -> None:
+    def _update_user(
+        self, user: User, row: BatchRow, photo: str | None, reason: str
+    ) -> dict[str, Any] | None:
+        """The row's changes to an existing user: made now when the batch needs no
+        approval; otherwise returned, to be kept on the card and made only when its
+        request is approved (a rejected batch changes no one)."""
         # An empty optional cell means "not given": it keeps what the user already has.
         wanted = {k: v for k, v in _user_attributes(row).items() if v is not None}
         if photo is not None:
             wanted["photo_path"] = photo
         changed = sorted(k for k, v in wanted.items() if getattr(user, k) != v)
         if not changed:
-            return
+            return None
+        if self.policy.approval_required:
+            return {key: wanted[key] for key in changed}
         self._forget(user)
         record_change(
             self.session,
@@ -413,8 +431,9 @@ class _Import:
         )
         self._remember(user)
         self.users_updated += 1
+        return None
 
-    def _request_card(self, user: User, reason: str) -> None:
+    def _request_card(self, user: User, reason: str, changes: dict[str, Any] | None) -> None:
         approved = not self.policy.approval_required
         card = Credential(
             kind=CredentialKind.CARD,
@@ -423,7 +442,10 @@ class _Import:
             line=self.line,
             requested_by=self.requested_by,
             state=CardState.APPROVED if approved else CardState.REQUESTED,
+            user_changes=changes,
         )
+        if changes:
+            self.users_updated += 1
         create(self.session, card, actor=self.requested_by, reason=reason)
         if approved:
             outbox.add(self.session, PrepareCard(credential_id=card.id))
@@ -437,11 +459,15 @@ class _Import:
         self.by_email[user.email.lower()] = user
         if user.external_id:
             self.by_external_id[user.external_id] = user
+        if user.state != UserState.DELETED:
+            self.by_upn[user.upn.lower()] = user
 
     def _forget(self, user: User) -> None:
         self.by_email.pop(user.email.lower(), None)
         if user.external_id:
             self.by_external_id.pop(user.external_id, None)
+        if self.by_upn.get(user.upn.lower()) is user:
+            self.by_upn.pop(user.upn.lower())
 
 
 def _parse(record: Record) -> BatchRow:

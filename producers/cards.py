@@ -22,7 +22,7 @@ from db.models import BatchOrder, Certificate, Credential, User, utcnow
 from db.transition import create, record, transition
 from producers.lookup import find_card, find_user
 from producers.principals import check_four_eyes
-from producers.users import MAX_PAGE, Page
+from producers.users import MAX_PAGE, Page, apply_requested_changes
 from schemas.api import CardOut
 from schemas.batch import LINE_NAME
 from schemas.errors import ApprovalRequired, PermanentError, ValidationFailed
@@ -197,15 +197,19 @@ def _decidable(session: Session, card: str, by: str) -> Credential:
     return cred
 
 
-def approve_card(store: Store, card: str, *, by: str, comment: str | None = None) -> str:
+def approve_card(
+    store: Store, card: str, *, by: str, comment: str | None = None, unique_email: bool = True
+) -> str:
     with store.tx() as s:
         cred = _decidable(s, card, by)
+        apply_requested_changes(s, cred, by=cred.requested_by, unique_email=unique_email)
         return transition(
             s,
             cred,
             "approve",
             actor=by,
             reason=_reason(comment, required=False),
+            changes={"user_changes": None},
             messages=[PrepareCard(credential_id=cred.id)],
         )
 

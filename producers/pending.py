@@ -1,5 +1,6 @@
 """The approval step (seed 002 §4.2): any lifecycle process can be made to wait for an
-approver.
+approver; an edit of a name, e-mail or UPN that a holder's live certificates carry
+always waits for one (nothing is re-certified in a new name without a second person).
 
 ``perform`` is how the CLI and the API run each process in ``PROCESSES``. With the
 process's ``[approvals]`` option off it runs at once, in one transaction. With it on,
@@ -26,6 +27,7 @@ from db.engine import Store
 from db.models import (
     ApprovalRequest,
     BatchOrder,
+    Certificate,
     Credential,
     Incident,
     SoftToken,
@@ -39,6 +41,7 @@ from schemas.policy import ApprovalSteps, Policy
 from schemas.states import (
     BatchState,
     CardState,
+    CertState,
     IncidentState,
     RequestState,
     SoftTokenState,
@@ -57,6 +60,9 @@ class Process:
     resolve: Callable[[Session, str], str]
     run: Callable[[Session, str, Params, str, Policy], Any]
     summary: Callable[[str, Params], str]
+    # Held whatever ``[approvals]`` says, when this says so (e.g. a new UPN for a
+    # holder whose live certificates carry the old one).
+    always_held: Callable[[Session, str, Params], bool] | None = None
 
 
 def _user_key(s: Session, ref: str) -> str:
@@ -77,6 +83,43 @@ def _principal_key(_s: Session, ref: str) -> str:
 
 def _new_user_key(_s: Session, ref: str) -> str:
     return ref.strip().lower()
+
+
+# The attributes certificates carry (subject and subject alternative names).
+IDENTITY_ATTRIBUTES = ("upn", "email", "first_name", "last_name")
+
+
+def _renames_a_certified_holder(s: Session, ref: str, params: Params) -> bool:
+    """Whether the edit changes an attribute that the user's live certificates carry."""
+    user = find_user(s, ref)
+    changes = params.get("changes") or {}
+    renamed = [
+        name
+        for name in IDENTITY_ATTRIBUTES
+        if name in changes
+        and str(changes[name] or "").strip().casefold() != str(getattr(user, name) or "").casefold()
+    ]
+    if not renamed:
+        return False
+    live = s.scalar(
+        select(Certificate.id)
+        .join(Credential, Certificate.credential_id == Credential.id)
+        .where(
+            Credential.user_id == user.id,
+            Certificate.state.in_([CertState.VALID, CertState.HOLD]),
+        )
+        .limit(1)
+    )
+    tokens = s.scalar(
+        select(Certificate.id)
+        .join(SoftToken, Certificate.soft_token_id == SoftToken.id)
+        .where(
+            SoftToken.user_id == user.id,
+            Certificate.state.in_([CertState.VALID, CertState.HOLD]),
+        )
+        .limit(1)
+    )
+    return live is not None or tokens is not None
 
 
 def _reason(params: Params) -> str | None:
@@ -107,6 +150,7 @@ PROCESSES: dict[str, Process] = {
             s, t, dict(p["changes"]), by=by, unique_email=policy.email_unique
         ),
         lambda t, p: f"edit user {t}: {', '.join(sorted(p['changes']))}",
+        always_held=_renames_a_certified_holder,
     ),
     "user.deactivate": Process(
         "user",
@@ -227,7 +271,11 @@ def perform(
     """Run ``process`` on ``target`` now, or hold it for an approver when its approval
     step is on. Either way nothing is written when it could not succeed."""
     chosen = PROCESSES[process]
-    if not steps.required(process):
+    held = steps.required(process)
+    if not held and chosen.always_held is not None:
+        with store.read() as s:
+            held = chosen.always_held(s, target, params)
+    if not held:
         with store.tx() as s:
             return Outcome(done=True, result=chosen.run(s, target, params, by, policy))
     _check_params(params)

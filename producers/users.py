@@ -87,10 +87,16 @@ def validated(values: dict[str, Any]) -> BatchRow:
 def _check_unique(
     session: Session, row: BatchRow, *, other_than: int | None = None, email: bool = True
 ) -> None:
-    """External ids are always unique; e-mails unless ``Policy.email_unique`` is off."""
+    """External ids are always unique; e-mails unless ``Policy.email_unique`` is off;
+    UPNs (which smartcard-logon certificates carry) among users not deleted, whatever
+    their case, so no one gets a card in another holder's name. Every audited writer
+    holds the audit head lock, so no other transaction can take the name meanwhile."""
     checks = [("email", func.lower(User.email) == row.email)] if email else []
     if row.external_id:
         checks.append(("external_id", User.external_id == row.external_id))
+    checks.append(
+        ("upn", (func.lower(User.upn) == row.upn.lower()) & (User.state != UserState.DELETED))
+    )
     for name, condition in checks:
         stmt = select(User.id).where(condition)
         if other_than is not None:
@@ -165,6 +171,32 @@ def update_in(
     return changed
 
 
+def apply_requested_changes(
+    session: Session, cred: Credential, *, by: str, unique_email: bool = True
+) -> list[str]:
+    """Make the changes a batch row asked for on the card's holder (kept on the card
+    until its request is approved); returns the attributes changed. The card's own
+    approval clears ``user_changes``."""
+    changes = dict(cred.user_changes or {})
+    user = cred.user
+    if not changes or user is None:
+        return []
+    photo = changes.pop("photo_path", None)
+    why = f"batch {cred.batch_id} approved:"
+    changed = update_in(session, user, changes, by=by, why=why, unique_email=unique_email)
+    if photo is not None and photo != user.photo_path:
+        record(
+            session,
+            user,
+            "update",
+            actor=by,
+            reason=f"{why} photo_path",
+            changes={"photo_path": photo},
+        )
+        changed.append("photo_path")
+    return changed
+
+
 def update_user(
     store: Store, who: str, changes: dict[str, Any], *, by: str, unique_email: bool = True
 ) -> list[str]:
@@ -215,17 +247,18 @@ def _search(state: str | None, text: str | None) -> Any:
     if state is not None:
         stmt = stmt.where(User.state == state)
     if text:
-        like = f"%{text.strip().lower()}%"
-        stmt = stmt.where(
-            or_(
-                func.lower(User.email).like(like),
-                func.lower(User.first_name).like(like),
-                func.lower(User.last_name).like(like),
-                func.lower(User.organization).like(like),
-                func.lower(User.org_unit).like(like),
-                func.lower(func.coalesce(User.external_id, "")).like(like),
-            )
+        # Literal text: autoescape keeps "%" and "_" from matching everything (the bulk
+        # operations' guard asks for a text that narrows the search).
+        needle = text.strip().lower()
+        columns = (
+            User.email,
+            User.first_name,
+            User.last_name,
+            User.organization,
+            User.org_unit,
+            func.coalesce(User.external_id, ""),
         )
+        stmt = stmt.where(or_(*(func.lower(c).contains(needle, autoescape=True) for c in columns)))
     return stmt
 
 

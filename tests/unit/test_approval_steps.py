@@ -244,3 +244,52 @@ def test_with_the_card_lock_step_on_cardline_card_lock_becomes_a_pending_request
     assert approved.exit_code == 0, approved.output
     assert _states(store, card, cert) == ("locked", "revoked")
     store.dispose()
+
+
+# --- a card in someone else's name (issue 17, point 1) ---------------------------------
+
+
+HOLDER = {
+    "first_name": "Grace",
+    "last_name": "Hopper",
+    "email": "grace@example.org",
+    "upn": "grace@corp.example.org",
+    "organization": "Navy",
+    "org_unit": "Computing",
+}
+
+
+def test_a_user_carrying_another_holders_upn_is_refused_in_any_case(store, tmp_path):
+    client = _client(store, tmp_path, steps=ApprovalSteps())
+    rita = _bearer(store, "rita", "requester", "operator")
+    assert client.post("/users", json=HOLDER, headers=rita).status_code == 201
+    twin = {**HOLDER, "email": "mallory@example.org", "upn": "GRACE@corp.example.org"}
+    refused = client.post("/users", json=twin, headers=rita)
+    assert refused.status_code == 409, refused.json()
+    assert "upn" in refused.json()["error"]["message"]
+    other = client.post("/users", json={**twin, "upn": "mallory@corp.example.org"}, headers=rita)
+    assert other.status_code == 201
+    taken = client.patch(
+        f"/users/{other.json()['id']}", json={"upn": "grace@corp.example.org"}, headers=rita
+    )
+    assert taken.status_code == 409
+
+
+def test_renaming_a_holder_with_live_certificates_waits_for_an_approver(store, tmp_path):
+    client = _client(store, tmp_path, steps=ApprovalSteps())  # user_edit itself is off
+    olga = _bearer(store, "olga", "operator")
+    bob = _bearer(store, "bob", "approver")
+    card, _cert = _active_card(store)
+    with store.read() as s:
+        user = s.get(Credential, card).user
+        user_id, old_upn = user.id, user.upn
+    held = client.patch(f"/users/{user_id}", json={"upn": "new@corp.example.org"}, headers=olga)
+    assert held.status_code == 202, held.json()
+    # A title is on no certificate: it changes at once.
+    assert client.patch(f"/users/{user_id}", json={"title": "Dr"}, headers=olga).status_code == 200
+    with store.read() as s:
+        assert s.get(Credential, card).user.upn == old_upn
+    done = client.post(f"/approvals/requests/{held.json()['request_id']}/approve", headers=bob)
+    assert done.json()["state"] == "approved"
+    with store.read() as s:
+        assert s.get(Credential, card).user.upn == "new@corp.example.org"

@@ -13,6 +13,7 @@ from structlog.testing import capture_logs
 from db.models import AuditEvent, BatchOrder, Credential, OutboxMessage, User
 from db.transition import transition
 from producers import batch_import
+from producers.approvals import approve_batch, reject_batch
 from producers.batch_import import ImportReport, import_batch
 from producers.generate import write_users_csv
 from schemas.batch import COLUMNS, BatchRow
@@ -324,6 +325,8 @@ def test_existing_user_matched_by_email_is_updated_not_duplicated(store, tmp_pat
     report = run(store, write_csv(tmp_path / "b.csv", [changed]))
 
     assert (report.users_created, report.users_updated, report.cards_requested) == (0, 1, 1)
+    assert users(store)["person1@example.org"].title == "Analyst"  # until approved
+    approve_batch(store, report.batch_id, by="bob")
     user = users(store)["person1@example.org"]
     assert user.title == "Director"
     assert user.external_id == "EMP-1"  # an empty cell keeps what the user has
@@ -345,7 +348,39 @@ def test_existing_user_matched_by_external_id_gets_the_new_email(store, tmp_path
     report = run(store, write_csv(tmp_path / "b.csv", [moved]))
 
     assert (report.users_created, report.users_updated) == (0, 1)
+    approve_batch(store, report.batch_id, by="bob")
     assert list(users(store)) == ["new.address@example.org"]
+
+
+def test_a_batch_changes_an_existing_holder_only_when_approved_and_never_on_reject(
+    store, tmp_path
+):
+    run(store, write_csv(tmp_path / "a.csv", [person(1, title="Analyst")]))
+    changed = run(store, write_csv(tmp_path / "b.csv", [person(1, title="Director")]))
+    assert users(store)["person1@example.org"].title == "Analyst"
+    reject_batch(store, changed.batch_id, by="bob", reason="not ours to change")
+    assert users(store)["person1@example.org"].title == "Analyst"
+    again = run(store, write_csv(tmp_path / "c.csv", [person(1, title="Chief")]))
+    approve_batch(store, again.batch_id, by="bob")
+    assert users(store)["person1@example.org"].title == "Chief"
+
+
+def test_without_an_approval_step_an_import_changes_the_holder_at_once(store, tmp_path):
+    lax = Policy(approval_required=False)
+    run(store, write_csv(tmp_path / "a.csv", [person(1, title="Analyst")]), lax)
+    run(store, write_csv(tmp_path / "b.csv", [person(1, title="Director")]), lax)
+    assert users(store)["person1@example.org"].title == "Director"
+
+
+def test_a_upn_another_holder_has_is_refused_in_the_file_and_against_the_store(
+    store, tmp_path
+):
+    run(store, write_csv(tmp_path / "a.csv", [person(1)]))
+    taken = person(2, upn="PERSON1@corp.example.org")  # another holder's, in other case
+    twice = [person(3, upn="same@corp.example.org"), person(4, upn="Same@corp.example.org")]
+    report = run(store, write_csv(tmp_path / "b.csv", [taken, *twice]))
+    assert where(report) == [(2, "upn"), (4, "upn")]
+    assert "person2@example.org" not in users(store)
 
 
 def test_unchanged_existing_user_gets_a_card_without_an_update_event(store, tmp_path):
@@ -459,11 +494,11 @@ def test_failure_half_way_leaves_nothing_behind(store, tmp_path, monkeypatch):
     real = batch_import._Import._request_card
     calls = []
 
-    def fail_on_third(self, user, reason):
+    def fail_on_third(self, user, reason, changes):
         calls.append(user)
         if len(calls) == 3:
             raise RuntimeError("power cut")
-        real(self, user, reason)
+        real(self, user, reason, changes)
 
     monkeypatch.setattr(batch_import._Import, "_request_card", fail_on_third)
     path = write_csv(tmp_path / "users.csv", [person(n) for n in range(1, 6)])

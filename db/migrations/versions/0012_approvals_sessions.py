@@ -1,5 +1,6 @@
 """approval requests (an approval step on every lifecycle process), console sessions,
-and holders' roles dropped (roles live on principals only)
+holders' roles dropped (roles live on principals only), and the changes a batch row
+asks for on an existing holder, kept on its card until the request is approved
 
 Revision ID: 0012
 Revises: 0011
@@ -85,9 +86,13 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("users") as batch:
         batch.drop_column("roles")
+    with op.batch_alter_table("credentials") as batch:
+        batch.add_column(sa.Column("user_changes", sa.JSON(), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("credentials") as batch:
+        batch.drop_column("user_changes")
     with op.batch_alter_table("users") as batch:
         batch.add_column(
             sa.Column("roles", sa.JSON(), server_default=sa.text("'[]'"), nullable=False)
