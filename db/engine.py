@@ -3,10 +3,13 @@
 SQLite (the embedded default) runs in WAL mode so readers (``cardline status``) never
 block the line, and every write transaction starts with ``BEGIN IMMEDIATE`` so two
 writers serialise at the start instead of failing half-way with "database is locked".
+Its database file is the owner's alone (0600); SQLite gives the WAL and shared-memory
+files the database file's mode.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -52,6 +55,23 @@ def _configure_sqlite(engine: Engine, *, readonly: bool) -> None:
     def _on_begin(conn: Any) -> None:
         deferred = readonly or conn.get_execution_options().get(_READ_ONLY, False)
         conn.exec_driver_sql("BEGIN" if deferred else "BEGIN IMMEDIATE")
+
+
+def _private_sqlite_file(database: str | None) -> None:
+    """Create the database file 0600 before SQLite does (it would follow the umask), or
+    tighten an existing one; an in-memory database has no file. A file this process
+    cannot open is left for SQLite to report, as it did before."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    try:
+        fd = os.open(database, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        return
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
 
 
 def _forget_transaction_state(session: Session, transaction: Any) -> None:
@@ -122,6 +142,8 @@ def open_store(url: str, *, readonly: bool = False, pool_size: int = 20) -> Stor
         kwargs["pool_pre_ping"] = True
     engine = create_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
+        if not readonly:
+            _private_sqlite_file(engine.url.database)
         _configure_sqlite(engine, readonly=readonly)
     sessions = sessionmaker(engine, expire_on_commit=False)
     event.listen(sessions, "after_transaction_end", _forget_transaction_state)

@@ -2,7 +2,9 @@
 
 Files a person or another process reads while the line runs (faces, PIN letters, reject
 reports, CA material) are written to a temporary file beside the target, synced, and
-renamed over it; a crash never leaves half a file under the real name.
+renamed over it; a crash never leaves half a file under the real name. They are the
+owner's alone (0600) unless a caller asks for another mode: what the line writes is
+personal data or key material, and a data dir is nobody else's to read.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import IO, Any
 
 @contextmanager
 def atomic_open(
-    path: Path, *, mode: int = 0o644, text: bool = False, **open_args: Any
+    path: Path, *, mode: int = 0o600, text: bool = False, **open_args: Any
 ) -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path``; on a clean exit it replaces ``path``.
 
@@ -38,7 +40,7 @@ def atomic_open(
         raise
 
 
-def atomic_write(path: Path, data: bytes | str, *, mode: int = 0o644) -> Path:
+def atomic_write(path: Path, data: bytes | str, *, mode: int = 0o600) -> Path:
     """Write ``data`` to ``path`` atomically with ``mode``; return ``path``."""
     raw = data.encode() if isinstance(data, str) else data
     with atomic_open(path, mode=mode) as fh:

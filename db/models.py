@@ -142,6 +142,10 @@ class User(Stateful, Base):
     username: Mapped[str | None] = mapped_column(String(100))
     identifier: Mapped[str | None] = mapped_column(String(100))
     photo_path: Mapped[str | None] = mapped_column(String(500))
+    # Who created the user: ``cpr:<identity system>`` for a CPR; NULL for an operator,
+    # a CSV import, or any user older than migration 0013. A CPR updates only its own
+    # system's users unless ``[cpr] take_over_users``.
+    source: Mapped[str | None] = mapped_column(String(80))
 
     credentials: Mapped[list[Credential]] = relationship(back_populates="user")
 
@@ -501,6 +505,24 @@ class CardProductionRequest(Base):
     signature: Mapped[str] = mapped_column(Text)
     received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     replaced: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class CprReceipt(Base):
+    """Every CPR ever accepted, one row per identity system and request id, never
+    deleted: a request id is used once, for ever (``cprs`` keeps only a user's last
+    CPR, so it cannot say so). ``issued_at`` is the CPR's signed issue time (NULL for
+    CPRs accepted before migration 0013)."""
+
+    __tablename__ = "cpr_receipts"
+    __table_args__ = (UniqueConstraint("identity_system", "request_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    identity_system: Mapped[str] = mapped_column(String(64))
+    request_id: Mapped[str] = mapped_column(String(100))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    issued_at: Mapped[dt.datetime | None]
+    received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    submitted_by: Mapped[str | None] = mapped_column(String(100))
 
 
 class Principal(Base):

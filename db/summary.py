@@ -11,7 +11,15 @@ from sqlalchemy.orm import Session
 from db import outbox
 from db.attention import open_items
 from db.audit import verify_chain
-from db.models import Attention, Certificate, Credential, ProductionAttempt, SoftToken, Station
+from db.models import (
+    Attention,
+    AuditHead,
+    Certificate,
+    Credential,
+    ProductionAttempt,
+    SoftToken,
+    Station,
+)
 from schemas.messages import line_queue
 from schemas.states import (
     IN_PRODUCTION,
@@ -39,7 +47,7 @@ class LineSummary:
     attempts: dict[str, int]
     blanks_used: int
     certificates: dict[str, int]
-    audit_chain_ok: bool
+    audit_chain_ok: bool | None  # None: not verified (``summarise(verify_audit=False)``)
     audit_events: int
     outbox_unsent: int
     letters_pending: int
@@ -73,6 +81,7 @@ class LineSummary:
             "blanks_used": self.blanks_used,
             "certificates": self.certificates,
             "audit_chain_ok": self.audit_chain_ok,
+            "audit_chain_checked": self.audit_chain_ok is not None,
             "audit_events": self.audit_events,
             "outbox_unsent": self.outbox_unsent,
             "letters_pending": self.letters_pending,
@@ -202,8 +211,10 @@ def summarise(session: Session, *, verify_audit: bool = True) -> LineSummary:
         attempts=attempts,
         blanks_used=sum(attempts.values()),
         certificates=certificates,
-        audit_chain_ok=bool(chain and chain.ok),
-        audit_events=chain.events if chain else 0,
+        # Unverified, the chain is neither good nor broken: say so, and count its events
+        # from the head row (what a verification of an intact chain would count).
+        audit_chain_ok=chain.ok if chain else None,
+        audit_events=chain.events if chain else _head_seq(session),
         outbox_unsent=outbox.unsent_count(session),
         letters_pending=_letters_pending(session),
         soft_tokens=_counts(session, SoftToken.state),
@@ -213,3 +224,8 @@ def summarise(session: Session, *, verify_audit: bool = True) -> LineSummary:
         needs_attention=attention_list(session),
         blocked=blocked_in_production(session),
     )
+
+
+def _head_seq(session: Session) -> int:
+    """The number of events in the audit chain, by its head row (one row, cheap)."""
+    return int(session.scalar(select(AuditHead.seq).where(AuditHead.id == 1)) or 0)

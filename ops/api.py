@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from db.files import atomic_write
 from ops.config import Settings
 from ops.line import DataPaths, worker_context
 from ops.store import open_checked
@@ -21,7 +22,7 @@ def build_app(settings: Settings) -> FastAPI:
     box = settings.secret_box()
     ca = worker_context(settings, store, box).ca
     chain = paths.root / "ca-chain.pem"
-    chain.write_text(ca.chain_pem())
+    atomic_write(chain, ca.chain_pem())
     ctx = ApiContext(
         store=store,
         box=box,

@@ -67,7 +67,7 @@ def run_demo(settings: Settings, options: DemoOptions, *, as_json: bool, console
     # The plan first, before anything slow: a demo killed from here on is resumed by
     # `cardline run`, which generates the same input again if it was not written yet.
     generated = options.input_csv is None and not options.example
-    csv_path = paths.root / "input" / "users.csv" if generated else _input_csv(options, paths)
+    csv_path = paths.input / "users.csv" if generated else _input_csv(options, paths)
     plan = DemoPlan(
         csv=str(csv_path),
         requester=options.requester,
@@ -231,7 +231,7 @@ def _input_csv(options: DemoOptions, paths: DataPaths, *, name: str = "users.csv
         return options.input_csv
     if options.example:
         return EXAMPLE_CSV
-    return write_users_csv(paths.root / "input" / name, options.cards, seed=options.line.seed or 0)
+    return write_users_csv(paths.input / name, options.cards, seed=options.line.seed or 0)
 
 
 def _run(

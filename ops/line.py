@@ -17,6 +17,7 @@ import dramatiq
 import structlog
 
 from db.engine import Store
+from db.files import atomic_write
 from db.secrets import SecretBox
 from db.summary import LineSummary, blocked_in_production, progress, summarise
 from ops.config import Settings
@@ -66,6 +67,7 @@ class DataPaths:
     crl: Path = field(init=False)
     logs: Path = field(init=False)
     softtokens: Path = field(init=False)
+    input: Path = field(init=False)
 
     def __post_init__(self) -> None:
         self.faces = self.root / "faces"
@@ -76,9 +78,13 @@ class DataPaths:
         self.crl = self.root / "crl"
         self.logs = self.root / "logs"
         self.softtokens = self.root / "softtokens"
+        self.input = self.root / "input"
 
     def make(self) -> None:
+        """The data dir and its folders, each the owner's alone (0700): they hold
+        personal data, PIN letters and key material. An existing folder is tightened."""
         for path in (
+            self.root,
             self.faces,
             self.printed,
             self.letters,
@@ -87,10 +93,10 @@ class DataPaths:
             self.logs,
             self.crl,
             self.softtokens,
+            self.input,
         ):
-            path.mkdir(parents=True, exist_ok=True)
-        self.letters.chmod(0o700)
-        self.softtokens.chmod(0o700)
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            path.chmod(0o700)
 
 
 def worker_context(
@@ -125,7 +131,7 @@ class EmbeddedLine:
         self.box: SecretBox = settings.secret_box()
         self.broker = make_broker(settings.broker_url)
         ctx = worker_context(settings, self.store, self.box, policy=policy)
-        (self.paths.root / "ca-chain.pem").write_text(ctx.ca.chain_pem())
+        atomic_write(self.paths.root / "ca-chain.pem", ctx.ca.chain_pem())
         actors.register(self.broker, ctx)
         self.worker = dramatiq.Worker(
             self.broker, queues=set(WORKER_QUEUES), worker_threads=options.worker_threads

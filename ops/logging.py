@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import MutableMapping
 from pathlib import Path
@@ -74,13 +75,25 @@ def configure(
     console.setFormatter(_formatter(structlog.dev.ConsoleRenderer(colors=False)))
     root.addHandler(console)
     if log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
+        _private(log_file)
         to_file = logging.FileHandler(log_file)
         to_file.setLevel(level.upper())
         to_file.setFormatter(_formatter(structlog.processors.JSONRenderer(default=repr)))
         root.addHandler(to_file)
     logging.getLogger("dramatiq").setLevel(logging.WARNING)
     logging.getLogger("pika").setLevel(logging.WARNING)
+
+
+def _private(log_file: Path) -> None:
+    """The log file, created 0600 (tightened if it exists) in a folder made 0700: the
+    log names holders and cards."""
+    log_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
 
 
 def _formatter(renderer: Any) -> logging.Formatter:

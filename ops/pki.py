@@ -17,6 +17,10 @@ from ops.store import open_checked
 from schemas.messages import PublishCrl
 from workers.crl import publish_crl
 
+# Exports go where the operator says, for others to use: certificates and CRLs are
+# public material, so they stay readable (the data dir's own copies are 0600).
+PUBLIC = 0o644
+
 
 def publish_now(settings: Settings) -> int:
     ctx = worker_context(settings, open_checked(settings), settings.secret_box())
@@ -40,7 +44,7 @@ def export_ca(settings: Settings, out: Path) -> list[Path]:
         "root-crl.pem": root_crl.public_bytes(pem),
         "crls.pem": issuing_crl.public_bytes(pem) + root_crl.public_bytes(pem),
     }
-    return [atomic_write(out / name, data) for name, data in files.items()]
+    return [atomic_write(out / name, data, mode=PUBLIC) for name, data in files.items()]
 
 
 def export_certs(settings: Settings, status: str, out: Path) -> int:
@@ -50,7 +54,7 @@ def export_certs(settings: Settings, status: str, out: Path) -> int:
             select(Certificate.serial, Certificate.pem).where(Certificate.state == status)
         ).all()
     for serial, pem in rows:
-        atomic_write(out / f"{serial}.pem", pem)
+        atomic_write(out / f"{serial}.pem", pem, mode=PUBLIC)
     return len(rows)
 
 

@@ -74,6 +74,8 @@ def import_batch(
     requested_by: str,
     reject_dir: Path,
     line: str | None = None,
+    allow_photos: bool = True,
+    report_by_content: bool = False,
 ) -> ImportReport:
     """Import ``path`` as one batch order on ``line`` (default: the policy's line).
 
@@ -82,6 +84,12 @@ def import_batch(
     is. Otherwise imports every valid row, rejects every invalid one, commits, and then
     writes ``reject_dir/<stem>-rejects.csv`` when any row was rejected. A file imported
     before is reported with ``already_imported=True`` and changes nothing.
+
+    ``allow_photos=False`` refuses the whole file (``ValidationFailed`` naming the line
+    and ``photo``) when a row names a photo: an upload's photo paths point into a
+    folder that is gone once the import returns. ``report_by_content=True`` names the
+    report ``<stem>-<first 16 hex digits of the file's SHA-256>-rejects.csv``, so two
+    files of one name (uploads) never overwrite each other's report.
     """
     line_name = _line_name(line or policy.default_line)
     if not requested_by.strip() or len(requested_by) > 100:
@@ -90,6 +98,8 @@ def import_batch(
         )
     data = path.read_bytes()
     sheet = read_sheet(data)
+    if not allow_photos:
+        _refuse_photos(sheet)
     digest = hashlib.sha256(data).hexdigest()
     name = path.name[:200]
     with store.tx() as session:
@@ -106,7 +116,18 @@ def import_batch(
             line=line_name,
         )
         work.run(sheet.records)
-    return _finish(work, sheet, reject_dir / f"{path.stem}-rejects.csv")
+    stem = f"{path.stem}-{digest[:16]}" if report_by_content else path.stem
+    return _finish(work, sheet, reject_dir / f"{stem}-rejects.csv")
+
+
+def _refuse_photos(sheet: Sheet) -> None:
+    for record in sheet.records:
+        if record.cells.get("photo", "").strip():
+            raise ValidationFailed(
+                "photos cannot travel in an upload yet: leave the photo column empty",
+                field="photo",
+                line=record.line,
+            )
 
 
 def _line_name(line: str) -> str:

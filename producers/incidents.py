@@ -11,11 +11,16 @@ stolen     locked (revoked: key compromise)      permanent card
 damaged    locked (revoked: cessation)           permanent card
 =========  ====================================  ==========================
 
+Declaring a kind that locks the card (stolen, damaged) is locking it, irreversibly:
+it needs the role that may lock a card (``card.lock``) as well as ``card.incident``.
+
 A permanent replacement is a card request; a temporary one is the assignment of a
 temporary card from stock. Either waits for an approver (four-eyes against whoever
 declared the incident) unless the policy says otherwise; approving closes the incident.
-Cancelling (the card was found) withdraws the replacement request and, for a card that
-was only deactivated, puts it back in use. Each step is one transaction.
+Cancelling (the card was found) withdraws the replacement request and undoes what the
+incident itself did: a card it deactivated is back in use with the certificates it put
+on hold, while a card that was already out of use, or a certificate held by anyone
+else, stays as it was. Each step is one transaction.
 """
 
 from __future__ import annotations
@@ -29,16 +34,18 @@ from db.transition import create, transition
 from producers import lifecycle
 from producers.cards import new_cards_in
 from producers.lookup import find_card
-from producers.principals import check_four_eyes
+from producers.principals import Caller, audit_refusal, check_four_eyes
 from producers.tempcards import assign_in, first_in_stock
 from schemas.api import IncidentOut
 from schemas.errors import (
     AlreadyExists,
+    Forbidden,
     NotFound,
     PermanentError,
     ValidationFailed,
 )
 from schemas.messages import PrepareCard
+from schemas.permissions import roles_for
 from schemas.policy import Policy
 from schemas.states import (
     CardState,
@@ -53,6 +60,30 @@ _LOCKING = {
     IncidentKind.DAMAGED: RevocationReason.CESSATION_OF_OPERATION,
 }
 _OUT_OF_USE_STATES = (CardState.ACTIVE, CardState.INACTIVE, CardState.ISSUED)
+LOCK_USE_CASE = "card.lock"
+
+
+def locks(kind: str) -> bool:
+    """Whether declaring an incident of ``kind`` locks the card (for good)."""
+    return kind in {k.value for k in _LOCKING}
+
+
+def check_may_declare(store: Store, who: Caller, kind: str) -> None:
+    """Forbidden (audited as refused) when an incident of ``kind`` would lock the card
+    and ``who`` may not lock cards: an incident is no way round ``card.lock``."""
+    if locks(kind) and not who.may(LOCK_USE_CASE):
+        allowed = tuple(sorted(r.value for r in roles_for(LOCK_USE_CASE)))
+        error = Forbidden(
+            who.name, f"declare a card {kind}: that locks it ({LOCK_USE_CASE})", allowed
+        )
+        audit_refusal(store, who, f"incident {kind}", str(error))
+        raise error
+
+
+def _mark(incident: Incident) -> str:
+    """How the audit events of what ``incident`` put out of use begin: cancelling it
+    restores exactly those."""
+    return f"device incident {incident.id}:"
 
 
 def _view(incident: Incident) -> IncidentOut:
@@ -74,8 +105,9 @@ def _incident(session: Session, incident_id: int) -> Incident:
     return row
 
 
-def _put_out_of_use(session: Session, card: Credential, kind: IncidentKind, by: str) -> None:
-    why = f"device incident: {kind.value}"
+def _put_out_of_use(session: Session, card: Credential, incident: Incident, by: str) -> None:
+    kind = IncidentKind(incident.kind)
+    why = f"{_mark(incident)} {kind.value}"
     if kind in _LOCKING:
         lifecycle.lock_card_in(session, card, by=by, reason=_LOCKING[kind])
     elif card.state == CardState.ACTIVE:
@@ -115,7 +147,6 @@ def declare(
         if open_one is not None:
             raise AlreadyExists(f"incident {open_one} for card {card} is still open")
         user = cred.user
-        _put_out_of_use(s, cred, chosen, by)
         incident = create(
             s,
             Incident(
@@ -130,6 +161,7 @@ def declare(
             reason=f"card {cred.id} {chosen.value}; {'temporary' if temp else 'permanent'} "
             "replacement requested",
         )
+        _put_out_of_use(s, cred, incident, by)
         if not temp:
             (replacement,) = new_cards_in(
                 s,
@@ -191,8 +223,8 @@ def approve(store: Store, incident_id: int, *, by: str, policy: Policy) -> Incid
 
 
 def cancel(store: Store, incident_id: int, *, by: str, reason: str | None = None) -> IncidentOut:
-    """The card was found: withdraw the replacement request; a card that was only
-    deactivated is in use again."""
+    """The card was found: withdraw the replacement request, and put back in use what
+    the incident put out of use (nothing else: a card deactivated before it stays so)."""
     with store.tx() as s:
         incident = _incident(s, incident_id)
         transition(s, incident, "cancel", actor=by, reason=reason or "card found")
@@ -204,8 +236,7 @@ def cancel(store: Store, incident_id: int, *, by: str, reason: str | None = None
             )
         card = s.get(Credential, incident.credential_id, with_for_update=True)
         assert card is not None
-        if card.state == CardState.INACTIVE:
-            lifecycle.reactivate_card_in(s, card, by=by, reason="card found")
+        lifecycle.undo_deactivation_in(s, card, mark=_mark(incident), by=by, reason="card found")
         return _view(incident)
 
 

@@ -113,9 +113,14 @@ def _last_event(session: Session, entity: str, entity_id: int) -> AuditEvent | N
     ).first()
 
 
-def _put_out_by_user(session: Session, entity: str, entity_id: int) -> bool:
+def _put_out_by(session: Session, entity: str, entity_id: int, mark: str) -> bool:
+    """Whether the last thing done to the row was done with a reason starting ``mark``."""
     last = _last_event(session, entity, entity_id)
-    return last is not None and (last.reason or "").startswith(_BY_USER)
+    return last is not None and (last.reason or "").startswith(mark)
+
+
+def _put_out_by_user(session: Session, entity: str, entity_id: int) -> bool:
+    return _put_out_by(session, entity, entity_id, _BY_USER)
 
 
 def _lock_reason(reason: RevocationReason | str) -> RevocationReason:
@@ -171,6 +176,33 @@ def reactivate_card_in(session: Session, cred: Credential, *, by: str, reason: s
         )
     transition(session, cred, "reactivate", actor=by, reason=reason)
     certs = _certificates(session, states=[CertState.HOLD], card=cred.id)
+    released = _release(session, certs, by=by, reason=reason)
+    _crl(session, released, f"card {cred.id} reactivated")
+    return released
+
+
+def undo_deactivation_in(
+    session: Session, cred: Credential, *, mark: str, by: str, reason: str
+) -> int:
+    """Undo a deactivation whose reasons began with ``mark``: the card in use again if
+    that deactivation put it out of use, and the certificates it put on hold released.
+    A card or certificate put out of use by anything else stays as it is. Returns how
+    many certificates were released."""
+    if cred.state != CardState.INACTIVE or not _put_out_by(
+        session, cred.machine.name, cred.id, mark
+    ):
+        return 0
+    if cred.user is not None and cred.user.state != UserState.ACTIVE:
+        raise PermanentError(
+            f"card {cred.id} belongs to {cred.user.email}, who is {cred.user.state}; "
+            "reactivate the user first"
+        )
+    transition(session, cred, "reactivate", actor=by, reason=reason)
+    certs = [
+        c
+        for c in _certificates(session, states=[CertState.HOLD], card=cred.id)
+        if _put_out_by(session, "certificate", c.id, mark)
+    ]
     released = _release(session, certs, by=by, reason=reason)
     _crl(session, released, f"card {cred.id} reactivated")
     return released

@@ -171,6 +171,7 @@ class BatchOut(BaseModel):
     users_updated: int
     cards_requested: int
     rejected: list[dict[str, object]]
+    reject_report: str | None = None  # its file name in the line's reject folder
 
 
 class DecisionOut(BaseModel):

@@ -97,12 +97,16 @@ class ValidationFailed(PermanentError):
 
 
 class FourEyesViolation(PermanentError):
-    """The approver of a request is the person who requested it."""
+    """The principal deciding on a request is the one who requested it.
+
+    ``who`` is that principal (as the decider named it), ``what`` the request."""
 
     def __init__(self, who: str, what: str) -> None:
         self.who = who
         self.what = what
-        super().__init__(f"{who} requested {what} and may not approve it (four-eyes rule)")
+        super().__init__(
+            f"{who} may not approve or reject {what}: they requested it (four-eyes rule)"
+        )
 
 
 class DeviceFault(TransientError):

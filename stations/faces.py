@@ -386,7 +386,7 @@ def render_faces(
     """
     if not _CARD_NUMBER.fullmatch(card_number):
         raise ValueError(f"card number {card_number!r} is not usable in a file name")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     content = _Content(
         card_number=card_number,
         holder_name=holder_name,

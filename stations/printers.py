@@ -84,7 +84,7 @@ class FilePrinter(_BookedPrinter):
         if self._card_present:
             self._to_reject_bin()
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
             raise DeviceFault(
                 FaultKind.PRINT, f"output {self.directory} unusable", code=_errno_code(exc)
@@ -121,7 +121,7 @@ class FilePrinter(_BookedPrinter):
         self._card_out(reject=True)
         outputs, self._outputs = self._outputs, []
         try:
-            self.reject_dir.mkdir(parents=True, exist_ok=True)
+            self.reject_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             for path in outputs:
                 os.replace(path, self.reject_dir / path.name)
         except OSError as exc:

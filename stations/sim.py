@@ -197,7 +197,7 @@ _PRINT_FAULTS: dict[str, str] = {
 
 def _copy_atomic(src: Path, dest_dir: Path) -> Path:
     """Copy ``src`` into ``dest_dir`` under its own name; readers never see half a file."""
-    dest_dir.mkdir(parents=True, exist_ok=True)
+    dest_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     dest = dest_dir / src.name
     atomic_write(dest, src.read_bytes())
     return dest

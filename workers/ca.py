@@ -195,7 +195,7 @@ class CertificateAuthority:
         cls, ca_dir: Path, box: SecretBox, config: PkiConfig, *, pin: Secret | None = None
     ) -> CertificateAuthority:
         """Create the root and issuing CA; refuse to overwrite an existing one."""
-        ca_dir.mkdir(parents=True, exist_ok=True)
+        ca_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         with _file_lock(ca_dir / ".lock"):
             if (ca_dir / "issuing.pem").exists():
                 raise CaExists(f"a CA already exists in {ca_dir}; it is never overwritten")
@@ -231,7 +231,7 @@ class CertificateAuthority:
     ) -> CertificateAuthority:
         """The embedded default: create the CA on first use (safe across processes)."""
         config = config or PkiConfig()
-        ca_dir.mkdir(parents=True, exist_ok=True)
+        ca_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         with _file_lock(ca_dir / ".lock"):
             if not (ca_dir / "issuing.pem").exists():
                 _create(ca_dir, box, config, pin)
@@ -478,8 +478,6 @@ def _create(ca_dir: Path, box: SecretBox, config: PkiConfig, pin: Secret | None)
         extra=[_cdp(config.root_crl_url()), _aia(config.root_url())],
     )
     atomic_write(ca_dir / "root.key.sealed", _seal_key(box, root_key, ROOT_KEY_CONTEXT), mode=0o600)
-    atomic_write(ca_dir / "root.pem", root.public_bytes(serialization.Encoding.PEM), mode=0o644)
+    atomic_write(ca_dir / "root.pem", root.public_bytes(serialization.Encoding.PEM))
     # issuing.pem last: its presence means the CA is complete.
-    atomic_write(
-        ca_dir / "issuing.pem", issuing.public_bytes(serialization.Encoding.PEM), mode=0o644
-    )
+    atomic_write(ca_dir / "issuing.pem", issuing.public_bytes(serialization.Encoding.PEM))

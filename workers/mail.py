@@ -91,17 +91,25 @@ class Mailer:
         msg.add_attachment(p12, maintype="application", subtype="x-pkcs12", filename=filename)
         self.send(msg)
 
-    def send_pin_letter(
-        self, *, to: str, holder: str, card_number: str, letter: bytes, filename: str
-    ) -> None:
+    def send_pin_letter(self, *, to: str, holder: str, card_number: str, letter: bytes) -> None:
+        """Mail the PIN letter PDF. The card number is masked as the letter masks it,
+        in the subject, the text and the attachment's name alike."""
+        # Here, not at the top: the configuration imports this module, and the letters
+        # module brings in reportlab.
+        from workers.letters import mask_card_number
+
+        masked = mask_card_number(card_number)
+        last = "".join(ch for ch in masked if ch.isalnum())  # the characters left shown
         msg = EmailMessage()
         msg["To"] = to
-        msg["Subject"] = f"The PIN letter of your card {card_number}"
+        msg["Subject"] = f"The PIN letter of your card {masked}"
         msg.set_content(
-            f"Dear {holder},\n\nattached is the PIN letter of your card {card_number}. "
+            f"Dear {holder},\n\nattached is the PIN letter of your card {masked}. "
             "Keep it apart from the card,\nand change the PIN the first time you use it.\n"
         )
-        msg.add_attachment(letter, maintype="application", subtype="pdf", filename=filename)
+        msg.add_attachment(
+            letter, maintype="application", subtype="pdf", filename=f"pin-letter-{last}.pdf"
+        )
         self.send(msg)
 
     def send_passphrase(self, *, to: str, holder: str, token_type: str, passphrase: Secret) -> None:

@@ -93,9 +93,7 @@ def mail_pin_letter(ctx: WorkerContext, credential_id: int) -> None:
             return
         to, holder, number = cred.user.email, cred.user.display_name, cred.card_number or ""
         path = Path(cred.pin_letter_path)
-    ctx.mailer.send_pin_letter(
-        to=to, holder=holder, card_number=number, letter=path.read_bytes(), filename=path.name
-    )
+    ctx.mailer.send_pin_letter(to=to, holder=holder, card_number=number, letter=path.read_bytes())
     with ctx.store.tx() as s:
         cred = s.get(Credential, credential_id)
         if cred is not None and cred.pin_letter_mailed_at is None:

@@ -115,7 +115,7 @@ def deliver_softtoken(ctx: WorkerContext, job: DeliverSoftToken) -> None:
     p12 = ctx.box.open_bytes(sealed_p12, context=context("soft_token", tid, "p12"))
     base = ctx.softtokens_dir / f"{tid}-{token_type}"
     p12_path = atomic_write(base.with_suffix(".p12"), p12, mode=0o600)
-    atomic_write(base.with_suffix(".pem"), cert_pem, mode=0o644)
+    atomic_write(base.with_suffix(".pem"), cert_pem)
     mailed = None
     if ctx.mailer is not None:
         ctx.mailer.send_softtoken(

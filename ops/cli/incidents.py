@@ -31,9 +31,11 @@ def incident() -> None:
 def incident_declare(
     app: CliContext, card_ref: str, kind: str, temporary: bool | None, note: str | None, who: Caller
 ) -> None:
-    """Declare an incident on CARD: it goes out of use, a replacement is requested."""
-    from producers.incidents import declare
+    """Declare an incident on CARD: it goes out of use, a replacement is requested.
+    Stolen and damaged lock the card: they need a role that may lock it."""
+    from producers.incidents import check_may_declare, declare
 
+    check_may_declare(app.store(), who, kind)
     found = declare(
         app.store(),
         card_ref,

@@ -69,6 +69,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
         title="Cardline",
         summary="Smart card production: users, cards, certificates, soft tokens.",
         version="0.1.0",
+        dependencies=[Depends(errors.refuse_nul)],
     )
     app.state.ctx = ctx
     errors.install(app)
@@ -80,7 +81,12 @@ def create_app(ctx: ApiContext) -> FastAPI:
 
     @app.get("/status", tags=["status"])
     def status(ctx: Ctx, who: Annotated[Caller, Depends(EVERY_ROLE)]) -> dict[str, Any]:
-        """Counts by state, stations, queue depth (as ``cardline status``)."""
+        """Counts by state, stations, queue depth (as ``cardline status``).
+
+        The audit chain is not verified here: that reads every event, too slow for a
+        status poll. ``audit_chain_ok`` is therefore ``null`` and ``audit_chain_checked``
+        ``false``; ``audit_events`` is the chain head's count. ``cardline status``
+        verifies the chain and reports ``true`` or ``false``."""
         with ctx.store.read() as s:
             return summarise(s, verify_audit=False).as_dict()
 

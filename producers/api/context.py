@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Path as PathParam
+from fastapi import Query
 
 from db.engine import Store
 from db.secrets import SecretBox
@@ -34,3 +35,9 @@ class ApiContext:
 # A row id in a path: a positive 32-bit integer (larger ones cannot name a row, and
 # SQLite would refuse them as parameters).
 RowId = Annotated[int, PathParam(ge=1, le=2**31 - 1)]
+
+# The highest page number a search takes: any offset it makes (times at most
+# ``producers.users.MAX_PAGE`` rows a page) fits every backend's 64-bit integers, where
+# a 20-digit page number made SQLite and PostgreSQL fail with a 500.
+MAX_PAGE_NUMBER = 10**6
+PageNumber = Annotated[int, Query(ge=1, le=MAX_PAGE_NUMBER)]

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Query
 
 from producers import cards, escrow
 from producers.api.auth import Allow, context
-from producers.api.context import ApiContext
+from producers.api.context import ApiContext, PageNumber
 from producers.api.held import HELD, perform
 from producers.principals import Caller
 from producers.users import MAX_PAGE
@@ -56,7 +56,7 @@ def search_cards(
     state: str | None = None,
     kind: str | None = None,
     user: str | None = None,
-    page: Annotated[int, Query(ge=1)] = 1,
+    page: PageNumber = 1,
     per_page: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
 ) -> CardPage:
     found = cards.search_cards(

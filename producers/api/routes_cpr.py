@@ -21,9 +21,10 @@ def submit_cpr(
     ctx: Annotated[ApiContext, Depends(context)],
     who: Annotated[Caller, Depends(Allow("cpr.submit"))],
 ) -> CprOutcome:
-    """A CPR signed by a configured identity system: a user and a card request, or a
-    refusal with the reason (400 invalid_cpr, 409 already_exists) and nothing stored."""
+    """A CPR signed by a configured identity system and submitted by one of its
+    principals: a user and a card request, or a refusal with the reason (400
+    invalid_cpr, 403 refused, 409 already_exists or conflict) and nothing stored."""
     outcome = cpr.intake(
-        ctx.store, body, keys=ctx.cpr_keys, config=ctx.cpr, policy=ctx.policy, by=who.actor
+        ctx.store, body, keys=ctx.cpr_keys, config=ctx.cpr, policy=ctx.policy, caller=who
     )
     return outcome

@@ -98,7 +98,9 @@ def declare(
     who: Annotated[Caller, Depends(Allow("card.incident"))],
 ) -> IncidentOut:
     """Declare the card forgotten, lost, stolen or damaged: it goes out of use and a
-    replacement request (temporary or permanent) waits for approval."""
+    replacement request (temporary or permanent) waits for approval. Stolen and damaged
+    lock the card: they need a role that may lock it (`card.lock`)."""
+    incidents.check_may_declare(ctx.store, who, body.kind)
     incident = incidents.declare(
         ctx.store,
         card,

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Query
 
 from producers import pending, users
 from producers.api.auth import Allow, context
-from producers.api.context import ApiContext
+from producers.api.context import ApiContext, PageNumber
 from producers.api.held import HELD, perform
 from producers.principals import Caller
 from schemas.api import (
@@ -51,7 +51,7 @@ def search_users(
     who: Annotated[Caller, Depends(Allow("user.read"))],
     state: str | None = None,
     text: Annotated[str | None, Query(max_length=200)] = None,
-    page: Annotated[int, Query(ge=1)] = 1,
+    page: PageNumber = 1,
     per_page: Annotated[int, Query(ge=1, le=users.MAX_PAGE)] = 50,
 ) -> UserPage:
     found = users.search_users(ctx.store, state=state, text=text, page=page, per_page=per_page)

@@ -24,6 +24,7 @@ from schemas.policy import Policy
 from tests import factories
 from workers.ca import CertificateAuthority
 from workers.context import WorkerContext
+from workers.letters import mask_card_number
 from workers.mail import Mailer
 from workers.notify import send_pin_letter
 from workers.prepare import prepare_card
@@ -112,3 +113,25 @@ def test_a_letter_written_before_mail_was_sent_is_mailed_on_the_next_delivery(
     mailing = dataclasses.replace(printed, policy=Policy(pin_letter_delivery="mail"))
     send_pin_letter(mailing, SendPinLetter(credential_id=cid))
     assert len(inbox.messages) == 1
+
+
+def test_the_mail_shows_the_card_number_masked_as_the_letter_does(store, tmp_path, smtp):
+    inbox, port = smtp
+    ctx = _ctx(store, tmp_path, port, "mail")
+    cid, _pin, _holder = _produced(ctx)
+    send_pin_letter(ctx, SendPinLetter(credential_id=cid))
+    (message,) = inbox.messages
+    with store.read() as s:
+        cred = s.get(Credential, cid)
+        assert cred is not None
+        number = cred.card_number
+    assert number is not None
+    masked = mask_card_number(number)
+    (attachment,) = message.iter_attachments()
+    name = attachment.get_filename()
+    text = message.get_body(("plain",)).get_content()
+    for shown in (message["Subject"], text, name):
+        assert number not in shown
+    assert masked in message["Subject"]
+    assert masked in text
+    assert name.endswith(f"{number[-4:]}.pdf")

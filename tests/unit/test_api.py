@@ -480,7 +480,8 @@ def test_without_email_uniqueness_two_users_share_an_email_and_are_named_by_id(s
     client = _app(store, tmp_path, Policy(email_unique=False))
     requester = _auth(store, "rita", "requester")
     first = client.post("/users", json=USER, headers=requester)
-    second = client.post("/users", json={**USER, "first_name": "Amazing"}, headers=requester)
+    other = {**USER, "first_name": "Amazing", "upn": "amazing@corp.example.org"}
+    second = client.post("/users", json=other, headers=requester)
     assert (first.status_code, second.status_code) == (201, 201)
     ambiguous = client.get("/users/grace@example.org", headers=requester)
     assert ambiguous.status_code == 422

@@ -62,6 +62,15 @@ def test_requester_cannot_approve_own_batch_and_nothing_changes(store, tmp_path,
     assert snapshot(store, batch_id) == before
 
 
+def test_the_four_eyes_error_says_the_decider_may_not_decide_what_they_requested(store, tmp_path):
+    batch_id = imported_batch(store, tmp_path)
+    with pytest.raises(FourEyesViolation) as refused:
+        approve_batch(store, batch_id, by="alice")
+    assert str(refused.value) == (
+        f"alice may not approve or reject batch {batch_id}: they requested it (four-eyes rule)"
+    )
+
+
 def test_another_person_approves_every_card_and_queues_one_prepare_each(store, tmp_path):
     batch_id = imported_batch(store, tmp_path, count=4)
 

@@ -352,9 +352,7 @@ def test_existing_user_matched_by_external_id_gets_the_new_email(store, tmp_path
     assert list(users(store)) == ["new.address@example.org"]
 
 
-def test_a_batch_changes_an_existing_holder_only_when_approved_and_never_on_reject(
-    store, tmp_path
-):
+def test_a_batch_changes_an_existing_holder_only_when_approved_and_never_on_reject(store, tmp_path):
     run(store, write_csv(tmp_path / "a.csv", [person(1, title="Analyst")]))
     changed = run(store, write_csv(tmp_path / "b.csv", [person(1, title="Director")]))
     assert users(store)["person1@example.org"].title == "Analyst"
@@ -372,9 +370,7 @@ def test_without_an_approval_step_an_import_changes_the_holder_at_once(store, tm
     assert users(store)["person1@example.org"].title == "Director"
 
 
-def test_a_upn_another_holder_has_is_refused_in_the_file_and_against_the_store(
-    store, tmp_path
-):
+def test_a_upn_another_holder_has_is_refused_in_the_file_and_against_the_store(store, tmp_path):
     run(store, write_csv(tmp_path / "a.csv", [person(1)]))
     taken = person(2, upn="PERSON1@corp.example.org")  # another holder's, in other case
     twice = [person(3, upn="same@corp.example.org"), person(4, upn="Same@corp.example.org")]

@@ -55,3 +55,50 @@ def test_a_populated_sqlite_store_upgrades_keeping_every_reference(tmp_path):
         assert c.execute(text("select user_id from credentials")).scalar() == 7
         assert c.execute(text("pragma foreign_keys")).scalar() == 1
     store.dispose()
+
+
+def test_0013_keeps_the_cprs_request_ids_used_and_gives_cpr_created_users_their_source(
+    tmp_path,
+):
+    from sqlalchemy import text
+
+    from db.engine import open_store, sqlite_url
+    from db.migrate import upgrade
+
+    store = open_store(sqlite_url(tmp_path))
+    upgrade(store, "0012")
+    with store.engine.begin() as c:
+        for uid, email in ((7, "a@example.org"), (8, "b@example.org")):
+            c.execute(
+                text(
+                    "insert into users (id, email, first_name, last_name, upn, organization,"
+                    " org_unit, state, version, created_at, updated_at) values (:id, :email,"
+                    " 'A', 'B', :email, 'O', 'U', 'active', 1, '2026-01-01', '2026-01-01')"
+                ),
+                {"id": uid, "email": email},
+            )
+        # User 7 was created by a CPR of idms1, user 8 by an operator.
+        for seq, uid, reason in ((1, 7, "CPR R7 of idms1"), (2, 8, "user created")):
+            c.execute(
+                text(
+                    "insert into audit_events (seq, at, actor, entity, entity_id, action,"
+                    " to_state, reason, prev_hash, hash) values (:seq, '2026-01-01',"
+                    " 'principal:1', 'user', :uid, 'create', 'active', :reason, '', '')"
+                ),
+                {"seq": seq, "uid": str(uid), "reason": reason},
+            )
+        c.execute(
+            text(
+                "insert into cprs (user_id, identity_system, request_id, payload, signature,"
+                " received_at, replaced) values (7, 'idms1', 'R7', '{}', 's', '2026-01-01', 0)"
+            )
+        )
+    upgrade(store)
+    with store.engine.connect() as c:
+        sources = c.execute(text("select id, source from users order by id")).all()
+        assert [tuple(r) for r in sources] == [(7, "cpr:idms1"), (8, None)]
+        receipts = c.execute(
+            text("select identity_system, request_id, user_id, issued_at from cpr_receipts")
+        ).all()
+        assert [tuple(r) for r in receipts] == [("idms1", "R7", 7, None)]
+    store.dispose()
