@@ -165,6 +165,8 @@ def test_a_token_is_printed_once_and_the_api_routes_list_their_roles(tmp_path):
     assert token not in listing.output
     routes = _invoke("api", "routes", "--markdown", "--data-dir", data)
     assert "| POST | `/cards/{card}/approve` | admin, approver |" in routes.output
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    assert routes.output.strip() in readme  # the README's endpoint table is this one
 
 
 def test_an_operator_runs_the_card_life_from_the_command_line(tmp_path):
