@@ -85,15 +85,31 @@ class PgDatabases:
     def url(self, name: str) -> str:
         return f"{self._base}/{name}"
 
+    def _execute(self, sql: str) -> None:
+        """Run ``sql`` on the admin connection, connecting again once if the server was
+        restarted under it (the chaos and outage tests restart PostgreSQL)."""
+        import psycopg
+
+        for attempt in (1, 2):
+            try:
+                if self._conn.closed:
+                    self._conn = psycopg.connect(self._conninfo, autocommit=True)
+                self._conn.execute(sql)
+                return
+            except psycopg.OperationalError:
+                if attempt == 2:
+                    raise
+                self._conn = psycopg.connect(self._conninfo, autocommit=True)
+
     def _drop(self, name: str) -> None:
-        self._conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        self._execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     def build_template(self) -> None:
         from db.engine import open_store
         from db.migrate import upgrade
 
         self._drop(self.template)
-        self._conn.execute(f'CREATE DATABASE "{self.template}"')
+        self._execute(f'CREATE DATABASE "{self.template}"')
         store = open_store(self.url(self.template), pool_size=1)
         upgrade(store)
         store.dispose()
@@ -101,7 +117,7 @@ class PgDatabases:
     def create(self) -> str:
         name = f"{self._prefix}_{next(self._names)}"
         self._drop(name)
-        self._conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"')
+        self._execute(f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"')
         return name
 
     def fresh(self) -> str:
@@ -113,13 +129,22 @@ class PgDatabases:
 
         if self._shared is None:
             self._shared = self.create()
-            info = self._conninfo.rsplit("dbname=", 1)[0] + f"dbname={self._shared}"
-            self._shared_conn = psycopg.connect(info, autocommit=True)
+        info = self._conninfo.rsplit("dbname=", 1)[0] + f"dbname={self._shared}"
         tables = [t.name for t in Base.metadata.sorted_tables if t.name != "audit_head"]
-        self._shared_conn.execute(
+        empty = (
             f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE; "
             f"UPDATE audit_head SET seq = 0, hash = '{GENESIS_HASH}'"
         )
+        for attempt in (1, 2):  # again once after a server restart
+            try:
+                if self._shared_conn is None or self._shared_conn.closed:
+                    self._shared_conn = psycopg.connect(info, autocommit=True)
+                self._shared_conn.execute(empty)
+                break
+            except psycopg.OperationalError:
+                self._shared_conn = None
+                if attempt == 2:
+                    raise
         return self._shared
 
     def drop(self, name: str) -> None:
