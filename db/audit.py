@@ -9,32 +9,41 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, insert, select
 from sqlalchemy.orm import Session
 
 from db.models import AuditEvent, AuditHead, utcnow
 from schemas.errors import ConfigurationError
 
 GENESIS_HASH = "0" * 64
+# ``json.dumps(fields, separators=(",", ":"), ensure_ascii=False)``, built once.
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 def _digest(event: AuditEvent) -> str:
-    fields = [
-        event.seq,
-        event.at.isoformat(),
-        event.actor,
-        event.entity,
-        event.entity_id,
-        event.action,
-        event.from_state,
-        event.to_state,
-        event.reason,
-        event.prev_hash,
-    ]
-    blob = json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode()
-    return hashlib.sha256(blob).hexdigest()
+    return _hash(
+        [
+            event.seq,
+            event.at.isoformat(),
+            event.actor,
+            event.entity,
+            event.entity_id,
+            event.action,
+            event.from_state,
+            event.to_state,
+            event.reason,
+            event.prev_hash,
+        ]
+    )
+
+
+def _hash(fields: list[object]) -> str:
+    """The hash of one event's fields, in ``_digest``'s order (the chain's format)."""
+    return hashlib.sha256(_JSON.encode(fields).encode()).hexdigest()
 
 
 _HEAD_KEY = "cardline.audit_head"
@@ -92,6 +101,65 @@ def append(
     head.seq = event.seq
     head.hash = event.hash
     return event
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One event for ``append_many``: ``append``'s arguments."""
+
+    actor: str
+    entity: str
+    entity_id: object
+    action: str
+    from_state: str | None
+    to_state: str
+    reason: str | None = None
+
+
+# Rows per INSERT statement: well under every backend's limit on bound parameters.
+_INSERT_ROWS = 1000
+_EVENTS = cast(Table, AuditEvent.__table__)
+
+
+def append_many(session: Session, events: Iterable[Event]) -> int:
+    """Append ``events`` to the chain in the order given, inside the caller's
+    transaction; return how many. The same events, hashes and head as ``append``
+    called once per event (one head lock, one timestamp for all), written a thousand
+    rows per statement instead of one ORM object each."""
+    head = lock_audit_head(session)
+    at = utcnow()
+    stamp = at.isoformat()
+    seq, prev = head.seq, head.hash
+    rows: list[dict[str, object]] = []
+    for event in events:
+        seq += 1
+        entity_id = str(event.entity_id)
+        fields = [seq, stamp, event.actor, event.entity, entity_id, event.action]
+        digest = _hash([*fields, event.from_state, event.to_state, event.reason, prev])
+        rows.append(
+            {
+                "seq": seq,
+                "at": at,
+                "actor": event.actor,
+                "entity": event.entity,
+                "entity_id": entity_id,
+                "action": event.action,
+                "from_state": event.from_state,
+                "to_state": event.to_state,
+                "reason": event.reason,
+                "prev_hash": prev,
+                "hash": digest,
+            }
+        )
+        prev = digest
+        if len(rows) == _INSERT_ROWS:
+            session.execute(insert(_EVENTS), rows)
+            rows = []
+    if rows:
+        session.execute(insert(_EVENTS), rows)
+    count = seq - head.seq
+    head.seq, head.hash = seq, prev
+    return count
 
 
 @dataclass(frozen=True)

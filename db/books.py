@@ -3,7 +3,8 @@
 Every blank fed is an attempt that ended succeeded or spoiled; every active card has
 exactly one succeeded attempt and its certificates; a failed card used all its
 attempts and keeps no valid certificate; no valid certificate sits on a spoiled blank;
-nothing waits in the outbox; the audit chain verifies.
+nothing waits in the outbox; the audit chain verifies (against its signed checkpoints
+too, given the checkpoint key).
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from db import checkpoints
 from db.audit import verify_chain
+from db.checkpoints import CheckpointKey
 from db.models import Certificate, Credential, OutboxMessage, ProductionAttempt
 from db.production import ATTEMPTS_CAP_FACTOR, CARD_FAULTS
 from schemas.policy import Policy
@@ -36,7 +39,13 @@ class Books:
         return not self.problems
 
 
-def check_books(session: Session, policy: Policy, *, expect_letters: bool = True) -> Books:
+def check_books(
+    session: Session,
+    policy: Policy,
+    *,
+    expect_letters: bool = True,
+    checkpoint_key: CheckpointKey | None = None,
+) -> Books:
     """Check every invariant of a drained line; list each one that does not hold."""
     cards = session.scalars(select(Credential)).all()
     attempts = session.scalars(select(ProductionAttempt)).all()
@@ -63,9 +72,15 @@ def check_books(session: Session, policy: Policy, *, expect_letters: bool = True
             problems.append(f"certificate {cert.serial} is {cert.state} on a spoiled blank")
     if pending := len(list(unsent)):
         problems.append(f"{pending} outbox messages unsent")
-    chain = verify_chain(session)
-    if not chain.ok:
-        problems.append(f"audit chain broken at event {chain.first_bad_seq}")
+    if checkpoint_key is None:
+        chain = verify_chain(session)
+        if not chain.ok:
+            problems.append(f"audit chain broken at event {chain.first_bad_seq}")
+    else:
+        # Everything verify_chain checks, and the chain through every signed checkpoint.
+        sealed = checkpoints.verify(session, checkpoint_key, full=True)
+        if not sealed.ok:
+            problems.append(f"audit chain broken: {sealed.problem}")
     return books
 
 

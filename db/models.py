@@ -399,6 +399,24 @@ class AuditHead(Base):
     hash: Mapped[str] = mapped_column(String(64))
 
 
+class AuditCheckpoint(Base):
+    """A seal over the audit chain: its head hash at ``seq``, MAC'd under a key derived
+    from the master key (``db.checkpoints``), which the database does not hold.
+
+    The sequence number is the key: two sealers racing for one head write one row.
+    ``verified_at`` (not under the MAC) is when a verification last passed through it.
+    """
+
+    __tablename__ = "audit_checkpoints"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    hash: Mapped[str] = mapped_column(String(64))
+    mac: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime]
+    created_by: Mapped[str] = mapped_column(String(100))
+    verified_at: Mapped[dt.datetime | None]
+
+
 class OutboxMessage(Base):
     """A job message written in the transaction that made it necessary."""
 

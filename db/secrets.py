@@ -14,7 +14,9 @@ import secrets as _random
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from schemas.errors import ConfigurationError, PermanentError
 
@@ -56,6 +58,7 @@ class SecretBox:
         if len(key) != KEY_BYTES:
             raise ConfigurationError(f"master key must be {KEY_BYTES} bytes, got {len(key)}")
         self._aead = AESGCM(key)
+        self._key = key
 
     @classmethod
     def from_b64(cls, text: str) -> SecretBox:
@@ -82,6 +85,13 @@ class SecretBox:
                 with os.fdopen(fd, "w") as fh:
                     fh.write(key_b64 + "\n")
         return cls.from_b64(path.read_text())
+
+    def derive_key(self, info: bytes) -> bytes:
+        """A 32-byte key for one other purpose, named by ``info`` (HKDF-SHA256 over the
+        master key): it opens no sealed value, and does not give away the master key."""
+        return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=info).derive(
+            self._key
+        )
 
     def seal(self, value: str | bytes, *, context: str) -> str:
         nonce = os.urandom(12)

@@ -8,9 +8,10 @@ from typing import Any
 from sqlalchemy import String, and_, cast, exists, func, or_, select
 from sqlalchemy.orm import Session
 
-from db import outbox
+from db import checkpoints, outbox
 from db.attention import open_items
 from db.audit import verify_chain
+from db.checkpoints import CheckpointKey
 from db.models import (
     Attention,
     AuditHead,
@@ -57,6 +58,12 @@ class LineSummary:
     queues: dict[str, int] = field(default_factory=dict)
     needs_attention: list[dict[str, Any]] = field(default_factory=list)
     blocked: int = 0  # cards in production held by an open attention item
+    # Whether the chain was also checked against its signed checkpoints (only with the
+    # checkpoint key), how far it is sealed, and when a verification last passed.
+    audit_checkpoints_checked: bool = False
+    audit_sealed_seq: int | None = None
+    audit_verified_at: str | None = None
+    audit_problem: str | None = None
 
     @property
     def in_production(self) -> int:
@@ -83,6 +90,10 @@ class LineSummary:
             "audit_chain_ok": self.audit_chain_ok,
             "audit_chain_checked": self.audit_chain_ok is not None,
             "audit_events": self.audit_events,
+            "audit_checkpoints_checked": self.audit_checkpoints_checked,
+            "audit_sealed_seq": self.audit_sealed_seq,
+            "audit_verified_at": self.audit_verified_at,
+            "audit_problem": self.audit_problem,
             "outbox_unsent": self.outbox_unsent,
             "letters_pending": self.letters_pending,
             "soft_tokens": self.soft_tokens,
@@ -188,13 +199,28 @@ def queue_depths(session: Session) -> dict[str, int]:
     return depths
 
 
-def summarise(session: Session, *, verify_audit: bool = True) -> LineSummary:
+def _audit(session: Session, key: CheckpointKey | None) -> tuple[bool, int, str | None]:
+    """The whole chain recomputed from genesis, as it always was; with the checkpoint
+    key, also every checkpoint's MAC and that the chain passes through each one, which
+    catches an edit whose hashes and head were recomputed."""
+    if key is None:
+        chain = verify_chain(session)
+        problem = None if chain.ok else f"audit chain broken at event {chain.first_bad_seq}"
+        return chain.ok, chain.events, problem
+    report = checkpoints.verify(session, key, full=True)
+    return report.ok, report.events_read, report.problem
+
+
+def summarise(
+    session: Session, *, verify_audit: bool = True, checkpoint_key: CheckpointKey | None = None
+) -> LineSummary:
     cards = _counts(session, Credential.state)
     attempts = {s.value: 0 for s in (AttemptState.SUCCEEDED, AttemptState.SPOILED)}
     attempts.update(_counts(session, ProductionAttempt.state))
     certificates = {s.value: 0 for s in CertState}
     certificates.update(_counts(session, Certificate.state))
-    chain = verify_chain(session) if verify_audit else None
+    chain = _audit(session, checkpoint_key) if verify_audit else None
+    sealed = checkpoints.seal_status(session)
     stations = [
         {
             "id": st.id,
@@ -213,8 +239,8 @@ def summarise(session: Session, *, verify_audit: bool = True) -> LineSummary:
         certificates=certificates,
         # Unverified, the chain is neither good nor broken: say so, and count its events
         # from the head row (what a verification of an intact chain would count).
-        audit_chain_ok=chain.ok if chain else None,
-        audit_events=chain.events if chain else _head_seq(session),
+        audit_chain_ok=chain[0] if chain else None,
+        audit_events=chain[1] if chain else _head_seq(session),
         outbox_unsent=outbox.unsent_count(session),
         letters_pending=_letters_pending(session),
         soft_tokens=_counts(session, SoftToken.state),
@@ -223,6 +249,10 @@ def summarise(session: Session, *, verify_audit: bool = True) -> LineSummary:
         queues=queue_depths(session),
         needs_attention=attention_list(session),
         blocked=blocked_in_production(session),
+        audit_checkpoints_checked=chain is not None and checkpoint_key is not None,
+        audit_sealed_seq=sealed.sealed_seq,
+        audit_verified_at=sealed.verified_at.isoformat() if sealed.verified_at else None,
+        audit_problem=chain[2] if chain else None,
     )
 
 

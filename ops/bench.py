@@ -4,11 +4,18 @@ Absolute times on shared machines vary from run to run, so each run also measure
 the same machine and backend, the floors the line is compared with: the raw
 ``transition()`` rate on the store, the raw certificate build+sign rate of the CA, and
 the raw message rate of the broker. Prints a table and, last, one JSON line.
+
+``--intake`` benchmarks batch intake instead: generated files of 1,000, 10,000 and
+100,000 rows imported into SQLite and PostgreSQL, each import in a fresh process so
+its peak RSS is its own, with the floor it is compared with (reading and validating
+the rows, which no store can avoid) measured in that same process.
 """
 
 from __future__ import annotations
 
+import csv
 import json
+import multiprocessing
 import os
 import resource
 import tempfile
@@ -239,6 +246,100 @@ def run(backend: str, cards: int, stations: int) -> dict[str, Any]:
     }
 
 
+INTAKE_SIZES = (1_000, 10_000, 100_000)
+INTAKE_BACKENDS = ("sqlite", "postgres")
+
+
+def _intake_once(database_url: str | None, data_dir: str, csv_path: str) -> dict[str, Any]:
+    """In a fresh process: the floor (parse and validate every row), then the import."""
+    from schemas.batch import BatchRow, header_columns
+
+    configure(log_file=None, console_level="CRITICAL")
+    store = open_migrated(Settings(data_dir=Path(data_dir), database_url=database_url))
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    rows = 0
+    with open(csv_path, encoding="utf-8", newline="") as fh:
+        reader = csv.reader(fh)
+        columns = header_columns(next(reader))
+        for cells in reader:
+            BatchRow.model_validate(dict(zip(columns, cells, strict=True)))
+            rows += 1
+    floor = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    report = import_batch(
+        store,
+        Path(csv_path),
+        policy=Policy(),
+        requested_by="bench",
+        reject_dir=Path(data_dir) / "rejects",
+    )
+    elapsed = time.perf_counter() - t0
+    store.dispose()
+    if report.cards_requested != rows or report.rejected:
+        raise RuntimeError(f"intake bench imported {report.cards_requested} of {rows} rows")
+    return {
+        "rows": rows,
+        "elapsed_s": round(elapsed, 3),
+        "us_per_row": round(elapsed * 1e6 / rows, 1),
+        "floor_validate_us_per_row": round(floor * 1e6 / rows, 1),
+        # ru_maxrss is in KiB on Linux.
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "rss_before_import_mb": round(rss_before / 1024, 1),
+    }
+
+
+def bench_intake(work: Path, backend: str, rows: int) -> dict[str, Any]:
+    """One generated file of ``rows`` rows into a fresh store on ``backend``."""
+    csv_path = write_users_csv(work / f"users-{rows}.csv", rows, seed=1)
+    db = (
+        PgDatabase(PG_ADMIN, f"cardline_bench_intake_{os.getpid()}_{rows}")
+        if backend == "postgres"
+        else None
+    )
+    url = db.create().url if db else None
+    try:
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(1) as pool:
+            result = pool.apply(_intake_once, (url, str(work / f"{backend}-{rows}"), str(csv_path)))
+    finally:
+        if db:
+            db.drop()
+    return {"backend": backend, **result}
+
+
+def run_intake(sizes: tuple[int, ...], backends: tuple[str, ...]) -> list[dict[str, Any]]:
+    with tempfile.TemporaryDirectory(prefix="cardline-bench-intake-") as tmp:
+        rows = [bench_intake(Path(tmp), b, n) for b in backends for n in sizes]
+    for backend in backends:
+        mine = [r for r in rows if r["backend"] == backend]
+        spread = max(r["us_per_row"] for r in mine) / min(r["us_per_row"] for r in mine)
+        for r in mine:
+            r["us_per_row_spread"] = round(spread, 2)  # largest over smallest, per backend
+    return rows
+
+
+INTAKE_COLUMNS = (
+    ("backend", "backend"),
+    ("rows", "rows"),
+    ("time s", "elapsed_s"),
+    ("µs/row", "us_per_row"),
+    ("floor: validate µs/row", "floor_validate_us_per_row"),
+    ("peak RSS MB", "peak_rss_mb"),
+    ("RSS before import MB", "rss_before_import_mb"),
+    ("µs/row max/min", "us_per_row_spread"),
+)
+
+
+def intake_table(rows: list[dict[str, Any]]) -> Table:
+    t = Table(title="Cardline intake bench: generated files, one fresh process per import")
+    for title, _ in INTAKE_COLUMNS:
+        t.add_column(title, justify="left" if title == "backend" else "right")
+    for row in rows:
+        t.add_row(*(str(row[key]) for _, key in INTAKE_COLUMNS))
+    return t
+
+
 COLUMNS = (
     ("backend", "backend"),
     ("processes", "processes"),
@@ -287,10 +388,41 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     is_flag=True,
     help="Run the PKI worker bench instead (python -m ops.bench_pki --count N).",
 )
-def main(cards: int, stations: int, backends: str, as_markdown: bool, pki: bool) -> None:
+@click.option("--intake", is_flag=True, help="Run the batch intake bench instead.")
+@click.option(
+    "--intake-sizes",
+    default=",".join(map(str, INTAKE_SIZES)),
+    show_default=True,
+    help="Comma-separated row counts for --intake.",
+)
+@click.option(
+    "--intake-backends",
+    default=",".join(INTAKE_BACKENDS),
+    show_default=True,
+    help="Comma-separated: sqlite, postgres (for --intake).",
+)
+def main(
+    cards: int,
+    stations: int,
+    backends: str,
+    as_markdown: bool,
+    pki: bool,
+    intake: bool,
+    intake_sizes: str,
+    intake_backends: str,
+) -> None:
     """Benchmark the line on each backend against its floors; a table and one JSON line."""
     if pki:
         bench_pki.emit(bench_pki.run(bench_pki.DEFAULT_COUNT))
+        return
+    if intake:
+        sizes = tuple(int(n) for n in intake_sizes.split(",") if n.strip())
+        chosen_backends = tuple(b.strip() for b in intake_backends.split(",") if b.strip())
+        if set(chosen_backends) - set(INTAKE_BACKENDS):
+            raise click.BadParameter(f"unknown intake backends {chosen_backends}")
+        results = run_intake(sizes, chosen_backends)
+        Console().print(intake_table(results))
+        click.echo(json.dumps({"intake": results}, sort_keys=True))
         return
     chosen = [b.strip() for b in backends.split(",") if b.strip()]
     unknown = set(chosen) - set(BACKENDS)

@@ -11,7 +11,12 @@ from rich.table import Table
 from ops.config import Settings
 from ops.line import DataPaths
 from ops.store import open_checked
-from producers.batch_import import ImportReport, import_batch
+from producers.batch_import import (
+    DEFAULT_MAX_REJECTS,
+    DEFAULT_MAX_ROWS,
+    ImportReport,
+    import_batch,
+)
 
 MAX_REJECTS_SHOWN = 20
 
@@ -61,6 +66,9 @@ def import_file(
     line: str | None,
     as_json: bool,
     console: Console,
+    ignore_columns: tuple[str, ...] = (),
+    max_rows: int = DEFAULT_MAX_ROWS,
+    max_rejects: int = DEFAULT_MAX_REJECTS,
 ) -> int:
     """Import ``path``; exit code 0 when every row was accepted, 1 when some were rejected."""
     store = open_checked(settings)
@@ -73,6 +81,9 @@ def import_file(
         requested_by=requested_by,
         reject_dir=paths.rejects,
         line=line,
+        ignore_columns=ignore_columns,
+        max_rows=max_rows,
+        max_rejects=max_rejects,
     )
     if as_json:
         console.print_json(json.dumps(report_json(report)))

@@ -16,6 +16,7 @@ from pathlib import Path
 import dramatiq
 import structlog
 
+from db.checkpoints import CheckpointKey
 from db.engine import Store
 from db.files import atomic_write
 from db.secrets import SecretBox
@@ -142,6 +143,7 @@ class EmbeddedLine:
             policy,
             mail=settings.mailer() is not None,
             stall=options.stall,
+            checkpoint_key=CheckpointKey.from_box(self.box),
         )
         self.stations = [self._station(i) for i in range(options.stations)]
         self._stop = threading.Event()
@@ -225,4 +227,4 @@ class EmbeddedLine:
 
     def summary(self) -> LineSummary:
         with self.store.read() as s:
-            return summarise(s)
+            return summarise(s, checkpoint_key=self.relay.checkpoint_key)

@@ -58,20 +58,32 @@ def export_certs(settings: Settings, status: str, out: Path) -> int:
     return len(rows)
 
 
-def export_escrow_pfx(settings: Settings, card: str, out: Path, *, by: str) -> tuple[Path, Secret]:
+def export_escrow_pfx(
+    settings: Settings, card: str, out: Path, *, by: str, request_id: int | None = None
+) -> tuple[Path, Secret]:
     """Card ``card``'s escrowed key and certificate (with the CA chain) as a PFX at ``out``,
-    under a one-time password generated here, returned once and stored nowhere."""
+    under a one-time password generated here, returned once and stored nowhere. Under
+    ``[approvals] escrow_export`` only as the collection of ``by``'s approved request
+    ``request_id`` (spent by this export)."""
     from producers.escrow import escrowed_key
     from workers.ca import CertificateAuthority
     from workers.keys import PrivateKey
     from workers.p12 import build_p12, generate_passphrase
 
     box = settings.secret_box()
-    escrow = escrowed_key(open_checked(settings), box, card, by=by)
+    paths = DataPaths(settings.data_dir)
+    # The CA first: a CA that cannot be loaded must not spend an approved request.
+    ca = CertificateAuthority.load(paths.ca, box, settings.pki, pin=settings.ca_secret_pin())
+    escrow = escrowed_key(
+        open_checked(settings),
+        box,
+        card,
+        by=by,
+        steps=settings.approvals,
+        request_id=request_id,
+    )
     key = serialization.load_pem_private_key(escrow.key_pem.reveal().encode(), password=None)
     assert isinstance(key, PrivateKey)  # escrowed keys are generated here: RSA or EC
-    paths = DataPaths(settings.data_dir)
-    ca = CertificateAuthority.load(paths.ca, box, settings.pki, pin=settings.ca_secret_pin())
     password = generate_passphrase()
     pfx = build_p12(
         name=f"{escrow.holder} (encryption, card {escrow.card_number})",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from db.summary import LineSummary
@@ -32,6 +33,15 @@ def _counts_table(
     return table
 
 
+def _audit_chain(summary: LineSummary) -> str:
+    if not summary.audit_chain_ok:
+        return f"[bold red]BROKEN[/] {escape(summary.audit_problem or '')}".rstrip()
+    sealed = summary.audit_sealed_seq
+    if not summary.audit_checkpoints_checked:
+        return "verified (checkpoints not checked: no master key)"
+    return f"verified, sealed through event {sealed}" if sealed else "verified (not sealed yet)"
+
+
 def summary_tables(summary: LineSummary, *, elapsed_s: float | None = None) -> list[Table]:
     overview = Table(title="Line")
     overview.add_column("measure")
@@ -47,7 +57,7 @@ def summary_tables(summary: LineSummary, *, elapsed_s: float | None = None) -> l
         ("soft tokens pending", str(summary.softtokens_pending)),
         ("needs attention", str(len(summary.needs_attention))),
         ("audit events", str(summary.audit_events)),
-        ("audit chain", "verified" if summary.audit_chain_ok else "[bold red]BROKEN[/]"),
+        ("audit chain", _audit_chain(summary)),
     ]
     if elapsed_s is not None:
         rows.append(("elapsed", f"{elapsed_s:.1f} s"))

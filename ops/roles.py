@@ -15,10 +15,11 @@ from collections.abc import Iterable
 import dramatiq
 import structlog
 
+from db.checkpoints import CheckpointKey
 from ops.config import Settings
 from ops.expiry import run_expiry_loop
 from ops.line import DataPaths, worker_context
-from ops.store import open_checked
+from ops.store import master_key_check, open_checked
 from schemas.station import StationEntry
 from stations.runtime import Station, StationConfig
 from stations.setup import build_drivers
@@ -45,8 +46,18 @@ def stop_on_signals() -> threading.Event:
 
 def run_relay(settings: Settings, stop: threading.Event, *, stall: StallPolicy) -> None:
     store = open_checked(settings)
+    # The relay seals the audit chain under a key derived from the master key: it
+    # must be the store's own, or every checkpoint it seals would read as forged.
+    master_key_check(settings, store)
     broker = make_broker(settings.broker_url)
-    relay = Relay(store, broker, settings.policy, stall=stall, mail=settings.mailer() is not None)
+    relay = Relay(
+        store,
+        broker,
+        settings.policy,
+        stall=stall,
+        mail=settings.mailer() is not None,
+        checkpoint_key=CheckpointKey.from_box(settings.secret_box()),
+    )
     checker = threading.Thread(
         target=run_expiry_loop,
         args=(settings, stop),

@@ -10,6 +10,7 @@ a schema changes. A process whose store is behind exits at start-up saying to ru
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import make_url
 
@@ -17,6 +18,9 @@ from db.engine import Store, open_store
 from db.migrate import check_revision, head_revision, upgrade
 from ops.config import Settings
 from schemas.errors import ConfigurationError, SchemaOutOfDate
+
+if TYPE_CHECKING:
+    from db.secrets import SecretBox
 
 
 def missing_sqlite_file(url: str) -> Path | None:
@@ -84,3 +88,17 @@ def master_key_check(settings: Settings, store: Store) -> None:
             "the master key does not open this store's secrets: "
             "run as the host administrator with its master key"
         ) from None
+
+
+def held_master_box(settings: Settings) -> SecretBox | None:
+    """The master key when this process holds it (CARDLINE_MASTER_KEY, or a master.key
+    in the data dir it may read); None otherwise. Unlike ``Settings.secret_box`` it
+    never creates a key: a read-only command must not."""
+    from db.secrets import SecretBox
+
+    if settings.master_key is not None:
+        return SecretBox.from_b64(settings.master_key.get_secret_value())
+    try:
+        return SecretBox.from_key_file(settings.data_dir / "master.key", create=False)
+    except (ConfigurationError, OSError):
+        return None

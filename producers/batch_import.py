@@ -3,42 +3,82 @@
 Everything one import writes (users created or updated, one card per valid row, the
 batch order, their audit events and outbox messages) is one transaction. Invalid rows
 are rejected one by one, with line, field and reason, and listed in a reject report
-written after the transaction commits. A file is known by the SHA-256 of its bytes, so
-importing the same file again creates nothing.
+that is put in place when the transaction commits. A file is known by the SHA-256 of
+its bytes, so importing the same file again creates nothing and is answered at once.
+
+The file is streamed, never held whole: a first pass hashes it and checks that it is
+UTF-8; the second reads it row by row and imports it a chunk of rows at a time, with a
+few look-ups and bulk inserts per chunk (``db.transition.create_many``). Memory grows
+with the chunk, the rejected rows and one key per row (e-mail, external id, UPN, to
+refuse a row repeating an earlier one), not with the rows themselves. A file of more
+than ``max_rows`` rows, or with more than ``max_rejects`` rejected rows, is refused
+whole, and nothing is written.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import io
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import structlog
 from pydantic import ValidationError
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, func, or_, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from db import outbox
-from db.engine import Store
+from db.engine import Store, is_transient
 from db.files import atomic_open
 from db.models import BatchOrder, Credential, User
-from db.transition import create
+from db.transition import create, create_many
 from db.transition import record as record_change  # here a ``record`` is a CSV record
-from schemas.batch import LINE_NAME, BatchRow, describe_errors, header_columns
-from schemas.errors import ValidationFailed
-from schemas.messages import PrepareCard
+from schemas.batch import LINE_NAME, BatchRow, describe_errors, header_columns, ignored_columns
+from schemas.errors import TransientError, ValidationFailed
+from schemas.messages import JobMessage, PrepareCard
 from schemas.policy import Policy
 from schemas.states import LIVE_CARD_STATES, BatchState, CardState, CredentialKind, UserState
 
 log = structlog.get_logger(__name__)
 
-# Well under every backend's limit on bound parameters in one statement.
-_CHUNK = 500
+DEFAULT_MAX_ROWS = 200_000
+DEFAULT_MAX_REJECTS = 10_000
+# Rows imported per step, and values per ``IN (...)`` look-up: well under every
+# backend's limit on bound parameters in one statement.
+_CHUNK = 5000
+_READ_BYTES = 1 << 16
+# What a client is told to wait before trying again when the store is busy.
+RETRY_AFTER_S = 5
 _CLOSED_USER_STATES = frozenset({UserState.LOCKED, UserState.DELETED})
+# The user columns a row sets; a row's ``photo`` becomes ``photo_path``.
+_USER_COLUMNS = (
+    "first_name",
+    "last_name",
+    "email",
+    "upn",
+    "organization",
+    "org_unit",
+    "title",
+    "country",
+    "username",
+    "identifier",
+    "external_id",
+    "photo_path",
+)
+
+
+class StoreBusy(TransientError):
+    """The status store was too busy to take the import (another writer held its lock
+    past the wait); nothing was written. ``retry_after_s``: when to try again."""
+
+    def __init__(self, detail: str, *, retry_after_s: int = RETRY_AFTER_S) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(f"the status store is busy; try again in {retry_after_s} s ({detail})")
 
 
 @dataclass(frozen=True)
@@ -66,6 +106,19 @@ class ImportReport:
     already_imported: bool = False
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What one file may hold: rows (not counting blank ones) and rejected rows."""
+
+    max_rows: int = DEFAULT_MAX_ROWS
+    max_rejects: int = DEFAULT_MAX_REJECTS
+
+    def __post_init__(self) -> None:
+        for name in ("max_rows", "max_rejects"):
+            if getattr(self, name) < 1:
+                raise ValidationFailed("must be at least 1", field=name)
+
+
 def import_batch(
     store: Store,
     path: Path,
@@ -76,15 +129,22 @@ def import_batch(
     line: str | None = None,
     allow_photos: bool = True,
     report_by_content: bool = False,
+    ignore_columns: Collection[str] = (),
+    max_rows: int = DEFAULT_MAX_ROWS,
+    max_rejects: int = DEFAULT_MAX_REJECTS,
 ) -> ImportReport:
     """Import ``path`` as one batch order on ``line`` (default: the policy's line).
 
     Raises ``ValidationFailed``, having written nothing, when the file as a whole is
-    unusable (not UTF-8, not CSV, a column missing, unknown or repeated) or an argument
-    is. Otherwise imports every valid row, rejects every invalid one, commits, and then
-    writes ``reject_dir/<stem>-rejects.csv`` when any row was rejected. A file imported
-    before is reported with ``already_imported=True`` and changes nothing.
+    unusable (not UTF-8, not CSV, a column missing, unknown or repeated; more than
+    ``max_rows`` rows or more than ``max_rejects`` rejected rows) or an argument is.
+    Otherwise imports every valid row, rejects every invalid one, commits, and puts
+    ``reject_dir/<stem>-rejects.csv`` in place when any row was rejected. A file
+    imported before is reported with ``already_imported=True`` and changes nothing.
+    Raises ``StoreBusy``, having written nothing, when the store stayed locked.
 
+    ``ignore_columns`` names columns (of an identity system's own) whose cells are
+    read and dropped; any other column Cardline does not know refuses the file.
     ``allow_photos=False`` refuses the whole file (``ValidationFailed`` naming the line
     and ``photo``) when a row names a photo: an upload's photo paths point into a
     folder that is gone once the import returns. ``report_by_content=True`` names the
@@ -96,38 +156,51 @@ def import_batch(
         raise ValidationFailed(
             "a requester of 1 to 100 characters is required", field="requested_by"
         )
-    data = path.read_bytes()
-    sheet = read_sheet(data)
-    if not allow_photos:
-        _refuse_photos(sheet)
-    digest = hashlib.sha256(data).hexdigest()
+    ignored = ignored_columns(ignore_columns)
+    limits = Limits(max_rows=max_rows, max_rejects=max_rejects)
+    digest = file_digest(path)
     name = path.name[:200]
-    with store.tx() as session:
-        existing = session.scalar(select(BatchOrder.id).where(BatchOrder.source_sha256 == digest))
+    stem = f"{path.stem}-{digest[:16]}" if report_by_content else path.stem
+    try:
+        with store.read() as session:
+            existing = _imported_as(session, digest)
         if existing is not None:
             return ImportReport(existing, name, 0, 0, 0, (), None, already_imported=True)
-        work = _Import(
-            session,
-            name=name,
-            digest=digest,
-            base_dir=path.parent.resolve(),
-            policy=policy,
-            requested_by=requested_by,
-            line=line_name,
-        )
-        work.run(sheet.records)
-    stem = f"{path.stem}-{digest[:16]}" if report_by_content else path.stem
-    return _finish(work, sheet, reject_dir / f"{stem}-rejects.csv")
+        with ExitStack() as files:
+            rejects = _RejectSink(files, reject_dir / f"{stem}-rejects.csv")
+            with store.tx() as session:
+                existing = _imported_as(session, digest)
+                if existing is not None:
+                    return ImportReport(existing, name, 0, 0, 0, (), None, already_imported=True)
+                work = _Import(
+                    session,
+                    name=name,
+                    digest=digest,
+                    base_dir=path.parent.resolve(),
+                    policy=policy,
+                    requested_by=requested_by,
+                    line=line_name,
+                    limits=limits,
+                    rejects=rejects,
+                )
+                with path.open("rb") as raw:
+                    hashing = _Hashing(raw)
+                    sheet = open_sheet(io.BufferedReader(hashing, _READ_BYTES), ignored)
+                    rejects.header = sheet.header
+                    work.run(sheet.records, allow_photos=allow_photos)
+                if hashing.sha.hexdigest() != digest:
+                    raise ValidationFailed("the file changed while it was being imported")
+    except DBAPIError as exc:
+        if is_transient(exc):
+            raise StoreBusy(
+                str(exc.orig).splitlines()[0] if exc.orig else type(exc).__name__
+            ) from exc
+        raise
+    return _finish(work, rejects.target if work.rejected else None)
 
 
-def _refuse_photos(sheet: Sheet) -> None:
-    for record in sheet.records:
-        if record.cells.get("photo", "").strip():
-            raise ValidationFailed(
-                "photos cannot travel in an upload yet: leave the photo column empty",
-                field="photo",
-                line=record.line,
-            )
+def _imported_as(session: Session, digest: str) -> int | None:
+    return session.scalar(select(BatchOrder.id).where(BatchOrder.source_sha256 == digest))
 
 
 def _line_name(line: str) -> str:
@@ -136,9 +209,8 @@ def _line_name(line: str) -> str:
     return line
 
 
-def _finish(work: _Import, sheet: Sheet, reject_path: Path) -> ImportReport:
+def _finish(work: _Import, report_path: Path | None) -> ImportReport:
     rejected = tuple(work.rejected)
-    report_path = write_rejects(reject_path, sheet.header, rejected) if rejected else None
     batch_id = work.batch.id if work.batch is not None else None
     log.info(
         "batch imported",
@@ -162,66 +234,148 @@ def _finish(work: _Import, sheet: Sheet, reject_path: Path) -> ImportReport:
 # --- reading the file -------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+def file_digest(path: Path) -> str:
+    """The SHA-256 of the file's bytes, read in chunks. Raises ``ValidationFailed`` with
+    the line of the first byte that is not UTF-8."""
+    sha = hashlib.sha256()
+    carry, line = b"", 1  # bytes of a character cut by the chunk; the line they start on
+    with path.open("rb") as fh:
+        while chunk := fh.read(_READ_BYTES):
+            sha.update(chunk)
+            carry, line = _check_utf8(carry + chunk, line, final=False)
+    _check_utf8(carry, line, final=True)
+    return sha.hexdigest()
+
+
+def _check_utf8(data: bytes, line: int, *, final: bool) -> tuple[bytes, int]:
+    """The undecoded tail of ``data`` and the line it starts on."""
+    try:
+        _, used = codecs.utf_8_decode(data, "strict", final)
+    except UnicodeDecodeError as exc:
+        raise ValidationFailed(
+            f"not UTF-8 text: undecodable byte 0x{data[exc.start]:02x}",
+            line=line + data.count(b"\n", 0, exc.start),
+        ) from exc
+    return data[used:], line + data.count(b"\n", 0, used)
+
+
+class _Hashing(io.RawIOBase):
+    """A binary file that hashes what is read through it."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw = raw
+        self.sha = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.raw.read(len(buffer))
+        buffer[: len(data)] = data
+        self.sha.update(data)
+        return len(data)
+
+
+@dataclass(frozen=True, slots=True)
 class Record:
-    """One data row as read: its first physical line, its cells (padded to the header's
-    width) by header name as written and by column, and how many cells it really had."""
+    """One data row as read: its first physical line, its cells by column (ignored
+    columns left out), its cells padded to the header's width in header order, and
+    how many cells it really had."""
 
     line: int
-    raw: dict[str, str]
     cells: dict[str, str]
+    padded: list[str]
     width: int
 
 
 @dataclass(frozen=True)
 class Sheet:
-    """A decoded CSV file: the header as written and the non-blank data rows."""
+    """A CSV file being read: the header as written and its non-blank data rows, one at
+    a time."""
 
     header: tuple[str, ...]
-    records: tuple[Record, ...]
+    records: Iterator[Record]
 
 
-def read_sheet(data: bytes) -> Sheet:
-    """Decode and split a batch file; raise ``ValidationFailed`` (with the line) when the
-    bytes are not UTF-8, not CSV, or the header is wrong. Rows are not validated here."""
-    reader = csv.reader(io.StringIO(_decode(data), newline=""))
+def open_sheet(binary: IO[bytes], ignore: Collection[str] = ()) -> Sheet:
+    """Start reading a batch file (UTF-8, with or without a BOM); raise
+    ``ValidationFailed`` (with the line) when the header is wrong. Rows are read as
+    ``records`` is iterated (``ValidationFailed`` when they are not CSV) and are not
+    validated here."""
+    text = io.TextIOWrapper(binary, encoding="utf-8-sig", newline="")
+    reader = csv.reader(text)
     try:
         header = next(reader, None)
-        if header is None:
-            raise ValidationFailed("the file is empty; a header row is required", line=1)
-        columns = header_columns(header)
-        records = tuple(_records(reader, header, columns))
-    except csv.Error as exc:
-        raise ValidationFailed(f"not a readable CSV file: {exc}", line=reader.line_num) from exc
-    return Sheet(tuple(header), records)
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise _unreadable(exc, reader.line_num) from exc
+    if header is None:
+        raise ValidationFailed("the file is empty; a header row is required", line=1)
+    columns = header_columns(header, ignore=ignore)
+    return Sheet(tuple(header), _records(reader, len(header), columns))
 
 
-def _decode(data: bytes) -> str:
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise ValidationFailed(
-            f"not UTF-8 text: undecodable byte 0x{data[exc.start]:02x}", line=line
-        ) from exc
+def _unreadable(exc: Exception, line: int) -> ValidationFailed:
+    if isinstance(exc, UnicodeDecodeError):  # it was UTF-8 when it was hashed
+        return ValidationFailed("the file changed while it was being imported")
+    return ValidationFailed(f"not a readable CSV file: {exc}", line=line)
 
 
-def _records(reader: Any, header: Sequence[str], columns: Sequence[str]) -> Iterator[Record]:
+def _records(reader: Any, width: int, columns: Sequence[str | None]) -> Iterator[Record]:
+    kept = [(index, name) for index, name in enumerate(columns) if name is not None]
     # csv.reader's line_num counts physical lines read so far, so a quoted field that
     # spans lines moves it on by more than one: a row starts just after the previous end.
     end = reader.line_num
-    for cells in reader:
+    while True:
+        try:
+            cells = next(reader, None)
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise _unreadable(exc, reader.line_num) from exc
+        if cells is None:
+            return
         start, end = end + 1, reader.line_num
         if not any(cell.strip() for cell in cells):
             continue  # blank lines and rows of empty cells, as spreadsheets leave them
         # Pad short rows so the reject report can show every column of them.
-        padded = [*cells, *[""] * (len(header) - len(cells))]
+        padded = [*cells, *[""] * (width - len(cells))] if len(cells) < width else cells
         yield Record(
             line=start,
-            raw=dict(zip(header, padded, strict=False)),
-            cells=dict(zip(columns, padded, strict=False)),
+            cells={name: padded[index] for index, name in kept},
+            padded=padded,
             width=len(cells),
         )
+
+
+# --- the reject report ------------------------------------------------------------------
+
+
+class _RejectSink:
+    """The reject report, written as rows are rejected to a temporary file beside
+    ``target`` that replaces it when ``files`` closes without an error (after the
+    import commits); never created when no row is rejected.
+
+    Columns: line, field, reason, then the file's own columns. UTF-8 with a BOM, so a
+    spreadsheet shows accented names right. Readable by the owner only: it holds
+    personal data.
+    """
+
+    def __init__(self, files: ExitStack, target: Path) -> None:
+        self.files = files
+        self.target = target
+        self.header: Sequence[str] = ()
+        self._writer: Any = None
+
+    def write(self, rows: Iterable[RejectedRow]) -> None:
+        for row in rows:
+            if self._writer is None:
+                fh = self.files.enter_context(
+                    atomic_open(
+                        self.target, mode=0o600, text=True, encoding="utf-8-sig", newline=""
+                    )
+                )
+                self._writer = csv.writer(fh)
+                self._writer.writerow(["line", "field", "reason", *self.header])
+            cells = [row.raw.get(name, "") for name in self.header]
+            self._writer.writerow([row.line, row.field or "", row.reason, *cells])
 
 
 # --- importing the rows -----------------------------------------------------------------
@@ -236,8 +390,37 @@ class _Rejected(Exception):
         self.reason = reason
 
 
+class _Holder:
+    """A user already in the store that rows of this import name: the columns a row
+    may change, as this import has left them, and how many live cards they have."""
+
+    __slots__ = ("id", "live_cards", "state", "values")
+
+    def __init__(self, id: int, state: str, values: dict[str, Any]) -> None:
+        self.id = id
+        self.state = state
+        self.values = values
+        self.live_cards = 0
+
+
+class _NewUser:
+    """A user this import creates, waiting for the chunk's insert to give it an id."""
+
+    __slots__ = ("id", "reason", "values")
+
+    def __init__(self, values: dict[str, Any], reason: str) -> None:
+        self.values = values
+        self.reason = reason
+        self.id: int | None = None
+
+
 class _Import:
-    """The work of one import inside its transaction; counts what it did."""
+    """The work of one import inside its transaction; counts what it did.
+
+    Rows come a chunk at a time: each chunk is validated, its users looked up in a few
+    queries, its rows admitted or rejected one by one (in memory), and then its new
+    users and cards inserted in bulk with their audit events.
+    """
 
     def __init__(
         self,
@@ -249,6 +432,8 @@ class _Import:
         policy: Policy,
         requested_by: str,
         line: str,
+        limits: Limits,
+        rejects: _RejectSink,
     ) -> None:
         self.session = session
         self.name = name
@@ -257,22 +442,58 @@ class _Import:
         self.policy = policy
         self.requested_by = requested_by
         self.line = line
+        self.limits = limits
+        self.sink = rejects
         self.batch: BatchOrder | None = None
         self.rejected: list[RejectedRow] = []
         self.users_created = 0
         self.users_updated = 0
         self.cards_requested = 0
-        self.by_email: dict[str, User] = {}
+        # Where each e-mail, external id and UPN (lower-cased) first appeared in the file.
+        self.first_line: dict[str, dict[str, int]] = {"email": {}, "external_id": {}, "upn": {}}
+        # Users of the store that rows named, by id and by each key. Users this import
+        # creates are not kept: no later row can name one (it would repeat a key).
+        self.known: dict[int, _Holder] = {}
+        self.by_email: dict[str, _Holder] = {}
         # E-mails several users share (possible when ``email_unique`` is off): a row
         # naming one must say which user it means by external_id.
         self.shared_emails: set[str] = set()
-        self.by_external_id: dict[str, User] = {}
+        self.by_external_id: dict[str, _Holder] = {}
         # UPNs (lower-cased) of users not deleted: no two may share one.
-        self.by_upn: dict[str, User] = {}
-        self.live_cards: dict[int, int] = {}
+        self.by_upn: dict[str, _Holder] = {}
+        self.new_users: list[_NewUser] = []
+        self.new_cards: list[tuple[_Holder | _NewUser, str, dict[str, Any] | None]] = []
+        self._chunk_rejects: list[RejectedRow] = []
+        self._header: Sequence[str] = ()
 
-    def run(self, records: Sequence[Record]) -> None:
-        """Validate every record, then import each valid one or reject it."""
+    def run(self, records: Iterable[Record], *, allow_photos: bool = True) -> None:
+        """Import each valid record and reject each invalid one, a chunk at a time."""
+        self._header = self.sink.header
+        chunk: list[Record] = []
+        for rows, record in enumerate(records, start=1):
+            if rows > self.limits.max_rows:
+                raise ValidationFailed(
+                    f"the file has more than {self.limits.max_rows} rows, the most one "
+                    "import takes: split it, nothing was imported",
+                    line=record.line,
+                )
+            if not allow_photos and record.cells.get("photo", "").strip():
+                raise ValidationFailed(
+                    "photos cannot travel in an upload yet: leave the photo column empty",
+                    field="photo",
+                    line=record.line,
+                )
+            chunk.append(record)
+            if len(chunk) == _CHUNK:
+                self._import_chunk(chunk)
+                chunk = []
+        if chunk:
+            self._import_chunk(chunk)
+        if self.batch is not None:
+            self.batch.card_count = self.cards_requested
+            self.batch.rejected_rows = len(self.rejected)
+
+    def _import_chunk(self, records: Sequence[Record]) -> None:
         candidates = self._validate_all(records)
         self._preload([row for _, row in candidates])
         for record, row in candidates:
@@ -280,32 +501,59 @@ class _Import:
                 self._admit(record, row)
             except _Rejected as rejected:
                 self._reject(record, rejected)
-        if self.batch is not None:
-            self.batch.card_count = self.cards_requested
-            self.batch.rejected_rows = len(self.rejected)
-        self.rejected.sort(key=lambda r: r.line)
+        self._flush()
+        # Every line of a chunk comes after every line of the one before it.
+        self._chunk_rejects.sort(key=lambda r: r.line)
+        self.sink.write(self._chunk_rejects)
+        self.rejected.extend(self._chunk_rejects)
+        self._chunk_rejects = []
 
     def _reject(self, record: Record, rejected: _Rejected) -> None:
-        self.rejected.append(RejectedRow(record.line, rejected.field, rejected.reason, record.raw))
+        if len(self.rejected) + len(self._chunk_rejects) >= self.limits.max_rejects:
+            raise ValidationFailed(
+                f"more than {self.limits.max_rejects} rows are rejected, the most one "
+                "import reports: the file is refused whole, nothing was imported",
+                line=record.line,
+            )
+        raw = dict(zip(self._header, record.padded, strict=False))
+        self._chunk_rejects.append(RejectedRow(record.line, rejected.field, rejected.reason, raw))
 
     # -- checks that need only the file
 
     def _validate_all(self, records: Sequence[Record]) -> list[tuple[Record, BatchRow]]:
-        first_email: dict[str, int] = {}
-        first_external_id: dict[str, int] = {}
-        first_upn: dict[str, int] = {}
         valid: list[tuple[Record, BatchRow]] = []
         for record in records:
             try:
-                row = _parse(record)
-                _check_first(first_email, row.email, record.line, "email")
-                _check_first(first_external_id, row.external_id, record.line, "external_id")
-                _check_first(first_upn, row.upn.lower(), record.line, "upn")
+                row = self._parse(record)
+                self._check_first("email", row.email, record.line)
+                self._check_first("external_id", row.external_id, record.line)
+                self._check_first("upn", row.upn.lower(), record.line)
             except _Rejected as rejected:
                 self._reject(record, rejected)
                 continue
             valid.append((record, row))
         return valid
+
+    def _parse(self, record: Record) -> BatchRow:
+        width = len(self._header)
+        if record.width != width:
+            raise _Rejected(None, f"the row has {record.width} cells; the header has {width}")
+        try:
+            return BatchRow.model_validate(record.cells)
+        except ValidationError as exc:
+            (field, reason), *others = describe_errors(exc)
+            if others:
+                reason += " (also: " + "; ".join(f"{f} {r}" for f, r in others) + ")"
+            raise _Rejected(field, reason) from exc
+
+    def _check_first(self, field: str, value: str | None, line: int) -> None:
+        """Remember where ``value`` first appeared; reject a later row repeating it."""
+        if value is None:
+            return
+        first_line = self.first_line[field]
+        if value in first_line:
+            raise _Rejected(field, f"the same {field} is already on line {first_line[value]}")
+        first_line[value] = line
 
     # -- checks against the status store
 
@@ -313,21 +561,31 @@ class _Import:
         # A few queries per chunk of rows instead of several per row.
         emails = sorted({row.email for row in rows})
         external_ids = sorted({row.external_id for row in rows if row.external_id})
-        for chunk in _chunks(emails):
-            self._load_users(func.lower(User.email).in_(chunk))
-        for chunk in _chunks(external_ids):
-            self._load_users(User.external_id.in_(chunk))
         upns = sorted({row.upn.lower() for row in rows})
-        for chunk in _chunks(upns):
-            self._load_users(func.lower(User.upn).in_(chunk))
-        user_ids = sorted({user.id for user in self.by_email.values()})
-        for chunk in _chunks(user_ids):
-            self._count_live_cards(chunk)
+        # One query (one pass over users where a key has no index) for all three keys.
+        conditions = [
+            *([func.lower(User.email).in_(emails)] if emails else []),
+            *([User.external_id.in_(external_ids)] if external_ids else []),
+            *([func.lower(User.upn).in_(upns)] if upns else []),
+        ]
+        fresh = self._load_users(or_(*conditions)) if conditions else []
+        if fresh:
+            self._count_live_cards(fresh)
 
-    def _load_users(self, condition: ColumnElement[bool]) -> None:
+    def _load_users(self, condition: ColumnElement[bool]) -> list[int]:
+        """Remember the users that match; return the ids of those new to this import."""
+        columns = [getattr(User, name) for name in _USER_COLUMNS]
         # FOR UPDATE (on PostgreSQL) keeps a user from being locked while we add a card.
-        for user in self.session.scalars(select(User).where(condition).with_for_update()):
-            self._remember(user)
+        stmt = select(User.id, User.state, *columns).where(condition).with_for_update()
+        fresh = []
+        for user_id, state, *values in self.session.execute(stmt):
+            holder = self.known.get(user_id)
+            if holder is None:
+                holder = _Holder(user_id, state, dict(zip(_USER_COLUMNS, values, strict=True)))
+                self.known[user_id] = holder
+                fresh.append(user_id)
+            self._remember(holder)
+        return fresh
 
     def _count_live_cards(self, user_ids: Sequence[int]) -> None:
         stmt = (
@@ -341,21 +599,23 @@ class _Import:
         )
         for user_id, count in self.session.execute(stmt):
             if user_id is not None:
-                self.live_cards[user_id] = count
+                self.known[user_id].live_cards = count
 
     def _admit(self, record: Record, row: BatchRow) -> None:
         photo = self._photo_path(row)
-        user = self._existing_user(row)
-        holder = self.by_upn.get(row.upn.lower())
-        if holder is not None and holder is not user:
-            raise _Rejected("upn", f"the upn belongs to user {holder.id}")
-        self._check_card_limit(user)
+        holder = self._existing_user(row)
+        upn_holder = self.by_upn.get(row.upn.lower())
+        if upn_holder is not None and upn_holder is not holder:
+            raise _Rejected("upn", f"the upn belongs to user {upn_holder.id}")
+        self._check_card_limit(holder)
         reason = f"batch {self._batch_order().id} line {record.line}"
         changes: dict[str, Any] | None = None
-        if user is None:
+        user: _Holder | _NewUser
+        if holder is None:
             user = self._create_user(row, photo, reason)
         else:
-            changes = self._update_user(user, row, photo, reason)
+            changes = self._update_user(holder, row, photo, reason)
+            user = holder
         self._request_card(user, reason, changes)
 
     def _photo_path(self, row: BatchRow) -> str | None:
@@ -371,7 +631,7 @@ class _Import:
             raise _Rejected("photo", "the photo's full path is longer than 500 characters")
         return str(photo)
 
-    def _existing_user(self, row: BatchRow) -> User | None:
+    def _existing_user(self, row: BatchRow) -> _Holder | None:
         by_email = self.by_email.get(row.email)
         if row.email in self.shared_emails:
             by_email = self.by_external_id.get(row.external_id) if row.external_id else None
@@ -386,7 +646,11 @@ class _Import:
                 f"the email belongs to user {by_email.id} "
                 f"but the external_id to user {by_external_id.id}",
             )
-        if by_email and row.external_id and by_email.external_id not in (None, row.external_id):
+        if (
+            by_email
+            and row.external_id
+            and by_email.values["external_id"] not in (None, row.external_id)
+        ):
             raise _Rejected(
                 "external_id", f"user {by_email.id}, who has this email, has another external_id"
             )
@@ -396,8 +660,8 @@ class _Import:
             raise _Rejected(field, f"user {user.id} is {user.state}; no card can be requested")
         return user
 
-    def _check_card_limit(self, user: User | None) -> None:
-        live = self.live_cards.get(user.id, 0) if user is not None else 0
+    def _check_card_limit(self, user: _Holder | None) -> None:
+        live = user.live_cards if user is not None else 0
         limit = self.policy.cards_per_user
         if live + 1 > limit:
             raise _Rejected(
@@ -419,15 +683,15 @@ class _Import:
             self.batch = create(self.session, batch, actor=self.requested_by, reason="csv import")
         return self.batch
 
-    def _create_user(self, row: BatchRow, photo: str | None, reason: str) -> User:
-        user = User(state=UserState.ACTIVE, photo_path=photo, **_user_attributes(row))
-        create(self.session, user, actor=self.requested_by, reason=reason)
-        self._remember(user)
+    def _create_user(self, row: BatchRow, photo: str | None, reason: str) -> _NewUser:
+        values = {"state": UserState.ACTIVE, "photo_path": photo, **_user_attributes(row)}
+        user = _NewUser(values, reason)
+        self.new_users.append(user)
         self.users_created += 1
         return user
 
     def _update_user(
-        self, user: User, row: BatchRow, photo: str | None, reason: str
+        self, user: _Holder, row: BatchRow, photo: str | None, reason: str
     ) -> dict[str, Any] | None:
         """The row's changes to an existing user: made now when the batch needs no
         approval; otherwise returned, to be kept on the card and made only when its
@@ -436,106 +700,102 @@ class _Import:
         wanted = {k: v for k, v in _user_attributes(row).items() if v is not None}
         if photo is not None:
             wanted["photo_path"] = photo
-        changed = sorted(k for k, v in wanted.items() if getattr(user, k) != v)
+        changed = sorted(k for k, v in wanted.items() if user.values[k] != v)
         if not changed:
             return None
+        changes = {key: wanted[key] for key in changed}
         if self.policy.approval_required:
-            return {key: wanted[key] for key in changed}
-        self._forget(user)
+            return changes
+        # Rare enough (an import without approval that changes a holder) to be made
+        # row by row, through the guarded update every other edit uses.
+        row_of_user = self.session.get(User, user.id)
+        assert row_of_user is not None  # locked FOR UPDATE when it was loaded
         record_change(
             self.session,
-            user,
+            row_of_user,
             "update",
             actor=self.requested_by,
             reason=f"{reason}: changed {', '.join(changed)}",
-            changes={key: wanted[key] for key in changed},
+            changes=changes,
         )
+        self._forget(user)
+        user.values.update(changes)
         self._remember(user)
         self.users_updated += 1
         return None
 
-    def _request_card(self, user: User, reason: str, changes: dict[str, Any] | None) -> None:
-        approved = not self.policy.approval_required
-        card = Credential(
-            kind=CredentialKind.CARD,
-            user_id=user.id,
-            batch_id=self._batch_order().id,
-            line=self.line,
-            requested_by=self.requested_by,
-            state=CardState.APPROVED if approved else CardState.REQUESTED,
-            user_changes=changes,
-        )
+    def _request_card(
+        self, user: _Holder | _NewUser, reason: str, changes: dict[str, Any] | None
+    ) -> None:
         if changes:
             self.users_updated += 1
-        create(self.session, card, actor=self.requested_by, reason=reason)
-        if approved:
-            outbox.add(self.session, PrepareCard(credential_id=card.id))
-        self.live_cards[user.id] = self.live_cards.get(user.id, 0) + 1
+        self.new_cards.append((user, reason, changes))
+        if isinstance(user, _Holder):
+            user.live_cards += 1
         self.cards_requested += 1
 
-    def _remember(self, user: User) -> None:
-        known = self.by_email.get(user.email.lower())
-        if known is not None and known.id != user.id:
-            self.shared_emails.add(user.email.lower())
-        self.by_email[user.email.lower()] = user
-        if user.external_id:
-            self.by_external_id[user.external_id] = user
+    def _flush(self) -> None:
+        """Insert the chunk's new users, then its cards, each with its audit event."""
+        if self.new_users:
+            ids = create_many(
+                self.session,
+                User,
+                [user.values for user in self.new_users],
+                actor=self.requested_by,
+                reasons=[user.reason for user in self.new_users],
+            )
+            for user, user_id in zip(self.new_users, ids, strict=True):
+                user.id = user_id
+            self.new_users = []
+        if not self.new_cards:
+            return
+        approved = not self.policy.approval_required
+        batch_id = self._batch_order().id
+        state = CardState.APPROVED if approved else CardState.REQUESTED
+        cards = [
+            {
+                "kind": CredentialKind.CARD,
+                "user_id": user.id,
+                "batch_id": batch_id,
+                "line": self.line,
+                "requested_by": self.requested_by,
+                "state": state,
+                "user_changes": changes,
+            }
+            for user, _, changes in self.new_cards
+        ]
+        create_many(
+            self.session,
+            Credential,
+            cards,
+            actor=self.requested_by,
+            reasons=[reason for _, reason, _ in self.new_cards],
+            messages=_prepare if approved else None,
+        )
+        self.new_cards = []
+
+    def _remember(self, user: _Holder) -> None:
+        email = user.values["email"].lower()
+        known = self.by_email.get(email)
+        if known is not None and known is not user:
+            self.shared_emails.add(email)
+        self.by_email[email] = user
+        if user.values["external_id"]:
+            self.by_external_id[user.values["external_id"]] = user
         if user.state != UserState.DELETED:
-            self.by_upn[user.upn.lower()] = user
+            self.by_upn[user.values["upn"].lower()] = user
 
-    def _forget(self, user: User) -> None:
-        self.by_email.pop(user.email.lower(), None)
-        if user.external_id:
-            self.by_external_id.pop(user.external_id, None)
-        if self.by_upn.get(user.upn.lower()) is user:
-            self.by_upn.pop(user.upn.lower())
-
-
-def _parse(record: Record) -> BatchRow:
-    width = len(record.raw)
-    if record.width != width:
-        raise _Rejected(None, f"the row has {record.width} cells; the header has {width}")
-    try:
-        return BatchRow.model_validate(record.cells)
-    except ValidationError as exc:
-        (field, reason), *others = describe_errors(exc)
-        if others:
-            reason += " (also: " + "; ".join(f"{f} {r}" for f, r in others) + ")"
-        raise _Rejected(field, reason) from exc
+    def _forget(self, user: _Holder) -> None:
+        self.by_email.pop(user.values["email"].lower(), None)
+        if user.values["external_id"]:
+            self.by_external_id.pop(user.values["external_id"], None)
+        if self.by_upn.get(user.values["upn"].lower()) is user:
+            self.by_upn.pop(user.values["upn"].lower())
 
 
-def _check_first(first_line: dict[str, int], value: str | None, line: int, field: str) -> None:
-    """Remember where ``value`` first appeared; reject a later row repeating it."""
-    if value is None:
-        return
-    if value in first_line:
-        raise _Rejected(field, f"the same {field} is already on line {first_line[value]}")
-    first_line[value] = line
+def _prepare(card_id: int) -> list[JobMessage]:
+    return [PrepareCard(credential_id=card_id)]
 
 
 def _user_attributes(row: BatchRow) -> dict[str, str | None]:
     return row.model_dump(exclude={"photo"})
-
-
-def _chunks(values: Sequence[Any]) -> Iterable[Sequence[Any]]:
-    for start in range(0, len(values), _CHUNK):
-        yield values[start : start + _CHUNK]
-
-
-# --- the reject report ------------------------------------------------------------------
-
-
-def write_rejects(target: Path, header: Sequence[str], rejected: Sequence[RejectedRow]) -> Path:
-    """Write the reject report atomically: readers see the old file or the whole new one.
-
-    Columns: line, field, reason, then the file's own columns. UTF-8 with a BOM, so a
-    spreadsheet shows accented names right. Readable by the owner only: it holds
-    personal data.
-    """
-    with atomic_open(target, mode=0o600, text=True, encoding="utf-8-sig", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["line", "field", "reason", *header])
-        for row in rejected:
-            cells = [row.raw.get(name, "") for name in header]
-            writer.writerow([row.line, row.field or "", row.reason, *cells])
-    return target

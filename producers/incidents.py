@@ -13,6 +13,10 @@ damaged    locked (revoked: cessation)           permanent card
 
 Declaring a kind that locks the card (stolen, damaged) is locking it, irreversibly:
 it needs the role that may lock a card (``card.lock``) as well as ``card.incident``.
+Where locking a card waits for an approver (``[approvals] card_lock``), so does the lock
+an incident asks for: the card is deactivated at once (its certificates on hold, which
+can be undone) and the lock waits as a held ``card.lock`` request that an approver (never
+the declarer) carries out; cancelling the incident withdraws that request too.
 
 A permanent replacement is a card request; a temporary one is the assignment of a
 temporary card from stock. Either waits for an approver (four-eyes against whoever
@@ -29,9 +33,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.engine import Store
-from db.models import Credential, Incident
+from db.models import ApprovalRequest, Credential, Incident, utcnow
 from db.transition import create, transition
-from producers import lifecycle
+from producers import lifecycle, pending
 from producers.cards import new_cards_in
 from producers.lookup import find_card
 from producers.principals import Caller, audit_refusal, check_four_eyes
@@ -46,12 +50,13 @@ from schemas.errors import (
 )
 from schemas.messages import PrepareCard
 from schemas.permissions import roles_for
-from schemas.policy import Policy
+from schemas.policy import ApprovalSteps, Policy
 from schemas.states import (
     CardState,
     CredentialKind,
     IncidentKind,
     IncidentState,
+    RequestState,
     RevocationReason,
 )
 
@@ -86,7 +91,8 @@ def _mark(incident: Incident) -> str:
     return f"device incident {incident.id}:"
 
 
-def _view(incident: Incident) -> IncidentOut:
+def _view(session: Session, incident: Incident) -> IncidentOut:
+    lock = _lock_request(session, incident) if locks(incident.kind) else None
     return IncidentOut(
         id=incident.id,
         card_id=incident.credential_id,
@@ -95,7 +101,21 @@ def _view(incident: Incident) -> IncidentOut:
         state=incident.state,
         replacement_id=incident.replacement_id,
         declared_by=incident.declared_by,
+        lock_request_id=None if lock is None else lock.id,
     )
+
+
+def _lock_request(session: Session, incident: Incident) -> ApprovalRequest | None:
+    """The held ``card.lock`` request that declaring ``incident`` made, if any."""
+    stmt = (
+        select(ApprovalRequest)
+        .where(
+            ApprovalRequest.process == LOCK_USE_CASE,
+            ApprovalRequest.target == str(incident.credential_id),
+        )
+        .order_by(ApprovalRequest.id)
+    )
+    return next((r for r in session.scalars(stmt) if r.params.get("incident") == incident.id), None)
 
 
 def _incident(session: Session, incident_id: int) -> Incident:
@@ -105,13 +125,28 @@ def _incident(session: Session, incident_id: int) -> Incident:
     return row
 
 
-def _put_out_of_use(session: Session, card: Credential, incident: Incident, by: str) -> None:
+def _put_out_of_use(
+    session: Session, card: Credential, incident: Incident, by: str, steps: ApprovalSteps
+) -> None:
     kind = IncidentKind(incident.kind)
     why = f"{_mark(incident)} {kind.value}"
-    if kind in _LOCKING:
+    held = kind in _LOCKING and steps.required(LOCK_USE_CASE)
+    if kind in _LOCKING and not held:
         lifecycle.lock_card_in(session, card, by=by, reason=_LOCKING[kind])
-    elif card.state == CardState.ACTIVE:
+        return
+    if card.state == CardState.ACTIVE:
         lifecycle.deactivate_card_in(session, card, by=by, reason=why)
+    if held and pending.waiting_request(session, LOCK_USE_CASE, str(card.id)) is None:
+        # A lock of this card that waits already (asked for directly) is not asked twice.
+        reason = _LOCKING[kind].value
+        pending.hold_in(
+            session,
+            LOCK_USE_CASE,
+            str(card.id),
+            {"reason": reason, "incident": incident.id},
+            by=by,
+            summary=f"lock card {card.id} ({reason}; device incident {incident.id}: {kind})",
+        )
 
 
 def declare(
@@ -121,9 +156,12 @@ def declare(
     *,
     by: str,
     policy: Policy,
+    steps: ApprovalSteps,
     temporary: bool | None = None,
     note: str | None = None,
 ) -> IncidentOut:
+    """Declare card ``card`` ``kind``: it goes out of use (its lock held for an approver
+    when ``steps`` hold card locks) and its replacement is requested."""
     try:
         chosen = IncidentKind(kind)
     except ValueError:
@@ -161,7 +199,7 @@ def declare(
             reason=f"card {cred.id} {chosen.value}; {'temporary' if temp else 'permanent'} "
             "replacement requested",
         )
-        _put_out_of_use(s, cred, incident, by)
+        _put_out_of_use(s, cred, incident, by, steps)
         if not temp:
             (replacement,) = new_cards_in(
                 s,
@@ -176,7 +214,7 @@ def declare(
         if not policy.replacement_approval_required:
             _approve_in(s, incident, by="policy:no-approval", policy=policy)
         s.flush()
-        return _view(incident)
+        return _view(s, incident)
 
 
 def _approve_in(session: Session, incident: Incident, *, by: str, policy: Policy) -> None:
@@ -219,12 +257,13 @@ def approve(store: Store, incident_id: int, *, by: str, policy: Policy) -> Incid
         if incident.state != IncidentState.OPEN:
             transition(s, incident, "close", actor=by)  # raises StateConflict, names the state
         _approve_in(s, incident, by=by, policy=policy)
-        return _view(incident)
+        return _view(s, incident)
 
 
 def cancel(store: Store, incident_id: int, *, by: str, reason: str | None = None) -> IncidentOut:
-    """The card was found: withdraw the replacement request, and put back in use what
-    the incident put out of use (nothing else: a card deactivated before it stays so)."""
+    """The card was found: withdraw the replacement request and the lock the incident
+    asked for, if it still waits, and put back in use what the incident put out of use
+    (nothing else: a card deactivated before it stays so, a locked card stays locked)."""
     with store.tx() as s:
         incident = _incident(s, incident_id)
         transition(s, incident, "cancel", actor=by, reason=reason or "card found")
@@ -234,10 +273,20 @@ def cancel(store: Store, incident_id: int, *, by: str, reason: str | None = None
             transition(
                 s, replacement, "cancel", actor=by, reason=f"incident {incident.id} cancelled"
             )
+        lock = _lock_request(s, incident)
+        if lock is not None and lock.state == RequestState.PENDING:
+            transition(
+                s,
+                lock,
+                "cancel",
+                actor=by,
+                reason=f"incident {incident.id} cancelled",
+                changes={"decided_by": by, "decided_at": utcnow()},
+            )
         card = s.get(Credential, incident.credential_id, with_for_update=True)
         assert card is not None
         lifecycle.undo_deactivation_in(s, card, mark=_mark(incident), by=by, reason="card found")
-        return _view(incident)
+        return _view(s, incident)
 
 
 def list_incidents(store: Store, *, state: str | None = None) -> list[IncidentOut]:
@@ -245,4 +294,4 @@ def list_incidents(store: Store, *, state: str | None = None) -> list[IncidentOu
         stmt = select(Incident).order_by(Incident.id)
         if state is not None:
             stmt = stmt.where(Incident.state == state)
-        return [_view(i) for i in s.scalars(stmt)]
+        return [_view(s, i) for i in s.scalars(stmt)]

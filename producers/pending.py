@@ -11,7 +11,9 @@ carries it out in the transaction that records the approval; if it has become
 impossible meanwhile (the card was locked by someone else), the request is ``failed``
 with the reason and nothing else changes. Whoever requested it can never approve or
 reject it (``check_four_eyes``), only ``cancel`` it. Parameters are stored as JSON and
-never hold a secret.
+never hold a secret. One process is a grant rather than an operation: approving
+``escrow.export`` changes nothing but lets its requester collect the escrowed key once
+later (``producers.escrow``).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from db.models import (
     utcnow,
 )
 from db.transition import create, transition
-from producers import cards, certificates, lifecycle, principals, tempcards, users
+from producers import cards, certificates, escrow, lifecycle, principals, tempcards, users
 from producers.lookup import find_card, find_user
 from schemas.errors import CardlineError, NotFound, Refused, StateConflict, ValidationFailed
 from schemas.policy import ApprovalSteps, Policy
@@ -244,6 +246,14 @@ PROCESSES: dict[str, Process] = {
         lambda s, t, p, by, _policy: certificates.revoke_in(s, t, reason=p["reason"], by=by),
         _with_reason("revoke certificate"),
     ),
+    # Dual control of an escrowed key: approving grants its requester one export, which
+    # they collect later (``producers.escrow.escrowed_key``); nothing is exported here.
+    "escrow.export": Process(
+        "card",
+        _card_key,
+        escrow.grant_export_in,
+        lambda t, _p: f"export the escrowed key of card {t} as a PFX (once, by its requester)",
+    ),
 }
 
 
@@ -282,38 +292,52 @@ def perform(
     with store.trial() as s:
         key = chosen.resolve(s, target)
         chosen.run(s, key, params, by, policy)  # refused now: refused as a request too
-    summary = chosen.summary(key, params)[:300]
+    summary = chosen.summary(key, params)
     with store.tx() as s:
-        waiting = s.scalar(
-            select(ApprovalRequest.id).where(
-                ApprovalRequest.process == process,
-                ApprovalRequest.target == key,
-                ApprovalRequest.state == RequestState.PENDING,
-            )
+        row = hold_in(s, process, key, params, by=by, summary=summary)
+        return Outcome(done=False, request_id=row.id, summary=row.summary)
+
+
+def waiting_request(s: Session, process: str, key: str) -> int | None:
+    """The id of the request for ``process`` on ``key`` that waits for an approver."""
+    return s.scalar(
+        select(ApprovalRequest.id).where(
+            ApprovalRequest.process == process,
+            ApprovalRequest.target == key,
+            ApprovalRequest.state == RequestState.PENDING,
         )
-        if waiting is not None:
-            raise StateConflict(
-                "approval_request",
-                waiting,
-                "request",
-                RequestState.PENDING,
-                (),
-                f"{process} of {key} already waits for an approver as request {waiting}",
-            )
-        row = create(
-            s,
-            ApprovalRequest(
-                state=RequestState.PENDING,
-                process=process,
-                target=key,
-                params=dict(params),
-                summary=summary,
-                requested_by=by,
-            ),
-            actor=by,
-            reason=summary,
+    )
+
+
+def hold_in(
+    s: Session, process: str, key: str, params: Params, *, by: str, summary: str
+) -> ApprovalRequest:
+    """Store ``process`` on ``key`` (already resolved) as a pending request, inside the
+    caller's transaction; StateConflict when one waits already."""
+    _check_params(params)
+    waiting = waiting_request(s, process, key)
+    if waiting is not None:
+        raise StateConflict(
+            "approval_request",
+            waiting,
+            "request",
+            RequestState.PENDING,
+            (),
+            f"{process} of {key} already waits for an approver as request {waiting}",
         )
-        return Outcome(done=False, request_id=row.id, summary=summary)
+    return create(
+        s,
+        ApprovalRequest(
+            state=RequestState.PENDING,
+            process=process,
+            target=key,
+            params=dict(params),
+            summary=summary[:300],
+            requested_by=by,
+        ),
+        actor=by,
+        reason=summary[:300],
+    )
 
 
 def _check_params(params: Params) -> None:

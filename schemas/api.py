@@ -235,6 +235,8 @@ class IncidentOut(BaseModel):
     state: str
     replacement_id: int | None
     declared_by: str
+    # Stolen or damaged under ``[approvals] card_lock``: the held lock request it made.
+    lock_request_id: int | None = None
 
 
 class CardPatch(_In):

@@ -7,7 +7,7 @@ Reading files is ``producers.batch_import``'s job.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from pydantic import (
@@ -98,17 +98,24 @@ class BatchRow(BaseModel):
         return value
 
 
-def header_columns(header: Sequence[str]) -> tuple[str, ...]:
-    """The column name of each header cell (stripped, lower-case).
+def header_columns(
+    header: Sequence[str], *, ignore: Collection[str] = ()
+) -> tuple[str | None, ...]:
+    """The column name of each header cell (stripped, lower-case), None for a column
+    named in ``ignore`` (names compared the same way): its cells are read and dropped.
 
     Raises ``ValidationFailed`` (line 1) naming the first column that is missing,
-    unknown or repeated.
+    unknown or repeated, or a column of ours that ``ignore`` names.
     """
+    ignored = ignored_columns(ignore)
     names = tuple(cell.strip().lower() for cell in header)
     for name in names:
+        if name in ignored:
+            continue
         if name not in COLUMNS:
             raise ValidationFailed(
-                f"unknown column {name!r}; the columns are: {', '.join(COLUMNS)}",
+                f"unknown column {name!r}; the columns are: {', '.join(COLUMNS)} "
+                "(a column of another system's can be ignored by name)",
                 field=name,
                 line=1,
             )
@@ -119,7 +126,24 @@ def header_columns(header: Sequence[str]) -> tuple[str, ...]:
         raise ValidationFailed(
             f"required column(s) missing: {', '.join(missing)}", field=missing[0], line=1
         )
-    return names
+    return tuple(None if name in ignored else name for name in names)
+
+
+def ignored_columns(names: Collection[str]) -> frozenset[str]:
+    """Column names to ignore, as ``header_columns`` compares them. A name that is
+    empty, longer than 100 characters, or one of ours is refused (``ignore_column``)."""
+    ignored = frozenset(name.strip().lower() for name in names)
+    for name in sorted(ignored):
+        if not name or len(name) > 100:
+            raise ValidationFailed(
+                "a column to ignore needs a name of 1 to 100 characters", field="ignore_column"
+            )
+        if name in COLUMNS:
+            raise ValidationFailed(
+                f"{name!r} is a column of the batch format; it cannot be ignored",
+                field="ignore_column",
+            )
+    return ignored
 
 
 def describe_errors(error: ValidationError) -> list[tuple[str | None, str]]:

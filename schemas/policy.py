@@ -32,6 +32,9 @@ class ApprovalSteps(BaseModel):
     tempcard_extend: bool = False
     tempcard_withdraw: bool = False
     certificate_revoke: bool = False
+    # Dual control of escrowed keys: an export is requested, approved by a second
+    # principal, and only then collected once by its requester.
+    escrow_export: bool = False
 
     def required(self, process: str) -> bool:
         """Whether ``process`` (a use case such as ``card.lock``) waits for an approver."""

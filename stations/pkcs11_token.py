@@ -49,6 +49,7 @@ from pkcs11.util.x509 import decode_x509_certificate
 
 from db import pkcs11 as token_lib
 from db.secrets import Secret
+from schemas.card_numbers import mask_card_number
 from schemas.errors import DeviceFault
 from schemas.states import CertUsage, FaultKind
 from stations.pin import ResponseRefused, admin_key_bytes, response_bytes
@@ -180,6 +181,11 @@ class Pkcs11Token:
         return self._card
 
     @property
+    def _masked_card(self) -> str | None:
+        """The card label as log events show it: a card number but for its last four."""
+        return None if self._card is None else mask_card_number(self._card)
+
+    @property
     def chip_label(self) -> str | None:
         """The token label of the blank the current card was made on."""
         return self._chip_label
@@ -204,7 +210,12 @@ class Pkcs11Token:
                 session.init_pin(pin.reveal())
                 session.set_pin(self._transport_pin.reveal(), so_pin.reveal())
             self._login(pin)
-        log.info("token.initialised", card=label, chip=self._chip_label, serial=self.chip_serial)
+        log.info(
+            "token.initialised",
+            card=mask_card_number(label),
+            chip=self._chip_label,
+            serial=self.chip_serial,
+        )
 
     def generate_key(self, usage: CertUsage, key_type: str) -> str:
         """Generate a key pair for ``usage`` on the chip (replacing that usage's key);
@@ -221,7 +232,9 @@ class Pkcs11Token:
             key_id = _key_id(token_lib.public_key_of(public))
             public[Attribute.ID] = private[Attribute.ID] = key_id
             _destroy(old)
-        log.info("token.key_generated", card=self._card, usage=usage.value, key_id=key_id.hex())
+        log.info(
+            "token.key_generated", card=self._masked_card, usage=usage.value, key_id=key_id.hex()
+        )
         return key_id.hex()
 
     def make_csr(self, key_id: str, common_name: str) -> str:
@@ -252,7 +265,9 @@ class Pkcs11Token:
                 raise _fault(f"key {key_id} is not the {usage.value} key", _BAD_DATA)
             _check_cert_matches(cert, self._public(session, kid))
             self._store_certificate(session, cert, kid, label)
-        log.info("token.certificate_written", card=self._card, usage=usage.value, key_id=key_id)
+        log.info(
+            "token.certificate_written", card=self._masked_card, usage=usage.value, key_id=key_id
+        )
 
     def import_key(
         self, usage: CertUsage, key_pem: Secret, cert_pem: str, *, retired: bool = False
@@ -282,7 +297,7 @@ class Pkcs11Token:
             _destroy(old)
         log.info(
             "token.key_imported",
-            card=self._card,
+            card=self._masked_card,
             usage=usage.value,
             retired=retired,
             key_id=kid.hex(),
@@ -308,9 +323,9 @@ class Pkcs11Token:
             try:
                 self._login(pin)
             except p11.PinIncorrect:
-                log.info("token.pin_verified", card=self._card, ok=False)
+                log.info("token.pin_verified", card=self._masked_card, ok=False)
                 return False
-        log.info("token.pin_verified", card=self._card, ok=True)
+        log.info("token.pin_verified", card=self._masked_card, ok=True)
         return True
 
     def unblock(self, puk: Secret, new_pin: Secret) -> None:
@@ -321,7 +336,7 @@ class Pkcs11Token:
             self._logout()
             self._as_so(puk, lambda session: session.init_pin(new_pin.reveal()))
             self._pin = None
-        log.info("token.pin_unblocked", card=self._card)
+        log.info("token.pin_unblocked", card=self._masked_card)
 
     def change_pin(self, old: Secret, new: Secret) -> None:
         """Change the user PIN from ``old`` to ``new`` (C_SetPIN); keep the session."""
@@ -334,7 +349,7 @@ class Pkcs11Token:
                 raise _fault("wrong PIN", "CKR_PIN_INCORRECT") from None
             session.set_pin(old.reveal(), new.reveal())
             self._pin = new
-        log.info("token.pin_changed", card=self._card)
+        log.info("token.pin_changed", card=self._masked_card)
 
     def objects(self) -> tuple[TokenObject, ...]:
         """The keys on the chip with their usage, label and certificate subject."""
@@ -380,7 +395,7 @@ class Pkcs11Token:
                 }
             )
             _destroy(old)
-        log.info("token.admin_key_stored", card=self._card)
+        log.info("token.admin_key_stored", card=self._masked_card)
 
     def admin_challenge(self) -> str:
         """A challenge from the chip's random generator (16 hex digits), for one response."""
@@ -418,7 +433,7 @@ class Pkcs11Token:
             self._logout()
             self._as_so(puk, lambda session: session.init_pin(new_pin.reveal()))
             self._pin = None
-        log.info("token.pin_unblocked", card=self._card, by="admin response")
+        log.info("token.pin_unblocked", card=self._masked_card, by="admin response")
 
     # --- inside -----------------------------------------------------------------------
 

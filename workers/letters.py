@@ -25,6 +25,9 @@ from reportlab.pdfgen.canvas import Canvas
 
 from db.files import atomic_write
 from db.secrets import Secret
+from schemas.card_numbers import mask_card_number
+
+__all__ = ["mask_card_number", "write_pin_letter"]
 
 log = structlog.get_logger(__name__)
 
@@ -57,20 +60,6 @@ def _fonts() -> tuple[str, str]:
     except (TTFError, OSError):
         return "Helvetica", "Helvetica-Bold"
     return "CardlineSans", "CardlineSans-Bold"
-
-
-def mask_card_number(card_number: str) -> str:
-    """The card number with every letter and digit but the last four shown as "•"."""
-    keep = 4
-    visible = sum(ch.isalnum() for ch in card_number)
-    out = []
-    for ch in card_number:
-        if ch.isalnum():
-            out.append(ch if visible <= keep else "•")
-            visible -= 1
-        else:
-            out.append(ch)
-    return "".join(out)
 
 
 def _lines(
@@ -236,5 +225,7 @@ def write_pin_letter(
         letter_date=letter_date or datetime.date.today(),
     )
     _write_private(path, data)
-    log.info("pin_letter.written", card=mask_card_number(card_number), path=str(path))
+    # The letter's file is named after the full card number: the log names its folder.
+    masked = mask_card_number(card_number)
+    log.info("pin_letter.written", card=masked, letters_dir=str(path.parent))
     return path

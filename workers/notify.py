@@ -10,6 +10,7 @@ import structlog
 from db.models import Credential, utcnow
 from db.secrets import context
 from db.transition import record
+from schemas.card_numbers import mask_card_number
 from schemas.messages import DeliverSoftToken, SendPinLetter, SendReminder
 from workers.context import WorkerContext
 from workers.letters import write_pin_letter
@@ -74,7 +75,9 @@ def send_pin_letter(ctx: WorkerContext, job: SendPinLetter) -> None:
                 reason="PIN letter written",
                 changes={"pin_letter_path": str(path)},
             )
-    log.info("notify.pin_letter", credential_id=job.credential_id, card_number=number)
+    log.info(
+        "notify.pin_letter", credential_id=job.credential_id, card_number=mask_card_number(number)
+    )
     if _mail_wanted(ctx):
         mail_pin_letter(ctx, job.credential_id)
 

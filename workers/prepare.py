@@ -15,6 +15,7 @@ from db import outbox
 from db.models import Certificate, Credential, utcnow
 from db.secrets import context, random_digits
 from db.transition import transition
+from schemas.card_numbers import mask_card_number
 from schemas.errors import PermanentError
 from schemas.messages import IssueCertificate, JobMessage, PrepareCard, ProduceCard
 from schemas.states import CardState, CertState, CertUsage
@@ -122,7 +123,12 @@ def _prepare(ctx: WorkerContext, cid: int) -> None:
             transition(
                 s, cred, "prepare", actor="worker:prepare", changes=changes, messages=messages
             )
-    log.info("prepare.done", credential_id=cid, card_number=number, escrow=ctx.policy.escrow)
+    log.info(
+        "prepare.done",
+        credential_id=cid,
+        card_number=mask_card_number(number),
+        escrow=ctx.policy.escrow,
+    )
 
 
 def _escrow_request(cid: int, number: str, key: keys.PrivateKey) -> IssueCertificate:

@@ -3,7 +3,9 @@
 The relay publishes unsent outbox rows and marks them sent. The reconciler walks the
 table of waits (``workers.waits``): it spoils an attempt whose station stopped renewing
 its lease (the card is queued again) and re-publishes, through the outbox, the message
-of every piece of work that stalled because its message was lost.
+of every piece of work that stalled because its message was lost. Holding the master
+key, the relay also seals the audit chain: a checkpoint MAC'd under a key derived from
+it (``db.checkpoints``), so an edit of the database alone shows.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import dramatiq
 import dramatiq.errors
 import structlog
 
-from db import outbox
+from db import checkpoints, outbox
+from db.checkpoints import CheckpointKey, Seal
 from db.engine import Store, is_transient
 from schemas.messages import PublishCrl
 from schemas.policy import Policy
@@ -87,7 +90,8 @@ def redrive(
 
 
 class Relay:
-    """Runs the relay and the reconciler on a thread until ``stop`` is set."""
+    """Runs the relay and the reconciler on a thread until ``stop`` is set; given the
+    checkpoint key, it also seals the audit chain every ``seal_s`` seconds."""
 
     def __init__(
         self,
@@ -98,14 +102,21 @@ class Relay:
         stall: StallPolicy | None = None,
         poll_s: float = 0.05,
         mail: bool = False,
+        checkpoint_key: CheckpointKey | None = None,
+        seal_s: float = 10.0,
     ) -> None:
         self.store, self.broker, self.policy = store, broker, policy
+        self.checkpoint_key, self.seal_s = checkpoint_key, seal_s
         self.stall = stall or StallPolicy()
         self.poll_s = poll_s
         self.mail = mail
         self.published = 0
         self.store_ok_since = time.monotonic()
         self._memory: dict[str, dt.datetime] = {}
+        # The last checkpoint this relay sealed, remembered outside the store: if it
+        # disappears from the store, the relay refuses to seal over what replaced it.
+        self.sealed: Seal | None = None
+        self._broken: str | None = None
 
     def reconcile(self) -> dict[str, int]:
         """One walk of the table of waits, as the relay does every ``reconcile_s``."""
@@ -123,9 +134,30 @@ class Relay:
             )
         )
 
+    def seal(self) -> Seal | None:
+        """Seal the audit chain's head if it has new events and verifies since the last
+        checkpoint (``db.checkpoints``); a broken chain is logged, never sealed."""
+        if self.checkpoint_key is None:
+            return None
+        report, sealed = checkpoints.seal(
+            self.store, self.checkpoint_key, by="worker:relay", remembered=self.sealed
+        )
+        if not report.ok and report.problem != self._broken:
+            log.error(
+                "audit.chain_broken",
+                first_bad_seq=report.first_bad_seq,
+                checkpoint=report.bad_checkpoint,
+                problem=report.problem,
+            )
+        self._broken = report.problem
+        if sealed is not None:
+            self.sealed = sealed
+        return sealed
+
     def run(self, stop: threading.Event) -> None:
         next_reconcile = 0.0
         next_crl = 0.0
+        next_seal = 0.0
         while not stop.is_set():
             try:
                 sent = publish_pending(self.store, self.broker)
@@ -140,6 +172,9 @@ class Relay:
                 if now >= next_reconcile:
                     self.reconcile()
                     next_reconcile = now + self.stall.reconcile_s
+                if now >= next_seal:
+                    self.seal()
+                    next_seal = now + self.seal_s
             except Exception as exc:
                 # The relay must outlive a failed publish or a busy database; the rows
                 # stay unsent and are tried again on the next turn.

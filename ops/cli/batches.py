@@ -29,18 +29,58 @@ def batch() -> None:
 @batch.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--line", default=None, help="Station line to produce on.")
+@click.option(
+    "--ignore-column",
+    "ignore_columns",
+    multiple=True,
+    metavar="NAME",
+    help="A column of another system's to read and drop (repeatable); any other "
+    "unknown column refuses the file.",
+)
+@click.option(
+    "--max-rows",
+    type=click.IntRange(min=1),
+    default=200_000,
+    show_default=True,
+    help="Refuse a file of more rows than this.",
+)
+@click.option(
+    "--max-rejects",
+    type=click.IntRange(min=1),
+    default=10_000,
+    show_default=True,
+    help="Refuse a file with more rejected rows than this.",
+)
 @data_dir_option
 @json_option
 @pass_app
 @handle_errors
 @requires("batch.import")
-def batch_import(app: CliContext, file: Path, line: str | None, as_json: bool, who: Caller) -> None:
+def batch_import(
+    app: CliContext,
+    file: Path,
+    line: str | None,
+    ignore_columns: tuple[str, ...],
+    max_rows: int,
+    max_rejects: int,
+    as_json: bool,
+    who: Caller,
+) -> None:
     """Import FILE (CSV, UTF-8) as one batch order of card requests (you request them,
-    so you may not approve them)."""
+    so you may not approve them). The file is refused whole, nothing imported, beyond
+    --max-rows rows or --max-rejects rejected rows."""
     from ops.intake import import_file
 
     code = import_file(
-        app.settings, file, requested_by=who.actor, line=line, as_json=as_json, console=app.out
+        app.settings,
+        file,
+        requested_by=who.actor,
+        line=line,
+        as_json=as_json,
+        console=app.out,
+        ignore_columns=ignore_columns,
+        max_rows=max_rows,
+        max_rejects=max_rejects,
     )
     sys.exit(code)
 

@@ -21,15 +21,45 @@ def escrow() -> None:
 @escrow.command("export")
 @click.argument("card")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option(
+    "--request",
+    "request_id",
+    type=int,
+    default=None,
+    help="Collect your approved export request (under [approvals] escrow_export).",
+)
 @data_dir_option
 @pass_app
 @handle_errors
 @requires("escrow.export")
-def escrow_export(app: CliContext, card: str, out: Path, who: Caller) -> None:
-    """Write CARD's escrowed key and certificate to OUT (PFX); print its one-time password."""
+def escrow_export(
+    app: CliContext, card: str, out: Path, request_id: int | None, who: Caller
+) -> None:
+    """Write CARD's escrowed key and certificate to OUT (PFX); print its one-time password.
+    Under dual control ([approvals] escrow_export) this first requests the export; once
+    an approver approved it, collect it (once) with --request."""
     from ops.pki import export_escrow_pfx
+    from producers.escrow import EXPORT
+    from producers.pending import perform
 
-    path, password = export_escrow_pfx(app.settings, card, out, by=who.actor)
+    settings = app.settings
+    if request_id is None and settings.approvals.required(EXPORT):
+        held = perform(
+            app.store(),
+            EXPORT,
+            card,
+            {},
+            by=who.actor,
+            policy=settings.policy,
+            steps=settings.approvals,
+        )
+        click.echo(f"request {held.request_id} waits for an approver: {held.summary}")
+        click.echo(
+            f"once approved, collect it: cardline escrow export {card} --out {out} "
+            f"--request {held.request_id}"
+        )
+        return
+    path, password = export_escrow_pfx(settings, card, out, by=who.actor, request_id=request_id)
     click.echo(f"PFX written to {path}")
     click.echo(f"one-time password (shown once, stored nowhere): {password.reveal()}")
 

@@ -32,7 +32,8 @@ def incident_declare(
     app: CliContext, card_ref: str, kind: str, temporary: bool | None, note: str | None, who: Caller
 ) -> None:
     """Declare an incident on CARD: it goes out of use, a replacement is requested.
-    Stolen and damaged lock the card: they need a role that may lock it."""
+    Stolen and damaged lock the card: they need a role that may lock it, and wait for
+    an approver where card locks do ([approvals] card_lock)."""
     from producers.incidents import check_may_declare, declare
 
     check_may_declare(app.store(), who, kind)
@@ -42,11 +43,17 @@ def incident_declare(
         kind,
         by=who.actor,
         policy=app.settings.policy,
+        steps=app.settings.approvals,
         temporary=temporary,
         note=note,
     )
     replacement = "temporary card" if found.temporary else f"card {found.replacement_id}"
     click.echo(f"incident {found.id} {found.state}; replacement: {replacement}")
+    if found.lock_request_id is not None:
+        click.echo(
+            f"the card is deactivated; its lock waits for an approver as request "
+            f"{found.lock_request_id} (`cardline approvals`)"
+        )
 
 
 @incident.command("approve")

@@ -144,12 +144,17 @@ def run(
 @pass_app
 @handle_errors
 def status(app: CliContext, as_json: bool) -> None:
-    """Counts by state, stations and queue depth (safe while the line runs)."""
+    """Counts by state, stations and queue depth (safe while the line runs); the audit
+    chain is verified, against its signed checkpoints too when the master key is here."""
+    from db.checkpoints import CheckpointKey
     from db.summary import summarise
     from ops.render import summary_json, summary_tables
+    from ops.store import held_master_box
 
+    box = held_master_box(app.settings)
+    key = CheckpointKey.from_box(box) if box is not None else None
     with app.store(readonly=True).read() as s:
-        summary = summarise(s)
+        summary = summarise(s, checkpoint_key=key)
     if as_json:
         print_json(summary_json(summary))
         return

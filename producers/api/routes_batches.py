@@ -1,4 +1,9 @@
-"""/batches: a CSV batch import as the request body, and the batch decisions."""
+"""/batches: a CSV batch import as the request body, and the batch decisions.
+
+The upload is streamed to a temporary file (never held whole in memory) and refused
+with 413 past ``MAX_CSV`` bytes; the import then runs in a worker thread. A store too
+busy to take it is answered 503 with ``Retry-After``, having written nothing.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +11,16 @@ import tempfile
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse
 from pydantic import AfterValidator
+from starlette.concurrency import run_in_threadpool
 
 from producers.api.auth import Allow, context
 from producers.api.context import ApiContext, RowId
+from producers.api.errors import body
 from producers.approvals import approve_batch, reject_batch
-from producers.batch_import import import_batch
+from producers.batch_import import ImportReport, StoreBusy, import_batch
 from producers.principals import Caller
 from schemas.api import BatchOut, DecisionOut, RequiredReasonIn
 
@@ -35,30 +43,56 @@ def _plain_file_name(name: str) -> str:
 BatchName = Annotated[str, Query(pattern=r"^[\w.-]{1,100}$"), AfterValidator(_plain_file_name)]
 
 
-@router.post("/batches", status_code=201)
-def import_csv(
+_CSV_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"text/csv": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
+
+
+class _TooLarge(Exception):
+    pass
+
+
+@router.post("/batches", status_code=201, response_model=BatchOut, openapi_extra=_CSV_BODY)
+async def import_csv(
+    request: Request,
     ctx: Ctx,
     who: Annotated[Caller, Depends(Allow("batch.import"))],
-    csv: Annotated[bytes, Body(media_type="text/csv", max_length=MAX_CSV)],
     name: BatchName = "upload.csv",
-) -> BatchOut:
+    ignore_column: Annotated[list[str] | None, Query()] = None,
+) -> BatchOut | JSONResponse:
     """The batch CSV (``cardline batch import``'s format) as the body. Rows are
     reported with their line numbers, and listed in the reject report named in
-    ``reject_report`` (one per distinct file, however many share its name). A file
-    naming a ``photo`` is refused whole (422, the line and ``photo``): photos cannot
-    travel in an upload yet."""
+    ``reject_report`` (one per distinct file, however many share its name). The body is
+    streamed to a file; past ``MAX_CSV`` bytes it is refused (413). ``ignore_column``
+    (repeatable) names a column of the sender's own to read and drop; any other unknown
+    column refuses the file. A file naming a ``photo`` is refused whole (422, the line
+    and ``photo``): photos cannot travel in an upload yet. 503 with ``Retry-After``
+    when the store is busy."""
     with tempfile.TemporaryDirectory(prefix="cardline-upload-") as folder:
         path = Path(folder) / name
-        path.write_bytes(csv)
-        report = import_batch(
-            ctx.store,
-            path,
-            policy=ctx.policy,
-            requested_by=who.actor,
-            reject_dir=ctx.rejects_dir,
-            allow_photos=False,
-            report_by_content=True,
-        )
+        try:
+            await _receive(request, path)
+        except _TooLarge:
+            message = f"the CSV is larger than {MAX_CSV} bytes"
+            return JSONResponse(body("too_large", message, "csv"), status_code=413)
+        try:
+            report: ImportReport = await run_in_threadpool(
+                import_batch,
+                ctx.store,
+                path,
+                policy=ctx.policy,
+                requested_by=who.actor,
+                reject_dir=ctx.rejects_dir,
+                allow_photos=False,
+                report_by_content=True,
+                ignore_columns=ignore_column or (),
+            )
+        except StoreBusy as busy:
+            headers = {"Retry-After": str(busy.retry_after_s)}
+            return JSONResponse(body("unavailable", str(busy)), status_code=503, headers=headers)
     return BatchOut(
         batch_id=report.batch_id,
         users_created=report.users_created,
@@ -67,6 +101,22 @@ def import_csv(
         rejected=[{"line": r.line, "field": r.field, "reason": r.reason} for r in report.rejected],
         reject_report=report.reject_report.name if report.reject_report else None,
     )
+
+
+async def _receive(request: Request, path: Path) -> None:
+    """Write the request body to ``path`` as it arrives; ``_TooLarge`` past ``MAX_CSV``
+    bytes (said by Content-Length, or counted)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_CSV:
+        raise _TooLarge
+    size = 0
+    with path.open("xb") as fh:
+        path.chmod(0o600)
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_CSV:
+                raise _TooLarge
+            fh.write(chunk)
 
 
 @router.post("/batches/{batch_id}/approve")

@@ -99,7 +99,9 @@ def declare(
 ) -> IncidentOut:
     """Declare the card forgotten, lost, stolen or damaged: it goes out of use and a
     replacement request (temporary or permanent) waits for approval. Stolen and damaged
-    lock the card: they need a role that may lock it (`card.lock`)."""
+    lock the card: they need a role that may lock it (`card.lock`); where card locks
+    wait for an approver (`[approvals] card_lock`) the card is deactivated at once and
+    its lock waits as the request `lock_request_id`."""
     incidents.check_may_declare(ctx.store, who, body.kind)
     incident = incidents.declare(
         ctx.store,
@@ -107,6 +109,7 @@ def declare(
         body.kind,
         by=who.actor,
         policy=ctx.policy,
+        steps=ctx.approvals,
         temporary=body.temporary,
         note=body.note,
     )

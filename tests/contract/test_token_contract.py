@@ -280,7 +280,8 @@ def test_the_next_card_starts_on_a_fresh_chip(chip):
     assert token.verify_pin(NEW_PIN) is True
 
 
-def test_no_pin_or_puk_appears_in_any_fault_or_log_event(chip):
+def test_no_pin_puk_or_full_card_number_appears_in_any_fault_or_log_event(chip):
+    card_number = "8999000000000014"
     seen: list[str] = []
 
     def attempt(call: Callable[[], object]) -> None:
@@ -292,7 +293,7 @@ def test_no_pin_or_puk_appears_in_any_fault_or_log_event(chip):
     token = chip.token
     with capture_logs() as events:
         attempt(lambda: token.verify_pin(PIN))
-        token.initialise(label="C0001", so_pin=PUK, pin=PIN)
+        token.initialise(label=card_number, so_pin=PUK, pin=PIN)
         key_id = token.generate_key(AUTH, "ec-p256")
         attempt(lambda: token.write_certificate(key_id, AUTH, _ESCROWED[1]))
         attempt(lambda: token.import_key(ENC, _ESCROWED[0], _RETIRED[1]))
@@ -306,5 +307,5 @@ def test_no_pin_or_puk_appears_in_any_fault_or_log_event(chip):
     assert len(seen) > 8
     key_body = _ESCROWED[0].reveal().splitlines()[1]
     for text in seen:
-        for secret in (*SECRET_TEXTS, key_body):
+        for secret in (*SECRET_TEXTS, key_body, card_number):
             assert secret not in text

@@ -174,7 +174,9 @@ def test_a_lost_card_is_deactivated_and_its_approved_replacement_produced(world)
     settings, store = world
     policy = settings.policy
     card_id = _active_card(settings, store)
-    incident = incidents.declare(store, str(card_id), "lost", by="ada-helpdesk", policy=policy)
+    incident = incidents.declare(
+        store, str(card_id), "lost", by="ada-helpdesk", policy=policy, steps=settings.approvals
+    )
     assert (incident.temporary, incident.state) == (False, "open")
     assert _card(store, card_id).state == "inactive"
     assert {c.state for c in _certs(store, card_id)} == {"hold"}
@@ -196,7 +198,9 @@ def test_a_lost_card_is_deactivated_and_its_approved_replacement_produced(world)
 def test_a_stolen_or_damaged_card_is_locked_with_the_matching_reason(world, kind, reason):
     settings, store = world
     card_id = _active_card(settings, store)
-    incidents.declare(store, str(card_id), kind, by="helpdesk", policy=settings.policy)
+    incidents.declare(
+        store, str(card_id), kind, by="helpdesk", policy=settings.policy, steps=settings.approvals
+    )
     assert _card(store, card_id).state == "locked"
     assert {(c.state, c.revocation_reason) for c in _certs(store, card_id)} == {("revoked", reason)}
 
@@ -205,7 +209,9 @@ def test_a_forgotten_card_gets_a_temporary_card_and_cancelling_restores_the_card
     settings, store = world
     policy = settings.policy
     card_id = _active_card(settings, store)
-    first = incidents.declare(store, str(card_id), "forgotten", by="helpdesk", policy=policy)
+    first = incidents.declare(
+        store, str(card_id), "forgotten", by="helpdesk", policy=policy, steps=settings.approvals
+    )
     assert first.temporary is True
     with pytest.raises(PermanentError, match="no temporary card in stock"):
         incidents.approve(store, first.id, by="bob", policy=policy)
@@ -216,7 +222,9 @@ def test_a_forgotten_card_gets_a_temporary_card_and_cancelling_restores_the_card
     batch, stock = tempcards.request_stock(store, 1, by="alice", policy=policy)
     approve_batch(store, batch, by="bob")
     _run(settings)
-    second = incidents.declare(store, str(card_id), "forgotten", by="helpdesk", policy=policy)
+    second = incidents.declare(
+        store, str(card_id), "forgotten", by="helpdesk", policy=policy, steps=settings.approvals
+    )
     done = incidents.approve(store, second.id, by="bob", policy=policy)
     assert done.replacement_id == stock[0]
     _run(settings)
@@ -233,8 +241,17 @@ def test_a_forgotten_card_gets_a_temporary_card_and_cancelling_restores_the_card
 def test_one_open_incident_per_card(world):
     settings, store = world
     card_id = _active_card(settings, store)
-    incidents.declare(store, str(card_id), "lost", by="helpdesk", policy=settings.policy)
+    incidents.declare(
+        store, str(card_id), "lost", by="helpdesk", policy=settings.policy, steps=settings.approvals
+    )
     from schemas.errors import AlreadyExists
 
     with pytest.raises(AlreadyExists):
-        incidents.declare(store, str(card_id), "stolen", by="helpdesk", policy=settings.policy)
+        incidents.declare(
+            store,
+            str(card_id),
+            "stolen",
+            by="helpdesk",
+            policy=settings.policy,
+            steps=settings.approvals,
+        )

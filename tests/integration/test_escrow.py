@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 from sqlalchemy import select
 
-from db.models import AuditEvent, Certificate, Credential
+from db.models import ApprovalRequest, AuditEvent, Certificate, Credential
 from ops.cli import main
 from ops.config import Settings
 from ops.line import EmbeddedLine, LineOptions
@@ -52,18 +52,30 @@ def _run_line(settings: Settings) -> EmbeddedLine:
     return line
 
 
-def _cli(settings: Settings, *args: object) -> Any:
-    """``cardline ARGS`` as olga, an operator (her token's principal, made on first use)."""
+def _cli(
+    settings: Settings,
+    *args: object,
+    as_: str = "olga",
+    roles: tuple[str, ...] = ("operator",),
+    env: dict[str, str] | None = None,
+) -> Any:
+    """``cardline ARGS`` as ``as_`` holding ``roles`` (by default olga, an operator; the
+    token's principal is made on first use)."""
     store = open_migrated(settings)
     try:
-        token = token_for(store, "olga", ["operator"])
+        token = token_for(store, as_, roles)
     finally:
         store.dispose()
     return CliRunner().invoke(
         main,
         [str(a) for a in args] + ["--data-dir", str(settings.data_dir)],
-        env={"CARDLINE_TOKEN": token},
+        env={**(env or {}), "CARDLINE_TOKEN": token},
     )
+
+
+def _password(result: Any) -> str:
+    """The one-time password the export printed last."""
+    return str(result.output.strip().splitlines()[-1].rsplit(": ", 1)[1])
 
 
 def _actor(settings: Settings, name: str) -> str:
@@ -118,7 +130,7 @@ def test_an_escrowed_key_exports_as_a_pfx_that_opens_with_its_one_time_password(
     out = work / "escrow.pfx"
     result = _cli(settings, "escrow", "export", card.card_number, "--out", out)
     assert result.exit_code == 0, result.output
-    password = result.output.strip().splitlines()[-1].rsplit(": ", 1)[1]
+    password = _password(result)
     assert out.stat().st_mode & 0o777 == 0o600
     opened = subprocess.run(
         ["openssl", "pkcs12", "-info", "-nokeys", "-in", str(out), "-passin", f"pass:{password}"],
@@ -155,6 +167,90 @@ def test_every_export_gets_a_new_password(first_card):
         assert result.exit_code == 0, result.output
         passwords.add(result.output.strip().splitlines()[-1])
     assert len(passwords) == 2
+
+
+def test_under_dual_control_an_export_waits_for_an_approver_and_its_requester_collects_it_once(
+    first_card,
+):
+    settings, work = first_card
+    card = _cards(settings)[0]
+    config = work / "dual-control.toml"
+    config.write_text("[approvals]\nescrow_export = true\n", encoding="utf-8")
+    dual = {"CARDLINE_CONFIG": str(config)}
+    out = work / "dual.pfx"
+
+    def export(*more: object, as_: str = "ivy", roles: tuple[str, ...] = ("operator",)) -> Any:
+        return _cli(
+            settings,
+            "escrow",
+            "export",
+            card.card_number,
+            "--out",
+            out,
+            *more,
+            as_=as_,
+            roles=roles,
+            env=dual,
+        )
+
+    def exports() -> list[str]:
+        with open_migrated(settings).read() as s:
+            events = s.scalars(select(AuditEvent).where(AuditEvent.action == "escrow_export"))
+            return [e.actor for e in events]
+
+    before = exports()
+    # Ivy may approve requests too, which still never makes her request hers to approve.
+    held = export(roles=("operator", "approver"))
+    assert held.exit_code == 0, held.output
+    assert "waits for an approver" in held.output
+    request_id = int(held.output.split("request ", 1)[1].split()[0])
+    assert f"--request {request_id}" in held.output
+    assert not out.exists()
+    assert exports() == before
+    with open_migrated(settings).read() as s:
+        request = s.get(ApprovalRequest, request_id)
+        assert (request.process, request.target, request.params) == (
+            "escrow.export",
+            str(card.id),
+            {},
+        )
+    early = export("--request", request_id)
+    assert early.exit_code != 0, early.output
+    assert "pending" in early.output
+    alone = export()  # a second request for the same card waits behind the first
+    assert alone.exit_code != 0
+    assert "already waits" in alone.output
+    own = _cli(settings, "approvals", "approve", request_id, as_="ivy", env=dual)
+    assert own.exit_code != 0
+    approved = _cli(
+        settings, "approvals", "approve", request_id, as_="bob", roles=("approver",), env=dual
+    )
+    assert approved.exit_code == 0, approved.output
+    assert "approved" in approved.output
+    assert not out.exists()
+    theirs = export("--request", request_id, as_="olga")
+    assert theirs.exit_code != 0
+    assert "only they may collect it" in theirs.output
+    assert not out.exists()
+
+    collected = export("--request", request_id)
+    assert collected.exit_code == 0, collected.output
+    password = _password(collected)
+    pfx = pkcs12.load_pkcs12(out.read_bytes(), password.encode())
+    assert pfx.cert is not None
+    assert pfx.cert.certificate == _escrow_cert(settings, card.id)
+    assert exports() == [*before, _actor(settings, "ivy")]
+    with open_migrated(settings).read() as s:
+        request = s.get(ApprovalRequest, request_id)
+        assert request.state == "approved"
+        assert request.outcome == f"collected by {_actor(settings, 'ivy')}"
+        assert password not in f"{request.params} {request.summary} {request.outcome}"
+    out.unlink()
+    again = export("--request", request_id)
+    assert again.exit_code != 0
+    assert "collected" in again.output
+    assert not out.exists()
+    assert exports() == [*before, _actor(settings, "ivy")]
 
 
 def test_recovery_is_refused_for_a_card_already_produced(first_card):

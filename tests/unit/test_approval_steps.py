@@ -18,10 +18,10 @@ from db.engine import open_store, sqlite_url
 from db.models import ApprovalRequest, AuditEvent, Certificate, Credential
 from db.secrets import SecretBox
 from ops.cli import main
-from producers import pending
+from producers import escrow, pending
 from producers.api.app import create_app
 from producers.api.context import ApiContext
-from schemas.errors import FourEyesViolation, Refused, StateConflict
+from schemas.errors import FourEyesViolation, PermanentError, Refused, StateConflict
 from schemas.permissions import BY_NAME
 from schemas.pki import PkiConfig
 from schemas.policy import ApprovalSteps, Policy
@@ -293,3 +293,73 @@ def test_renaming_a_holder_with_live_certificates_waits_for_an_approver(store, t
     assert done.json()["state"] == "approved"
     with store.read() as s:
         assert s.get(Credential, card).user.upn == "new@corp.example.org"
+
+
+# --- escrow exports under dual control (issue 17, point 8) ------------------------------
+
+
+ESCROW_HELD = ApprovalSteps(escrow_export=True)
+
+
+def _escrowed_card(store, box: SecretBox) -> int:
+    """An active card with a sealed escrowed key and that key's certificate."""
+    with store.tx() as s:
+        cert = factories.certificate(s, "valid")
+        cert.usage = "encryption"
+        card = s.get(Credential, cert.credential_id)
+        card.escrow_key_sealed = box.seal(
+            "-----BEGIN PRIVATE KEY-----", context=f"credential:{card.id}:escrow_key"
+        )
+        return card.id
+
+
+def test_under_dual_control_an_escrowed_key_leaves_only_by_its_requesters_approved_grant(
+    store, box
+):
+    card, other = _escrowed_card(store, box), _escrowed_card(store, box)
+
+    def collect(card_id: int, by: str, request_id: int | None):
+        return escrow.escrowed_key(
+            store, box, str(card_id), by=by, steps=ESCROW_HELD, request_id=request_id
+        )
+
+    with pytest.raises(Refused, match="dual control"):
+        collect(card, "principal:1", None)
+    held = pending.perform(
+        store, "escrow.export", str(card), {}, by="principal:1", policy=Policy(), steps=ESCROW_HELD
+    )
+    assert not held.done
+    with pytest.raises(StateConflict, match="pending"):
+        collect(card, "principal:1", held.request_id)
+    assert pending.approve(store, held.request_id, by="principal:2", policy=Policy()).state == (
+        "approved"
+    )
+    with pytest.raises(Refused, match="not card"):
+        collect(other, "principal:1", held.request_id)
+    with pytest.raises(Refused, match="only they"):
+        collect(card, "principal:2", held.request_id)
+    assert collect(card, "principal:1", held.request_id).key_pem.reveal().startswith("-----")
+    with pytest.raises(StateConflict, match="collected"):
+        collect(card, "principal:1", held.request_id)
+    with store.read() as s:
+        actions = [
+            e.action
+            for e in s.scalars(select(AuditEvent).where(AuditEvent.action == "escrow_export"))
+        ]
+    assert actions == ["escrow_export"]
+
+
+def test_an_export_of_a_card_without_an_escrowed_key_is_refused_as_a_request(store):
+    card, _cert = _active_card(store)
+    with pytest.raises(PermanentError, match="no escrowed key"):
+        pending.perform(
+            store,
+            "escrow.export",
+            str(card),
+            {},
+            by="principal:1",
+            policy=Policy(),
+            steps=ESCROW_HELD,
+        )
+    with store.read() as s:
+        assert s.scalar(select(func.count()).select_from(ApprovalRequest)) == 0

@@ -609,3 +609,270 @@ def test_a_shared_email_needs_the_external_id_to_say_which_user_a_row_means(stor
         owner = s.get(User, card.user_id)
         assert owner is not None
         assert owner.external_id == "EMP-2"
+
+
+# --- scale: streaming, caps, bulk writes (issue 16 point 1, issue 17 point 6) ----------
+
+
+def test_failure_after_a_chunk_was_written_leaves_nothing_behind(store, tmp_path, monkeypatch):
+    # Small chunks, so the first ones are inserted (with their audit events) before
+    # the failure: the one transaction still takes them all back.
+    monkeypatch.setattr(batch_import, "_CHUNK", 2)
+    real = batch_import._Import._flush
+    flushes = []
+
+    def fail_on_third(self):
+        flushes.append(1)
+        if len(flushes) == 3:
+            raise RuntimeError("power cut")
+        real(self)
+
+    monkeypatch.setattr(batch_import._Import, "_flush", fail_on_third)
+    path = write_csv(tmp_path / "users.csv", [person(n) for n in range(1, 8)])
+
+    with pytest.raises(RuntimeError):
+        run(store, path)
+
+    assert len(flushes) == 3
+    assert counts(store) == dict.fromkeys(TABLES, 0)
+
+
+def test_the_audit_chain_verifies_after_a_bulk_import_in_chunks(store, tmp_path, monkeypatch):
+    from db.audit import verify_chain
+
+    monkeypatch.setattr(batch_import, "_CHUNK", 3)
+    lax = Policy(approval_required=False)
+    run(store, write_csv(tmp_path / "a.csv", [person(1, title="Analyst")]), lax)
+    rows = [person(1, title="Director"), *(person(n) for n in range(2, 9))]
+    report = run(store, write_csv(tmp_path / "b.csv", rows), lax)
+
+    assert (report.users_created, report.users_updated, report.cards_requested) == (7, 1, 8)
+    with store.read() as s:
+        chain = verify_chain(s)
+        events = s.scalars(select(AuditEvent).order_by(AuditEvent.seq)).all()
+        queued = s.scalars(select(OutboxMessage)).all()
+        card_ids = s.scalars(select(Credential.id).order_by(Credential.id)).all()
+    assert chain.ok
+    assert chain.events == 1 + 2 + 1 + 7 + 8 + 1  # first import; batch, users, cards, update
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    created = [e for e in events if e.action == "create" and e.entity in ("user", "card")]
+    assert {(e.actor, e.from_state) for e in created} == {("alice", None)}
+    assert {e.to_state for e in created if e.entity == "card"} == {"approved"}
+    assert sorted(m.payload["credential_id"] for m in queued) == card_ids
+    (update,) = [e for e in events if e.action == "update"]
+    assert update.reason.endswith("line 2: changed title")
+
+
+def test_bulk_created_rows_get_the_events_create_would_give_them(store, tmp_path):
+    report = run(store, write_csv(tmp_path / "users.csv", [person(1), person(2)]))
+    with store.read() as s:
+        card = s.scalars(select(Credential).order_by(Credential.id)).first()
+        user = s.get(User, card.user_id)
+        events = {(e.entity, e.entity_id): e for e in s.scalars(select(AuditEvent))}
+    assert (card.version, user.version, user.state, card.state) == (1, 1, "active", "requested")
+    assert events[("card", str(card.id))].reason == f"batch {report.batch_id} line 2"
+    assert events[("user", str(user.id))].reason == f"batch {report.batch_id} line 2"
+
+
+def test_a_file_of_more_rows_than_the_cap_is_refused_whole(store, tmp_path):
+    path = write_csv(tmp_path / "users.csv", [person(n) for n in range(1, 5)])
+
+    with pytest.raises(ValidationFailed, match="more than 3 rows") as caught:
+        run(store, path, max_rows=3)
+
+    assert caught.value.line == 5
+    assert counts(store) == dict.fromkeys(TABLES, 0)
+    assert run(store, path, max_rows=4).cards_requested == 4
+
+
+def test_a_file_with_more_rejects_than_the_cap_is_refused_whole(store, tmp_path):
+    rows = [person(1), *(person(n, email=f"bad{n}") for n in range(2, 6))]
+    path = write_csv(tmp_path / "users.csv", rows)
+
+    with pytest.raises(ValidationFailed, match="more than 3 rows are rejected"):
+        run(store, path, max_rejects=3)
+
+    assert counts(store) == dict.fromkeys(TABLES, 0)
+    assert not list((tmp_path / "rejects").glob("*.csv"))
+    report = run(store, path, max_rejects=4)
+    assert (report.cards_requested, len(report.rejected)) == (1, 4)
+    assert len(read_rejects(report.reject_report)) == 4
+
+
+def test_an_unknown_column_is_imported_only_when_named_to_ignore(store, tmp_path):
+    columns = (*COLUMNS[:3], "HR_Grade", *COLUMNS[3:], "cost_centre")
+    rows = [person(1, HR_Grade="7", cost_centre="X1"), person(2, email="bad")]
+    path = write_csv(tmp_path / "users.csv", rows, columns=columns)
+
+    with pytest.raises(ValidationFailed) as caught:
+        run(store, path, ignore_columns=["hr_grade"])
+    assert caught.value.field == "cost_centre"
+    assert counts(store)["users"] == 0
+
+    report = run(store, path, ignore_columns=[" HR_GRADE ", "cost_centre"])
+    assert report.cards_requested == 1
+    assert users(store)["person1@example.org"].title == "Engineer"
+    (reject,) = read_rejects(report.reject_report)  # the report shows the file as it was
+    assert (reject["HR_Grade"], reject["cost_centre"], reject["email"]) == ("", "", "bad")
+
+
+@pytest.mark.parametrize("name", ["email", "", "x" * 101])
+def test_a_column_of_ours_or_no_name_cannot_be_ignored(store, tmp_path, name):
+    path = write_csv(tmp_path / "users.csv", [person(1)])
+    with pytest.raises(ValidationFailed) as caught:
+        run(store, path, ignore_columns=[name])
+    assert caught.value.field == "ignore_column"
+
+
+def test_a_reimport_is_answered_from_the_digest_without_reading_rows(store, tmp_path, monkeypatch):
+    path = write_csv(tmp_path / "users.csv", [person(1)])
+    first = run(store, path)
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("the rows were read again")
+
+    monkeypatch.setattr(batch_import, "open_sheet", no_reading)
+    again = run(store, path)
+    assert (again.already_imported, again.batch_id) == (True, first.batch_id)
+
+
+def test_a_bad_byte_far_into_a_file_is_refused_with_its_line(store, tmp_path):
+    rows = [person(n) for n in range(1, 3001)]  # past the first chunk read
+    path = write_csv(tmp_path / "users.csv", rows)
+    data = path.read_bytes().replace(b"Person2999,", b"Person\xff2999,")
+    path.write_bytes(data)
+
+    with pytest.raises(ValidationFailed, match="0xff") as caught:
+        run(store, path)
+
+    assert caught.value.line == 3000
+    assert counts(store)["users"] == 0
+
+
+def test_a_busy_store_is_a_transient_error_and_nothing_is_written(sqlite_store, tmp_path):
+    import sqlite3
+
+    from sqlalchemy import event
+
+    from schemas.errors import TransientError
+
+    @event.listens_for(sqlite_store.engine, "connect")
+    def _short_wait(dbapi_conn, _record):
+        dbapi_conn.execute("PRAGMA busy_timeout = 50")
+
+    sqlite_store.engine.dispose()  # connections made from now on wait only 50 ms
+    holder = sqlite3.connect(sqlite_store.engine.url.database, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(batch_import.StoreBusy) as caught:
+            run(sqlite_store, write_csv(tmp_path / "users.csv", [person(1)]))
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert isinstance(caught.value, TransientError)
+    assert caught.value.retry_after_s > 0
+    assert counts(sqlite_store)["users"] == 0
+
+
+# --- POST /batches ----------------------------------------------------------------------
+
+
+def _csv_bytes(rows: list[dict[str, str]], columns: tuple[str, ...] = COLUMNS) -> bytes:
+    import io
+
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([row.get(column, "") for column in columns])
+    return out.getvalue().encode()
+
+
+@pytest.fixture
+def api(store, tmp_path):
+    from tests.unit.test_api import _app, _auth
+
+    return _app(store, tmp_path), _auth(store, "rita", "requester")
+
+
+def _post(client, headers, data, **params):
+    return client.post(
+        "/batches", content=data, params=params, headers={**headers, "Content-Type": "text/csv"}
+    )
+
+
+def test_an_upload_is_streamed_in_chunks_and_imported(store, api):
+    client, headers = api
+    data = _csv_bytes([person(n) for n in range(1, 200)])
+
+    def pieces():  # no Content-Length: the body arrives in chunks
+        for start in range(0, len(data), 4096):
+            yield data[start : start + 4096]
+
+    response = _post(client, headers, pieces())
+
+    assert response.status_code == 201, response.text
+    assert response.json()["cards_requested"] == 199
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_an_upload_past_the_size_cap_is_refused_413_and_nothing_written(
+    store, api, monkeypatch, chunked
+):
+    from producers.api import routes_batches
+
+    client, headers = api
+    data = _csv_bytes([person(n) for n in range(1, 50)])
+    monkeypatch.setattr(routes_batches, "MAX_CSV", len(data) - 1)
+    body = iter([data[:1000], data[1000:]]) if chunked else data
+
+    response = _post(client, headers, body)
+
+    assert response.status_code == 413, response.text
+    assert response.json()["error"]["field"] == "csv"
+    assert counts(store)["users"] == 0
+    monkeypatch.setattr(routes_batches, "MAX_CSV", len(data))
+    assert _post(client, headers, data).status_code == 201
+
+
+def test_the_api_ignores_only_the_columns_it_is_told_to(store, api):
+    client, headers = api
+    data = _csv_bytes([person(1, grade="7")], columns=(*COLUMNS, "grade"))
+
+    refused = _post(client, headers, data)
+    assert refused.status_code == 422
+    assert refused.json()["error"]["field"] == "grade"
+    assert "grade" in refused.json()["error"]["message"]
+
+    accepted = _post(client, headers, data, ignore_column=["grade", "other"])
+    assert accepted.status_code == 201, accepted.text
+    assert accepted.json()["cards_requested"] == 1
+
+
+def test_the_api_answers_503_with_retry_after_when_the_store_is_busy(sqlite_store, tmp_path):
+    import sqlite3
+
+    from sqlalchemy import event
+
+    from tests.unit.test_api import _app, _auth
+
+    client, headers = _app(sqlite_store, tmp_path), _auth(sqlite_store, "rita", "requester")
+
+    @event.listens_for(sqlite_store.engine, "connect")
+    def _short_wait(dbapi_conn, _record):
+        dbapi_conn.execute("PRAGMA busy_timeout = 50")
+
+    sqlite_store.engine.dispose()
+    holder = sqlite3.connect(sqlite_store.engine.url.database, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        response = _post(client, headers, _csv_bytes([person(1)]))
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+    assert response.status_code == 503, response.text
+    assert int(response.headers["Retry-After"]) > 0
+    assert response.json()["error"]["code"] == "unavailable"
+    assert counts(sqlite_store)["users"] == 0
+    assert _post(client, headers, _csv_bytes([person(1)])).status_code == 201

@@ -25,6 +25,7 @@ from tests.principals import token_for
 # the data dir) rather than an operator's token; each is a decision made here.
 HOST_COMMANDS = {
     "admin bootstrap",
+    "audit verify",
     "api routes",
     "db upgrade",
     "demo",

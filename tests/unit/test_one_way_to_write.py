@@ -23,6 +23,7 @@ PACKAGES = ("schemas", "db", "producers", "workers", "stations", "ops")
 MAY_APPEND = {"db/audit.py", "db/transition.py"}
 # Only transition() and record() (and create(), for a new row) set these.
 GUARDED_COLUMNS = {"state", "version"}
+APPENDS = {"append", "append_many"}
 
 
 def _sources() -> list[tuple[str, ast.Module]]:
@@ -32,14 +33,14 @@ def _sources() -> list[tuple[str, ast.Module]]:
 
 
 def _is_audit_append(node: ast.AST) -> bool:
-    """``audit.append(...)``, ``db.audit.append(...)``."""
+    """``audit.append(...)``, ``db.audit.append(...)``, and ``append_many`` alike."""
     if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
         return False
     target = node.func.value
     named_audit = (isinstance(target, ast.Name) and target.id == "audit") or (
         isinstance(target, ast.Attribute) and target.attr == "audit"
     )
-    return node.func.attr == "append" and named_audit
+    return node.func.attr in APPENDS and named_audit
 
 
 def _imports_append(node: ast.AST) -> bool:
@@ -47,7 +48,7 @@ def _imports_append(node: ast.AST) -> bool:
     return (
         isinstance(node, ast.ImportFrom)
         and node.module == "db.audit"
-        and any(alias.name == "append" for alias in node.names)
+        and any(alias.name in APPENDS for alias in node.names)
     )
 
 
@@ -127,11 +128,12 @@ def test_the_scan_sees_what_it_must_refuse():
         "audit.append(s, actor='x', entity='card', entity_id=1, action='a',"
         " from_state=None, to_state='x')\n"
         "db.audit.append(s)\n"
+        "audit.append_many(s, [])\n"
         "cred.state = 'active'\n"
         "cred.version += 1\n"
         "s.execute(update(Credential).where(Credential.id == 1).values(state='active'))\n"
     )
-    assert len(audit_appends([("producers/evil.py", bad)])) == 3
+    assert len(audit_appends([("producers/evil.py", bad)])) == 4
     assert len(guarded_writes([("producers/evil.py", bad)])) == 3
     assert audit_appends([("db/transition.py", bad)]) == []
 

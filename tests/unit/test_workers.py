@@ -8,6 +8,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import func, select
+from structlog.testing import capture_logs
 
 from db.models import AuditEvent, Certificate, Credential, OutboxMessage, utcnow
 from db.secrets import context
@@ -18,6 +19,7 @@ from tests import factories
 from workers import keys
 from workers.ca import CertificateAuthority
 from workers.context import WorkerContext
+from workers.letters import mask_card_number
 from workers.notify import send_pin_letter
 from workers.pki import issue_certificate
 from workers.prepare import card_number, prepare_card
@@ -208,3 +210,22 @@ def test_notify_writes_one_pin_letter_for_two_deliveries(ctx, store):
     assert path.endswith(".pdf")
     assert list((ctx.letters_dir).iterdir()) == [ctx.letters_dir / path.split("/")[-1]]
     assert _count(store, AuditEvent) == events
+
+
+def test_no_log_event_of_prepare_or_notify_carries_the_full_card_number(ctx, store):
+    with capture_logs() as events:
+        cid = _approved(store)
+        prepare_card(ctx, PrepareCard(credential_id=cid))
+        with store.tx() as s:
+            cred = s.get(Credential, cid)
+            cred.state = "active"  # as if produced; the letter needs only the sealed PIN
+            cred.valid_until = utcnow() + dt.timedelta(days=3)
+        send_pin_letter(ctx, SendPinLetter(credential_id=cid))
+    number = card_number(cid)
+    assert {"prepare.done", "pin_letter.written", "notify.pin_letter"} <= {
+        e["event"] for e in events
+    }
+    for event in events:
+        assert number not in repr(event), event
+    (notified,) = [e for e in events if e["event"] == "notify.pin_letter"]
+    assert notified["card_number"] == mask_card_number(number)
