@@ -76,6 +76,8 @@ async def _cardline(request: Request, exc: Exception) -> JSONResponse:
         await run_in_threadpool(audit_refusal, request.app.state.ctx.store, caller, what, str(exc))
     field = getattr(exc, "field", None)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    if status == 503:
+        headers = {"Retry-After": str(RETRY_AFTER_S)}
     return JSONResponse(body(code, str(exc), field), status_code=status, headers=headers)
 
 
@@ -96,7 +98,20 @@ async def _http(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+# How long a client is asked to wait when the store is busy or away.
+RETRY_AFTER_S = 2
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    from db.engine import is_transient
+
+    if is_transient(exc):  # the store busy (SQLite's lock, a PostgreSQL lock timeout) or away
+        log.warning("api.store_busy", path=request.url.path, error=type(exc).__name__)
+        return JSONResponse(
+            body("unavailable", "the status store is busy; retry shortly"),
+            status_code=503,
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
     log.exception("api.unexpected_error", path=request.url.path)
     return JSONResponse(body("internal", "internal error; see the server log"), status_code=500)
 

@@ -233,3 +233,29 @@ def test_the_status_says_the_audit_chain_was_not_checked_rather_than_broken(stor
     assert status["audit_chain_ok"] is None
     assert status["audit_chain_checked"] is False
     assert status["audit_events"] == _count(store, AuditEvent) > 0
+
+
+def test_any_write_to_a_busy_store_is_answered_503_with_retry_after_not_500(sqlite_store, tmp_path):
+    import sqlite3
+
+    from sqlalchemy import event
+
+    client, headers = _app(sqlite_store, tmp_path), _auth(sqlite_store, "rita", "requester")
+
+    @event.listens_for(sqlite_store.engine, "connect")
+    def _short_wait(dbapi_conn, _record):
+        dbapi_conn.execute("PRAGMA busy_timeout = 50")
+
+    sqlite_store.engine.dispose()
+    holder = sqlite3.connect(sqlite_store.engine.url.database, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another writer holds SQLite's write lock
+    try:
+        busy = client.post("/users", json=USER, headers=headers)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert busy.status_code == 503, busy.text
+    assert int(busy.headers["Retry-After"]) > 0
+    assert busy.json()["error"]["code"] == "unavailable"
+    assert _count(sqlite_store, User) == 0
+    assert client.post("/users", json=USER, headers=headers).status_code == 201
