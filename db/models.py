@@ -127,7 +127,13 @@ class User(Stateful, Base):
     """A card holder."""
 
     __tablename__ = "users"
-    __table_args__ = (state_check(USER),)
+    __table_args__ = (
+        state_check(USER),
+        # Holders are matched by e-mail and UPN whatever their case (imports, CPRs,
+        # the uniqueness checks): indexed as they are compared.
+        Index("ix_users_lower_email", text("lower(email)")),
+        Index("ix_users_lower_upn", text("lower(upn)")),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     email: Mapped[str] = mapped_column(String(254), index=True)  # unique: Policy option
