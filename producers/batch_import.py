@@ -38,8 +38,9 @@ from db.files import atomic_open
 from db.models import BatchOrder, Credential, User
 from db.transition import create, create_many
 from db.transition import record as record_change  # here a ``record`` is a CSV record
+from producers.users import EDITABLE
 from schemas.batch import LINE_NAME, BatchRow, describe_errors, header_columns, ignored_columns
-from schemas.errors import TransientError, ValidationFailed
+from schemas.errors import RETRY_AFTER_S, TransientError, ValidationFailed
 from schemas.messages import JobMessage, PrepareCard
 from schemas.policy import Policy
 from schemas.states import LIVE_CARD_STATES, BatchState, CardState, CredentialKind, UserState
@@ -52,24 +53,9 @@ DEFAULT_MAX_REJECTS = 10_000
 # backend's limit on bound parameters in one statement.
 _CHUNK = 5000
 _READ_BYTES = 1 << 16
-# What a client is told to wait before trying again when the store is busy.
-RETRY_AFTER_S = 5
 _CLOSED_USER_STATES = frozenset({UserState.LOCKED, UserState.DELETED})
 # The user columns a row sets; a row's ``photo`` becomes ``photo_path``.
-_USER_COLUMNS = (
-    "first_name",
-    "last_name",
-    "email",
-    "upn",
-    "organization",
-    "org_unit",
-    "title",
-    "country",
-    "username",
-    "identifier",
-    "external_id",
-    "photo_path",
-)
+_USER_COLUMNS = (*EDITABLE, "photo_path")
 
 
 class StoreBusy(TransientError):

@@ -288,7 +288,6 @@ def perform(
     if not held:
         with store.tx() as s:
             return Outcome(done=True, result=chosen.run(s, target, params, by, policy))
-    _check_params(params)
     with store.trial() as s:
         key = chosen.resolve(s, target)
         chosen.run(s, key, params, by, policy)  # refused now: refused as a request too

@@ -19,6 +19,10 @@ class CardlineError(Exception):
     """Base of every error Cardline raises on purpose."""
 
 
+# How long a client is asked to wait (HTTP Retry-After) before trying again.
+RETRY_AFTER_S = 5
+
+
 class TransientError(CardlineError):
     """Retrying later may succeed."""
 

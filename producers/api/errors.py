@@ -77,7 +77,7 @@ async def _cardline(request: Request, exc: Exception) -> JSONResponse:
     field = getattr(exc, "field", None)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     if status == 503:
-        headers = {"Retry-After": str(RETRY_AFTER_S)}
+        headers = {"Retry-After": str(getattr(exc, "retry_after_s", e.RETRY_AFTER_S))}
     return JSONResponse(body(code, str(exc), field), status_code=status, headers=headers)
 
 
@@ -98,10 +98,6 @@ async def _http(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-# How long a client is asked to wait when the store is busy or away.
-RETRY_AFTER_S = 2
-
-
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     from db.engine import is_transient
 
@@ -110,7 +106,7 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse(
             body("unavailable", "the status store is busy; retry shortly"),
             status_code=503,
-            headers={"Retry-After": str(RETRY_AFTER_S)},
+            headers={"Retry-After": str(e.RETRY_AFTER_S)},
         )
     log.exception("api.unexpected_error", path=request.url.path)
     return JSONResponse(body("internal", "internal error; see the server log"), status_code=500)

@@ -20,7 +20,7 @@ from producers.api.auth import Allow, context
 from producers.api.context import ApiContext, RowId
 from producers.api.errors import body
 from producers.approvals import approve_batch, reject_batch
-from producers.batch_import import ImportReport, StoreBusy, import_batch
+from producers.batch_import import ImportReport, import_batch
 from producers.principals import Caller
 from schemas.api import BatchOut, DecisionOut, RequiredReasonIn
 
@@ -78,21 +78,18 @@ async def import_csv(
         except _TooLarge:
             message = f"the CSV is larger than {MAX_CSV} bytes"
             return JSONResponse(body("too_large", message, "csv"), status_code=413)
-        try:
-            report: ImportReport = await run_in_threadpool(
-                import_batch,
-                ctx.store,
-                path,
-                policy=ctx.policy,
-                requested_by=who.actor,
-                reject_dir=ctx.rejects_dir,
-                allow_photos=False,
-                report_by_content=True,
-                ignore_columns=ignore_column or (),
-            )
-        except StoreBusy as busy:
-            headers = {"Retry-After": str(busy.retry_after_s)}
-            return JSONResponse(body("unavailable", str(busy)), status_code=503, headers=headers)
+        # A busy store raises StoreBusy, a TransientError: 503 with its Retry-After.
+        report: ImportReport = await run_in_threadpool(
+            import_batch,
+            ctx.store,
+            path,
+            policy=ctx.policy,
+            requested_by=who.actor,
+            reject_dir=ctx.rejects_dir,
+            allow_photos=False,
+            report_by_content=True,
+            ignore_columns=ignore_column or (),
+        )
     return BatchOut(
         batch_id=report.batch_id,
         users_created=report.users_created,
