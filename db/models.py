@@ -177,6 +177,9 @@ class BatchOrder(Stateful, Base):
     approved_by: Mapped[str | None] = mapped_column(String(100))
     card_count: Mapped[int] = mapped_column(Integer, default=0)
     rejected_rows: Mapped[int] = mapped_column(Integer, default=0)
+    # Why the batch was rejected or its import failed: its cards still ``requested``
+    # are rejected with it, a chunk at a time, with this reason (workers.waits).
+    reason: Mapped[str | None] = mapped_column(String(500))
 
     credentials: Mapped[list[Credential]] = relationship(back_populates="batch")
 
@@ -208,7 +211,8 @@ class Credential(Stateful, Base):
     attempt_count: Mapped[int] = mapped_column(Integer, default=0)
     # What a batch row asked to change on its holder, made when this card's request is
     # approved (never at import, never on reject).
-    user_changes: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # None is SQL NULL (not JSON null): "no changes" is found with IS NULL.
+    user_changes: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     pin_sealed: Mapped[str | None] = mapped_column(Text)
     puk_sealed: Mapped[str | None] = mapped_column(Text)
     admin_key_sealed: Mapped[str | None] = mapped_column(Text)

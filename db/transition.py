@@ -6,7 +6,8 @@ the row only where its version is still what the caller loaded (compare-and-set)
 append the audit event and write the follow-up messages to the outbox, all inside the
 caller's transaction. An illegal action, or a race lost to another writer, raises
 ``StateConflict`` before anything is written. ``create()`` inserts a new row, audited;
-``create_many()`` inserts many at once (a batch import), audited the same way.
+``create_many()`` inserts many at once (a batch import) and ``transition_many()``
+applies one action to many rows of one model (a batch decided), audited the same way.
 Nothing else calls ``audit.append`` or ``audit.append_many``
 (tests/unit/test_one_way_to_write.py checks it).
 """
@@ -17,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import Table, func, insert, select, update
+from sqlalchemy import Table, case, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
@@ -239,6 +240,101 @@ def create_many(
     if messages is not None:
         _add_messages(session, (m for new_id in ids for m in messages(new_id)))
     return ids
+
+
+def transition_many(
+    session: Session,
+    model: type[Stateful],
+    ids: Sequence[int],
+    action: str,
+    *,
+    actor: str,
+    reason: str | None = None,
+    changes: Mapping[str, Any] | None = None,
+    messages: Callable[[int], Iterable[JobMessage]] | None = None,
+) -> int:
+    """``transition()`` of every row ``ids`` names, in a few statements per thousand
+    rows: each row's state set to the action's target (with ``changes``), its version
+    bumped, one audit event per row in the order given, ``messages(id)`` of each in the
+    outbox. Returns how many rows changed.
+
+    Every row must be in a source state of the action and be the row the caller read:
+    when one is not (gone, moved on, or changed by another writer since), this raises
+    ``StateConflict`` naming it and leaves the transaction to be rolled back. Not for a
+    model whose machine depends on a column (credentials of mixed kinds): all rows
+    share ``model``'s machine, taken from the first row.
+    """
+    if not ids:
+        return 0
+    table = cast(Table, model.__table__)  # type: ignore[attr-defined]
+    rows: list[tuple[int, str, int, str | None]] = []
+    for start in range(0, len(ids), _INSERT_ROWS):
+        chunk = ids[start : start + _INSERT_ROWS]
+        kind = [table.c.kind] if "kind" in table.c else []
+        found = {
+            row[0]: row
+            for row in session.execute(
+                select(table.c.id, table.c.state, table.c.version, *kind).where(
+                    table.c.id.in_(chunk)
+                )
+            )
+        }
+        for row_id in chunk:
+            row = found.get(row_id)
+            if row is None:
+                raise StateConflict(model.__name__, row_id, action, "absent", ())
+            rows.append((row_id, row[1], row[2], row[3] if kind else None))
+    probe: Stateful = model(**({"kind": rows[0][3]} if rows[0][3] is not None else {}))
+    machine = probe.machine
+    edge = machine.edge(action)
+    for row_id, state, _, row_kind in rows:
+        if row_kind != rows[0][3]:
+            raise TypeError("transition_many(): rows of one kind only")
+        if state not in edge.sources:
+            raise StateConflict(machine.name, row_id, action, state, edge.sources)
+    values = {**(changes or {}), "state": edge.target, "updated_at": utcnow()}
+    for start in range(0, len(rows), _INSERT_ROWS):
+        chunk_rows = rows[start : start + _INSERT_ROWS]
+        for state in {state for _, state, _, _ in chunk_rows}:
+            same = [r for r in chunk_rows if r[1] == state]
+            # Guarded like _compare_and_set: the state and version the caller read.
+            result = session.execute(
+                update(table)
+                .where(
+                    table.c.id.in_([r[0] for r in same]),
+                    table.c.state == state,
+                    table.c.version == _version_of(table, same),
+                )
+                .values(**values, version=table.c.version + 1)
+            )
+            if result.rowcount != len(same):  # type: ignore[attr-defined]
+                raise StateConflict(
+                    machine.name,
+                    same[0][0],
+                    action,
+                    state,
+                    edge.sources,
+                    detail="changed by another writer",
+                )
+    audit.append_many(
+        session,
+        (
+            audit.Event(actor, machine.name, row_id, action, state, edge.target, reason)
+            for row_id, state, _, _ in rows
+        ),
+    )
+    if messages is not None:
+        _add_messages(session, (m for row_id, _, _, _ in rows for m in messages(row_id)))
+    return len(rows)
+
+
+def _version_of(table: Table, rows: Sequence[tuple[int, str, int, str | None]]) -> Any:
+    """The guard on versions for ``rows``: each row's own (a CASE over ids), or one
+    value when they share it (the common case: rows created together, never changed)."""
+    versions = {version for _, _, version, _ in rows}
+    if len(versions) == 1:
+        return next(iter(versions))
+    return case({row_id: version for row_id, _, version, _ in rows}, value=table.c.id)
 
 
 def _insert_rows(session: Session, table: Table, rows: Sequence[Mapping[str, Any]]) -> list[int]:

@@ -8,7 +8,9 @@ the raw message rate of the broker. Prints a table and, last, one JSON line.
 ``--intake`` benchmarks batch intake instead: generated files of 1,000, 10,000 and
 100,000 rows imported into SQLite and PostgreSQL, each import in a fresh process so
 its peak RSS is its own, with the floor it is compared with (reading and validating
-the rows, which no store can avoid) measured in that same process.
+the rows, which no store can avoid) measured in that same process. Beside each import
+a writer thread creates one audited row every 50 ms, as the line would, and reports
+its longest wait: what the import costs everyone else.
 """
 
 from __future__ import annotations
@@ -266,15 +268,20 @@ def _intake_once(database_url: str | None, data_dir: str, csv_path: str) -> dict
             BatchRow.model_validate(dict(zip(columns, cells, strict=True)))
             rows += 1
     floor = time.perf_counter() - t0
+    writer = _Writer(store)
+    writer.start()
     t0 = time.perf_counter()
-    report = import_batch(
-        store,
-        Path(csv_path),
-        policy=Policy(),
-        requested_by="bench",
-        reject_dir=Path(data_dir) / "rejects",
-    )
-    elapsed = time.perf_counter() - t0
+    try:
+        report = import_batch(
+            store,
+            Path(csv_path),
+            policy=Policy(),
+            requested_by="bench",
+            reject_dir=Path(data_dir) / "rejects",
+        )
+        elapsed = time.perf_counter() - t0
+    finally:
+        writer.stop()
     store.dispose()
     if report.cards_requested != rows or report.rejected:
         raise RuntimeError(f"intake bench imported {report.cards_requested} of {rows} rows")
@@ -286,7 +293,46 @@ def _intake_once(database_url: str | None, data_dir: str, csv_path: str) -> dict
         # ru_maxrss is in KiB on Linux.
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "rss_before_import_mb": round(rss_before / 1024, 1),
+        "other_writer_max_wait_s": round(writer.longest, 3),
+        "other_writer_writes": writer.writes,
     }
+
+
+class _Writer(threading.Thread):
+    """Another writer of the store during an import: one audited row every 50 ms (a
+    user, as an operator's would be); ``longest`` is its slowest write, in seconds."""
+
+    def __init__(self, store: Any) -> None:
+        super().__init__(daemon=True)
+        self.store = store
+        self.done = threading.Event()
+        self.longest = 0.0
+        self.writes = 0
+
+    def run(self) -> None:
+        while not self.done.wait(0.05):
+            t0 = time.perf_counter()
+            with self.store.tx() as s:
+                n = self.writes
+                create(
+                    s,
+                    User(
+                        state="active",
+                        first_name="Other",
+                        last_name=f"Writer{n}",
+                        email=f"other.writer{n}@bench.invalid",
+                        upn=f"other.writer{n}@bench.invalid",
+                        organization="bench",
+                        org_unit="bench",
+                    ),
+                    actor="bench-writer",
+                )
+            self.longest = max(self.longest, time.perf_counter() - t0)
+            self.writes += 1
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join()
 
 
 def bench_intake(work: Path, backend: str, rows: int) -> dict[str, Any]:
@@ -328,6 +374,7 @@ INTAKE_COLUMNS = (
     ("peak RSS MB", "peak_rss_mb"),
     ("RSS before import MB", "rss_before_import_mb"),
     ("µs/row max/min", "us_per_row_spread"),
+    ("other writer: longest wait s", "other_writer_max_wait_s"),
 )
 
 

@@ -1,8 +1,12 @@
 """Batch approval: a second person approves or rejects a batch order and its cards.
 
 The four-eyes rule holds here: whoever requested a batch can neither approve nor
-reject it. A decision covers the batch and every card of it still waiting for one, in
-one transaction; approved cards are queued for preparation.
+reject it. A decision covers the batch and every card of it still waiting for one.
+The batch is decided in one short transaction, together with the cards that carry
+changes to their holder (those changes are made then); the other cards follow a
+thousand per transaction (``db.batches``), so deciding 100,000 cards never holds the
+store for long. Approved cards are queued for preparation. Should this process die
+part-way, the reconciler settles the rest the same way.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from db.batches import settle
 from db.engine import Store
 from db.models import BatchOrder, Credential
 from db.transition import transition
@@ -40,33 +45,48 @@ def approve_batch(
     store: Store, batch_id: int, *, by: str, unique_email: bool = True
 ) -> ApprovalReport:
     """Approve the batch and each of its cards still ``requested``, queueing every
-    approved card for preparation, in one transaction.
+    approved card for preparation.
 
     Raises ``NotFound`` for an unknown batch, ``FourEyesViolation`` when ``by`` requested
-    it, and ``StateConflict`` when it is no longer awaiting a decision; then nothing
-    changes.
+    it, and ``StateConflict`` when it is no longer awaiting a decision (or is still
+    being imported); then nothing changes.
     """
     approver = _actor(by)
     with store.tx() as session:
         batch = _batch_awaiting(session, batch_id, approver)
         transition(session, batch, "approve", actor=approver, changes={"approved_by": approver})
-        cards = _requested_cards(session, batch_id)
-        for card in cards:
-            # What the batch asked to change on an existing holder happens now.
-            apply_requested_changes(session, card, by=batch.requested_by, unique_email=unique_email)
-            transition(
-                session,
-                card,
-                "approve",
-                actor=approver,
-                changes={"user_changes": None},
-                messages=[PrepareCard(credential_id=card.id)],
-            )
-    return ApprovalReport(batch_id, approved=len(cards))
+        changed = approve_changing_cards(
+            session,
+            batch_id,
+            by=approver,
+            requested_by=batch.requested_by,
+            unique_email=unique_email,
+        )
+    return ApprovalReport(batch_id, approved=changed + settle(store, batch_id))
+
+
+def approve_changing_cards(
+    session: Session, batch_id: int, *, by: str, requested_by: str, unique_email: bool = True
+) -> int:
+    """Inside the transaction that approves batch ``batch_id``: approve each of its cards
+    that carries changes to its holder, making those changes (as ``requested_by``, who
+    asked for them); return how many. The batch's other cards are settled after."""
+    cards = _changing_cards(session, batch_id)
+    for card in cards:
+        apply_requested_changes(session, card, by=requested_by, unique_email=unique_email)
+        transition(
+            session,
+            card,
+            "approve",
+            actor=by,
+            changes={"user_changes": None},
+            messages=[PrepareCard(credential_id=card.id)],
+        )
+    return len(cards)
 
 
 def reject_batch(store: Store, batch_id: int, *, by: str, reason: str) -> ApprovalReport:
-    """Reject the batch and each of its cards still ``requested``, in one transaction.
+    """Reject the batch and each of its cards still ``requested``.
 
     Raises like ``approve_batch``, and ``ValidationFailed`` when ``reason`` is empty or
     longer than 500 characters.
@@ -79,11 +99,8 @@ def reject_batch(store: Store, batch_id: int, *, by: str, reason: str) -> Approv
         )
     with store.tx() as session:
         batch = _batch_awaiting(session, batch_id, rejecter)
-        transition(session, batch, "reject", actor=rejecter, reason=why)
-        cards = _requested_cards(session, batch_id)
-        for card in cards:
-            transition(session, card, "reject", actor=rejecter, reason=why)
-    return ApprovalReport(batch_id, approved=0, rejected=len(cards))
+        transition(session, batch, "reject", actor=rejecter, reason=why, changes={"reason": why})
+    return ApprovalReport(batch_id, approved=0, rejected=settle(store, batch_id))
 
 
 def _actor(by: str) -> str:
@@ -102,10 +119,15 @@ def _batch_awaiting(session: Session, batch_id: int, decider: str) -> BatchOrder
     return batch
 
 
-def _requested_cards(session: Session, batch_id: int) -> Sequence[Credential]:
+def _changing_cards(session: Session, batch_id: int) -> Sequence[Credential]:
+    """The batch's cards still ``requested`` that carry changes to their holder."""
     stmt = (
         select(Credential)
-        .where(Credential.batch_id == batch_id, Credential.state == CardState.REQUESTED)
+        .where(
+            Credential.batch_id == batch_id,
+            Credential.state == CardState.REQUESTED,
+            Credential.user_changes.is_not(None),
+        )
         .order_by(Credential.id)
     )
     return session.scalars(stmt).all()

@@ -8,7 +8,19 @@ its bytes, so importing the same file again creates nothing and is answered at o
 
 The file is streamed, never held whole: a first pass hashes it and checks that it is
 UTF-8; the second reads it row by row and imports it a chunk of rows at a time, with a
-few look-ups and bulk inserts per chunk (``db.transition.create_many``). Memory grows
+few look-ups and bulk inserts per chunk (``db.transition.create_many``).
+
+A large file (more than ``SINGLE_TX_BYTES``) would hold the store's write lock for
+seconds and stop the line, so it is imported differently: first checked whole without
+the store (every row parsed and validated, the row and reject caps applied: a file
+refused for what is in it writes nothing), then written a chunk per transaction under
+a batch ``importing``, whose cards nobody may decide on and which the approvers do not
+see, and last made ``requested`` (or approved) in one short transaction. Changes to
+existing holders are kept on their cards until the batch is approved, even where no
+approval is needed. An import that stops part-way (the store gone, a row the store
+refuses past the cap, the process killed) leaves the batch ``failed`` and its cards
+rejected (``db.batches``; the reconciler does it when the importer cannot), and the
+file may be imported again; the users it created stay, without cards. Memory grows
 with the chunk, the rejected rows and one key per row (e-mail, external id, UPN, to
 refuse a row repeating an earlier one), not with the rows themselves. A file of more
 than ``max_rows`` rows, or with more than ``max_rejects`` rejected rows, is refused
@@ -21,7 +33,7 @@ import codecs
 import csv
 import hashlib
 import io
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,14 +45,16 @@ from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
+from db.batches import abandon, settle
 from db.engine import Store, is_transient
 from db.files import atomic_open
 from db.models import BatchOrder, Credential, User
-from db.transition import create, create_many
+from db.transition import create, create_many, transition
 from db.transition import record as record_change  # here a ``record`` is a CSV record
+from producers.approvals import approve_changing_cards
 from producers.users import EDITABLE
 from schemas.batch import LINE_NAME, BatchRow, describe_errors, header_columns, ignored_columns
-from schemas.errors import RETRY_AFTER_S, TransientError, ValidationFailed
+from schemas.errors import RETRY_AFTER_S, StateConflict, TransientError, ValidationFailed
 from schemas.messages import JobMessage, PrepareCard
 from schemas.policy import Policy
 from schemas.states import LIVE_CARD_STATES, BatchState, CardState, CredentialKind, UserState
@@ -48,6 +62,9 @@ from schemas.states import LIVE_CARD_STATES, BatchState, CardState, CredentialKi
 log = structlog.get_logger(__name__)
 
 DEFAULT_MAX_ROWS = 200_000
+# Files up to this size are imported in one transaction (a few thousand rows: under a
+# second of the store's write lock); larger ones a chunk per transaction.
+SINGLE_TX_BYTES = 1 << 20
 DEFAULT_MAX_REJECTS = 10_000
 # Rows imported per step, and values per ``IN (...)`` look-up: well under every
 # backend's limit on bound parameters in one statement.
@@ -118,6 +135,8 @@ def import_batch(
     ignore_columns: Collection[str] = (),
     max_rows: int = DEFAULT_MAX_ROWS,
     max_rejects: int = DEFAULT_MAX_REJECTS,
+    single_tx_bytes: int | None = None,
+    chunk_rows: int | None = None,
 ) -> ImportReport:
     """Import ``path`` as one batch order on ``line`` (default: the policy's line).
 
@@ -136,7 +155,13 @@ def import_batch(
     folder that is gone once the import returns. ``report_by_content=True`` names the
     report ``<stem>-<first 16 hex digits of the file's SHA-256>-rejects.csv``, so two
     files of one name (uploads) never overwrite each other's report.
+
+    A file larger than ``single_tx_bytes`` (default ``SINGLE_TX_BYTES``) is imported
+    ``chunk_rows`` rows per transaction (see the module's docstring): the rest of the
+    line goes on meanwhile.
     """
+    chunk_rows = chunk_rows or _CHUNK
+    single_tx_bytes = SINGLE_TX_BYTES if single_tx_bytes is None else single_tx_bytes
     line_name = _line_name(line or policy.default_line)
     if not requested_by.strip() or len(requested_by) > 100:
         raise ValidationFailed(
@@ -147,42 +172,135 @@ def import_batch(
     digest = file_digest(path)
     name = path.name[:200]
     stem = f"{path.stem}-{digest[:16]}" if report_by_content else path.stem
+    chunked = path.stat().st_size > single_tx_bytes
     try:
         with store.read() as session:
             existing = _imported_as(session, digest)
         if existing is not None:
             return ImportReport(existing, name, 0, 0, 0, (), None, already_imported=True)
+        if chunked:
+            _check_file(path, ignored, limits, allow_photos=allow_photos, chunk_rows=chunk_rows)
         with ExitStack() as files:
             rejects = _RejectSink(files, reject_dir / f"{stem}-rejects.csv")
-            with store.tx() as session:
-                existing = _imported_as(session, digest)
-                if existing is not None:
-                    return ImportReport(existing, name, 0, 0, 0, (), None, already_imported=True)
-                work = _Import(
-                    session,
-                    name=name,
-                    digest=digest,
-                    base_dir=path.parent.resolve(),
-                    policy=policy,
-                    requested_by=requested_by,
-                    line=line_name,
-                    limits=limits,
-                    rejects=rejects,
-                )
-                with path.open("rb") as raw:
-                    hashing = _Hashing(raw)
-                    sheet = open_sheet(io.BufferedReader(hashing, _READ_BYTES), ignored)
-                    rejects.header = sheet.header
-                    work.run(sheet.records, allow_photos=allow_photos)
-                if hashing.sha.hexdigest() != digest:
-                    raise ValidationFailed("the file changed while it was being imported")
+            work = _Import(
+                None,
+                name=name,
+                digest=digest,
+                base_dir=path.parent.resolve(),
+                policy=policy,
+                requested_by=requested_by,
+                line=line_name,
+                limits=limits,
+                rejects=rejects,
+                chunked=chunked,
+                chunk_rows=chunk_rows,
+            )
+            with path.open("rb") as raw:
+                hashing = _Hashing(raw)
+                sheet = open_sheet(io.BufferedReader(hashing, _READ_BYTES), ignored)
+                rejects.header = sheet.header
+
+                def intact() -> None:
+                    if hashing.sha.hexdigest() != digest:
+                        raise ValidationFailed("the file changed while it was being imported")
+
+                if chunked:
+                    _import_in_chunks(store, work, sheet.records, allow_photos, intact)
+                else:
+                    with store.tx() as session:
+                        work.session = session
+                        work.run(sheet.records, allow_photos=allow_photos)
+                        intact()
+    except _AlreadyImported as already:
+        return ImportReport(already.batch_id, name, 0, 0, 0, (), None, already_imported=True)
     except DBAPIError as exc:
         if is_transient(exc):
             raise StoreBusy(
                 str(exc.orig).splitlines()[0] if exc.orig else type(exc).__name__
             ) from exc
         raise
+    if chunked and work.batch_id is not None and not policy.approval_required:
+        settle(store, work.batch_id)  # no approval step: its cards are approved now
     return _finish(work, rejects.target if work.rejected else None)
+
+
+class _AlreadyImported(Exception):
+    def __init__(self, batch_id: int) -> None:
+        super().__init__(f"imported before as batch {batch_id}")
+        self.batch_id = batch_id
+
+
+def _check_file(
+    path: Path,
+    ignored: Collection[str],
+    limits: Limits,
+    *,
+    allow_photos: bool,
+    chunk_rows: int,
+) -> None:
+    """Everything about a large file that needs no store, before anything is written:
+    the header, every row parsed and validated, no key repeated, the row and reject
+    caps. Raises ``ValidationFailed`` as the import itself would."""
+    with path.open("rb") as raw, ExitStack() as files:
+        sheet = open_sheet(io.BufferedReader(raw, _READ_BYTES), ignored)
+        check = _Import(
+            None,
+            name="",
+            digest="",
+            base_dir=path.parent,
+            policy=Policy(),
+            requested_by="-",
+            line="-",
+            limits=limits,
+            rejects=_RejectSink(files, path),  # never written: a check writes nothing
+            chunked=True,
+            chunk_rows=chunk_rows,
+        )
+        check._header = sheet.header
+        for chunk in check.chunks(sheet.records, allow_photos=allow_photos):
+            check._validate_all(chunk)
+            check.rejected.extend(check._chunk_rejects)
+            check._chunk_rejects = []
+
+
+def _import_in_chunks(
+    store: Store,
+    work: _Import,
+    records: Iterable[Record],
+    allow_photos: bool,
+    intact: Callable[[], None],
+) -> None:
+    """Write a checked large file a chunk per transaction, then finish its batch in one
+    more; on any failure, abandon the batch (its cards rejected) and raise."""
+    work._header = work.sink.header
+    try:
+        for chunk in work.chunks(records, allow_photos=allow_photos):
+            with store.tx() as session:
+                work.begin(session)
+                work.import_chunk(chunk)
+                work.progress(chunk[-1].line)
+        intact()
+        with store.tx() as session:
+            work.begin(session)
+            work.finish()
+    except BaseException as exc:
+        if work.batch_id is not None:
+            _abandon_quietly(store, work, exc)
+        raise
+
+
+def _abandon_quietly(store: Store, work: _Import, exc: BaseException) -> None:
+    """Abandon ``work``'s batch after ``exc``; when the store will not have it either,
+    leave it to the reconciler (wait "batch import"), which abandons a stalled import."""
+    reason = f"the import stopped: {str(exc) or type(exc).__name__}"[:500]
+    try:
+        with store.tx() as session:
+            batch = session.get(BatchOrder, work.batch_id, with_for_update=True)
+            if batch is not None:
+                abandon(session, batch, actor=work.requested_by, reason=reason)
+        settle(store, work.batch_id)  # type: ignore[arg-type]  # not None: checked above
+    except Exception:  # the store is away: the reconciler settles it later
+        log.warning("batch import not abandoned", batch_id=work.batch_id, exc_info=True)
 
 
 def _imported_as(session: Session, digest: str) -> int | None:
@@ -410,7 +528,7 @@ class _Import:
 
     def __init__(
         self,
-        session: Session,
+        session: Session | None,
         *,
         name: str,
         digest: str,
@@ -420,8 +538,17 @@ class _Import:
         line: str,
         limits: Limits,
         rejects: _RejectSink,
+        chunked: bool = False,
+        chunk_rows: int = _CHUNK,
     ) -> None:
-        self.session = session
+        self._session = session
+        # A chunked import keeps every change to an existing holder on its card, and
+        # creates its cards ``requested`` under a batch ``importing``: nothing of it
+        # takes effect before the last transaction, whatever the approval policy.
+        self.chunked = chunked
+        self.chunk_rows = chunk_rows
+        self.approve_now = not policy.approval_required and not chunked
+        self.batch_id: int | None = None
         self.name = name
         self.digest = digest
         self.base_dir = base_dir
@@ -452,9 +579,31 @@ class _Import:
         self._chunk_rejects: list[RejectedRow] = []
         self._header: Sequence[str] = ()
 
+    @property
+    def session(self) -> Session:
+        if self._session is None:
+            raise RuntimeError("the import has no transaction")  # a bug, not bad input
+        return self._session
+
+    @session.setter
+    def session(self, session: Session) -> None:
+        self._session = session
+
     def run(self, records: Iterable[Record], *, allow_photos: bool = True) -> None:
-        """Import each valid record and reject each invalid one, a chunk at a time."""
+        """Import each valid record and reject each invalid one, a chunk at a time, in
+        the one transaction of ``session``."""
         self._header = self.sink.header
+        for chunk in self.chunks(records, allow_photos=allow_photos):
+            self.import_chunk(chunk)
+        if self.batch is not None:
+            self.batch.card_count = self.cards_requested
+            self.batch.rejected_rows = len(self.rejected)
+
+    def chunks(
+        self, records: Iterable[Record], *, allow_photos: bool = True
+    ) -> Iterator[list[Record]]:
+        """The records, ``chunk_rows`` at a time; ``ValidationFailed`` past ``max_rows``
+        or at a photo where none may be."""
         chunk: list[Record] = []
         for rows, record in enumerate(records, start=1):
             if rows > self.limits.max_rows:
@@ -470,16 +619,83 @@ class _Import:
                     line=record.line,
                 )
             chunk.append(record)
-            if len(chunk) == _CHUNK:
-                self._import_chunk(chunk)
+            if len(chunk) == self.chunk_rows:
+                yield chunk
                 chunk = []
         if chunk:
-            self._import_chunk(chunk)
-        if self.batch is not None:
-            self.batch.card_count = self.cards_requested
-            self.batch.rejected_rows = len(self.rejected)
+            yield chunk
 
-    def _import_chunk(self, records: Sequence[Record]) -> None:
+    # -- a chunked import's own steps
+
+    def begin(self, session: Session) -> None:
+        """Start a chunk's transaction: what the store said in the last one may be out
+        of date (its users and their cards are read again), and the batch must still be
+        importing (the reconciler abandons one that stalled)."""
+        self.session = session
+        self.known.clear()
+        self.by_email.clear()
+        self.shared_emails.clear()
+        self.by_external_id.clear()
+        self.by_upn.clear()
+        if self.batch_id is None:
+            self.batch = None
+            existing = _imported_as(session, self.digest)
+            if existing is not None:
+                raise _AlreadyImported(existing)
+            return
+        batch = session.get(BatchOrder, self.batch_id, with_for_update=True)
+        if batch is None or batch.state != BatchState.IMPORTING:
+            raise StateConflict(
+                "batch",
+                self.batch_id,
+                "import",
+                batch.state if batch else None,
+                (BatchState.IMPORTING,),
+                detail="the import was abandoned (it made no progress for too long)",
+            )
+        self.batch = batch
+
+    def progress(self, last_line: int) -> None:
+        """Record, on the batch, how far the import has come (this is also what tells
+        the reconciler the import is alive)."""
+        if self.batch is None:
+            return
+        self.batch_id = self.batch.id
+        record_change(
+            self.session,
+            self.batch,
+            "import",
+            actor=self.requested_by,
+            reason=f"imported through line {last_line}",
+            expect=(BatchState.IMPORTING,),
+            changes={"card_count": self.cards_requested, "rejected_rows": len(self.rejected)},
+        )
+
+    def finish(self) -> None:
+        """The last transaction: the batch ``requested`` (or, with no approval step,
+        approved, with the changes its cards carry made)."""
+        if self.batch is None:
+            return  # no row was valid: no batch was created
+        counts = {"card_count": self.cards_requested, "rejected_rows": len(self.rejected)}
+        if self.policy.approval_required:
+            transition(self.session, self.batch, "finish", actor=self.requested_by, changes=counts)
+            return
+        transition(
+            self.session,
+            self.batch,
+            "finish_approved",
+            actor=self.requested_by,
+            changes={**counts, "approved_by": "auto"},
+        )
+        approve_changing_cards(
+            self.session,
+            self.batch.id,
+            by="auto",
+            requested_by=self.requested_by,
+            unique_email=self.policy.email_unique,
+        )
+
+    def import_chunk(self, records: Sequence[Record]) -> None:
         candidates = self._validate_all(records)
         self._preload([row for _, row in candidates])
         for record, row in candidates:
@@ -658,13 +874,14 @@ class _Import:
 
     def _batch_order(self) -> BatchOrder:
         if self.batch is None:
-            auto = not self.policy.approval_required
+            auto = self.approve_now
+            state = BatchState.APPROVED if auto else BatchState.REQUESTED
             batch = BatchOrder(
                 name=self.name,
                 source_sha256=self.digest,
                 requested_by=self.requested_by,
                 approved_by="auto" if auto else None,
-                state=BatchState.APPROVED if auto else BatchState.REQUESTED,
+                state=BatchState.IMPORTING if self.chunked else state,
             )
             self.batch = create(self.session, batch, actor=self.requested_by, reason="csv import")
         return self.batch
@@ -680,8 +897,9 @@ class _Import:
         self, user: _Holder, row: BatchRow, photo: str | None, reason: str
     ) -> dict[str, Any] | None:
         """The row's changes to an existing user: made now when the batch needs no
-        approval; otherwise returned, to be kept on the card and made only when its
-        request is approved (a rejected batch changes no one)."""
+        approval and is imported in one transaction; otherwise returned, to be kept on
+        the card and made only when its request is approved (a rejected or failed batch
+        changes no one)."""
         # An empty optional cell means "not given": it keeps what the user already has.
         wanted = {k: v for k, v in _user_attributes(row).items() if v is not None}
         if photo is not None:
@@ -690,7 +908,7 @@ class _Import:
         if not changed:
             return None
         changes = {key: wanted[key] for key in changed}
-        if self.policy.approval_required:
+        if not self.approve_now:
             return changes
         # Rare enough (an import without approval that changes a holder) to be made
         # row by row, through the guarded update every other edit uses.
@@ -735,7 +953,7 @@ class _Import:
             self.new_users = []
         if not self.new_cards:
             return
-        approved = not self.policy.approval_required
+        approved = self.approve_now
         batch_id = self._batch_order().id
         state = CardState.APPROVED if approved else CardState.REQUESTED
         cards = [

@@ -25,7 +25,7 @@ from producers.principals import check_four_eyes
 from producers.users import MAX_PAGE, Page, apply_requested_changes
 from schemas.api import CardOut
 from schemas.batch import LINE_NAME
-from schemas.errors import ApprovalRequired, PermanentError, ValidationFailed
+from schemas.errors import ApprovalRequired, PermanentError, StateConflict, ValidationFailed
 from schemas.messages import PrepareCard, RecertifyCard
 from schemas.policy import Policy
 from schemas.states import (
@@ -191,9 +191,24 @@ def issue_cards(
         )
 
 
-def _decidable(session: Session, card: str, by: str) -> Credential:
-    cred = find_card(session, card, lock=True)
+def _decidable(session: Session, card: str, by: str, action: str) -> Credential:
+    cred = _not_importing(find_card(session, card, lock=True), action)
     check_four_eyes(by, cred.requested_by, f"card {cred.id}")
+    return cred
+
+
+def _not_importing(cred: Credential, action: str) -> Credential:
+    """Refuse to decide on a card of a batch still being imported: the batch is decided
+    as a whole once the file is in."""
+    if cred.batch is not None and cred.batch.state == BatchState.IMPORTING:
+        raise StateConflict(
+            cred.machine.name,
+            cred.id,
+            action,
+            cred.state,
+            (),
+            detail=f"its batch {cred.batch_id} is still being imported",
+        )
     return cred
 
 
@@ -201,7 +216,7 @@ def approve_card(
     store: Store, card: str, *, by: str, comment: str | None = None, unique_email: bool = True
 ) -> str:
     with store.tx() as s:
-        cred = _decidable(s, card, by)
+        cred = _decidable(s, card, by, "approve")
         apply_requested_changes(s, cred, by=cred.requested_by, unique_email=unique_email)
         return transition(
             s,
@@ -220,7 +235,7 @@ def reject_card(
     why = _reason(reason, required=True)
     note = _reason(comment, required=False)
     with store.tx() as s:
-        cred = _decidable(s, card, by)
+        cred = _decidable(s, card, by, "reject")
         return transition(s, cred, "reject", actor=by, reason=f"{why}: {note}" if note else why)
 
 
@@ -228,14 +243,14 @@ def postpone_card(store: Store, card: str, *, by: str, reason: str) -> str:
     """Leave the request waiting, with the reason on record (audited)."""
     why = _reason(reason, required=True)
     with store.tx() as s:
-        cred = _decidable(s, card, by)
+        cred = _decidable(s, card, by, "postpone")
         return transition(s, cred, "postpone", actor=by, reason=why)
 
 
 def cancel_card(store: Store, card: str, *, by: str, reason: str | None = None) -> str:
     """Withdraw a request before a station starts on it."""
     with store.tx() as s:
-        cred = find_card(s, card, lock=True)
+        cred = _not_importing(find_card(s, card, lock=True), "cancel")
         return transition(s, cred, "cancel", actor=by, reason=_reason(reason, required=False))
 
 

@@ -59,9 +59,15 @@ class AttemptState(StrEnum):
 
 
 class BatchState(StrEnum):
+    # A large file being imported a chunk at a time: its cards exist, ``requested``,
+    # but nobody may decide on them until the import has finished.
+    IMPORTING = "importing"
     REQUESTED = "requested"
     APPROVED = "approved"
     REJECTED = "rejected"
+    # An import that did not finish (refused part-way or interrupted): its cards are
+    # rejected and the file may be imported again.
+    FAILED = "failed"
 
 
 class SoftTokenState(StrEnum):
@@ -296,8 +302,11 @@ B = BatchState
 BATCH = Machine(
     name="batch",
     states=frozenset(B),
-    initial=frozenset({B.REQUESTED, B.APPROVED}),
+    initial=frozenset({B.IMPORTING, B.REQUESTED, B.APPROVED}),
     edges=(
+        _e("finish", B.IMPORTING, B.REQUESTED),
+        _e("finish_approved", B.IMPORTING, B.APPROVED),  # no approval step: approved at once
+        _e("abandon", B.IMPORTING, B.FAILED),
         _e("approve", B.REQUESTED, B.APPROVED),
         _e("reject", B.REQUESTED, B.REJECTED),
     ),

@@ -22,10 +22,11 @@ import structlog
 from sqlalchemy import ColumnElement, String, and_, cast, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from db import outbox, production
+from db import batches, outbox, production
 from db.engine import Store
 from db.models import (
     Attention,
+    BatchOrder,
     Certificate,
     Credential,
     CrlPublication,
@@ -48,7 +49,14 @@ from schemas.messages import (
     SendReminder,
 )
 from schemas.policy import Policy
-from schemas.states import AttemptState, CardState, CertState, SoftTokenState, TempCardState
+from schemas.states import (
+    AttemptState,
+    BatchState,
+    CardState,
+    CertState,
+    SoftTokenState,
+    TempCardState,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -71,6 +79,9 @@ class StallPolicy:
     lease_grace_s: float = 60.0
     # A station whose heartbeat is younger than this counts as alive.
     station_alive_s: float = 30.0
+    # A large import records its progress on its batch after every chunk (well under
+    # a second each); one silent for this long has stopped, and is abandoned.
+    import_s: float = 300.0
 
 
 @dataclass
@@ -259,6 +270,54 @@ def _leases(r: Reconcile) -> int:
     return done
 
 
+def _batch_import(r: Reconcile) -> int:
+    """Abandon every chunked import that stopped recording progress (its process died
+    or lost the store): the batch ``failed``, its file free to be imported again. Not
+    hurried by ``everything``: another process may be importing while this one starts."""
+    cutoff = r.now - dt.timedelta(seconds=r.stall.import_s)
+    stalled = and_(BatchOrder.state == BatchState.IMPORTING, BatchOrder.updated_at < cutoff)
+    with r.store.read() as s:
+        ids = list(s.scalars(select(BatchOrder.id).where(stalled).limit(BATCH)))
+    done = 0
+    for batch_id in ids:
+        with r.store.tx() as s:
+            batch = s.scalar(
+                select(BatchOrder).where(BatchOrder.id == batch_id, stalled).with_for_update()
+            )
+            if batch is not None and batches.abandon(
+                s,
+                batch,
+                actor="reconciler",
+                reason=f"the import made no progress for {r.stall.import_s:g} s: "
+                "import the file again",
+            ):
+                done += 1
+    return done
+
+
+def _batch_decision(r: Reconcile) -> int:
+    """Settle the cards still ``requested`` of every decided batch whose decider did
+    not finish (approved, rejected, or failed with the batch)."""
+    cutoff = r.cutoff(r.stall.approved_s)
+    waiting = select(Credential.batch_id).where(
+        Credential.state == CardState.REQUESTED, Credential.batch_id.is_not(None)
+    )
+    with r.store.read() as s:
+        ids = list(
+            s.scalars(
+                select(BatchOrder.id)
+                .where(
+                    BatchOrder.state.in_(sorted(batches.SETTLE)),
+                    BatchOrder.updated_at < cutoff,
+                    BatchOrder.id.in_(waiting),
+                )
+                .order_by(BatchOrder.id)
+                .limit(BATCH)
+            )
+        )
+    return sum(batches.settle(r.store, batch_id) for batch_id in ids)
+
+
 def _recertify(r: Reconcile) -> int:
     return _redrive_rows(
         r,
@@ -404,6 +463,26 @@ def _crl_attention() -> ColumnElement[bool]:
 
 
 WAITS: tuple[Wait, ...] = (
+    Wait(
+        "batch import",
+        "batch `importing`: a large file written a chunk per transaction",
+        "none: the importing process writes the next chunk",
+        "the process importing the file (CLI or API)",
+        f"no chunk recorded for `import_s` ({StallPolicy.import_s:g} s)",
+        "abandons it: the batch `failed` (its file may be imported again), its cards"
+        " rejected by the next wait",
+        _batch_import,
+    ),
+    Wait(
+        "batch decision",
+        "batch approved, rejected or `failed` with cards still `requested`",
+        "none: whoever decided the batch settles its cards a thousand per transaction",
+        "the approver's (or importer's) process",
+        f"the batch unchanged for `approved_s` ({StallPolicy.approved_s:g} s)",
+        "settles the rest (`db.batches.settle`): approved with PrepareCard, or rejected"
+        " with the batch's reason",
+        _batch_decision,
+    ),
     Wait(
         "card approved",
         "card `approved`, not yet prepared (no escrowed key)",

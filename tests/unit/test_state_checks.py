@@ -17,13 +17,13 @@ from schemas.errors import StateConflict
 from schemas.states import MACHINES
 from tests import factories
 
-# The states each table's CHECK allows, as migration 0009 (0012 for approval requests)
-# wrote them. A machine that
+# The states each table's CHECK allows, as migration 0009 (0012 for approval requests,
+# 0016 for batches) wrote them. A machine that
 # gains a state fails this test: add a migration that re-creates that table's CHECK
 # (the stores already migrated would refuse the new state), then update this table.
 STATES_AT_0009 = {
     "users": "active deleted inactive locked",
-    "batch_orders": "approved rejected requested",
+    "batch_orders": "approved failed importing rejected requested",
     "credentials": "active approved assigned cancelled expired failed inactive issued locked "
     "producing ready rejected requested unassigned",
     "production_attempts": "in_progress spoiled succeeded",

@@ -1,6 +1,8 @@
 """The table of waits, walked: for each wait, the message that moves it on is lost in
 the broker the first time it is sent, and the work must still complete, re-driven by
-the wait's owner, without a blank spoiled for it.
+the wait's owner, without a blank spoiled for it. For a wait moved on by a process,
+not a message (a batch imported or decided a chunk at a time), that process stops
+part-way instead.
 
 The line runs (embedded: workers, relay, stations) from an empty store, so every
 message below is published exactly once before it is lost; nothing but the wait's own
@@ -20,6 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 from aiosmtpd.controller import Controller
@@ -28,6 +31,7 @@ from sqlalchemy import select
 from structlog.testing import capture_logs
 
 from db.models import (
+    BatchOrder,
     Certificate,
     Credential,
     CrlPublication,
@@ -38,7 +42,7 @@ from db.models import (
 from ops.config import Settings
 from ops.line import EmbeddedLine, LineOptions
 from ops.store import open_migrated
-from producers import certificates, softtokens
+from producers import approvals, batch_import, certificates, softtokens
 from producers.approvals import approve_batch
 from producers.batch_import import import_batch
 from producers.cards import renew_card
@@ -51,7 +55,13 @@ from schemas.states import RevocationReason
 from workers.waits import WAITS, StallPolicy, markdown_table
 
 FAST = StallPolicy(
-    approved_s=0.3, ready_s=0.5, letter_s=0.3, crl_s=0.3, reconcile_s=0.1, lease_grace_s=0
+    approved_s=0.3,
+    ready_s=0.5,
+    letter_s=0.3,
+    crl_s=0.3,
+    reconcile_s=0.1,
+    lease_grace_s=0,
+    import_s=0.5,
 )
 CARDS = 2
 
@@ -252,9 +262,68 @@ def _letter_written_not_mailed(store: Any, payload: dict[str, Any]) -> bool:
         return cred is not None and cred.pin_letter_path and cred.pin_letter_mailed_at is None
 
 
+def _import_stops(scene: Scene) -> Callable[[], bool]:
+    # A file imported a row per transaction whose importer dies after its first chunk,
+    # before it could abandon the batch itself.
+    csv = write_users_csv(scene.tmp / "users.csv", 3, seed=3)
+    real = batch_import._Import.begin
+
+    def die_after_first(work: Any, session: Any) -> None:
+        if work.cards_requested == 1:  # the first chunk is committed
+            raise KeyboardInterrupt("the importer is killed")
+        real(work, session)
+
+    with (
+        mock.patch.object(batch_import._Import, "begin", die_after_first),
+        mock.patch.object(batch_import, "_abandon_quietly", return_value=None),
+        pytest.raises(KeyboardInterrupt),
+    ):
+        import_batch(
+            scene.store,
+            csv,
+            policy=scene.policy,
+            requested_by="alice",
+            reject_dir=scene.tmp,
+            single_tx_bytes=0,
+            chunk_rows=1,
+        )
+    with scene.store.read() as s:
+        (batch,) = s.scalars(select(BatchOrder)).all()
+        assert batch.state == "importing"
+
+    again: list[int] = []
+
+    def done() -> bool:
+        if not again:
+            with scene.store.read() as s:
+                batch = s.scalars(select(BatchOrder)).one()
+            if batch.state != "failed" or any(c.state != "rejected" for c in scene.cards()):
+                return False
+            # ... and the same file may be imported again, whole this time.
+            again.append(scene.order(3))
+        with scene.store.read() as s:
+            cards = s.scalars(select(Credential).where(Credential.batch_id == again[0])).all()
+            return len(cards) == 3 and all(c.state == "active" for c in cards)
+
+    return done
+
+
+def _decision_stops(scene: Scene) -> Callable[[], bool]:
+    # The approver's process dies after the batch is approved, before its cards are.
+    csv = write_users_csv(scene.tmp / "users.csv", CARDS, seed=3)
+    report = import_batch(
+        scene.store, csv, policy=scene.policy, requested_by="alice", reject_dir=scene.tmp
+    )
+    assert report.batch_id is not None
+    with mock.patch.object(approvals, "settle", return_value=0):
+        approve_batch(scene.store, report.batch_id, by="bob")
+    assert {c.state for c in scene.cards()} == {"requested"}
+    return scene.produced
+
+
 @dataclass(frozen=True)
 class Case:
-    message: str  # the message type lost
+    message: str | None  # the message type lost (None: a process stops part-way)
     scenario: Callable[[Scene], Callable[[], bool]]
     # Which messages of that type are lost: (the store, the payload) -> bool.
     where: Callable[[Any, dict[str, Any]], bool] = lambda store, p: True
@@ -264,6 +333,8 @@ class Case:
 
 
 CASES: dict[str, Case] = {
+    "batch import": Case(None, _import_stops, redriver="batch import"),
+    "batch decision": Case(None, _decision_stops, redriver="batch decision"),
     "card approved": Case("prepare_card", _cards, redriver="card approved"),
     "escrow certificate": Case(
         "issue_certificate",
@@ -320,7 +391,7 @@ def test_work_completes_when_the_message_that_moves_it_on_is_lost(tmp_path, smtp
         case.policy,
         LineOptions(stations=2, time_scale=0, seed=5, stall=FAST, cert_resend_s=0.3),
     )
-    lost = LoseFirst(line.broker, case.message, lambda p: case.where(line.store, p))
+    lost = LoseFirst(line.broker, case.message or "", lambda p: case.where(line.store, p))
     with capture_logs() as logs:
         line.start()
         try:
@@ -328,7 +399,7 @@ def test_work_completes_when_the_message_that_moves_it_on_is_lost(tmp_path, smtp
             until(done)
         finally:
             line.stop()
-    assert lost.lost, f"no {case.message} message was sent, so none was lost"
+    assert lost.lost or case.message is None, f"no {case.message} message was sent"
     with line.store.read() as s:
         spoiled = s.scalars(select(ProductionAttempt).where(ProductionAttempt.state == "spoiled"))
         assert list(spoiled) == [], "a lost message must not cost a blank"
