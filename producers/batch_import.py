@@ -33,6 +33,7 @@ import codecs
 import csv
 import hashlib
 import io
+import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -69,6 +70,13 @@ DEFAULT_MAX_REJECTS = 10_000
 # Rows imported per step, and values per ``IN (...)`` look-up: well under every
 # backend's limit on bound parameters in one statement.
 _CHUNK = 5000
+# Rows per transaction of a large file's import: the longest another writer waits.
+_CHUNKED_ROWS = 1000
+# On SQLite, a pause between two of those transactions. A writer waiting for the lock
+# polls with a back-off (SQLite's busy handler sleeps up to 100 ms at a time) and would
+# otherwise miss every gap between chunks; measured at 100,000 rows, the longest wait of
+# another writer fell from 1.5 s to 0.18 s for 1 s more of import.
+_SQLITE_YIELD_S = 0.01
 _READ_BYTES = 1 << 16
 _CLOSED_USER_STATES = frozenset({UserState.LOCKED, UserState.DELETED})
 # The user columns a row sets; a row's ``photo`` becomes ``photo_path``.
@@ -157,10 +165,9 @@ def import_batch(
     files of one name (uploads) never overwrite each other's report.
 
     A file larger than ``single_tx_bytes`` (default ``SINGLE_TX_BYTES``) is imported
-    ``chunk_rows`` rows per transaction (see the module's docstring): the rest of the
-    line goes on meanwhile.
+    ``chunk_rows`` (default 1,000) rows per transaction (see the module's docstring):
+    the rest of the line goes on meanwhile.
     """
-    chunk_rows = chunk_rows or _CHUNK
     single_tx_bytes = SINGLE_TX_BYTES if single_tx_bytes is None else single_tx_bytes
     line_name = _line_name(line or policy.default_line)
     if not requested_by.strip() or len(requested_by) > 100:
@@ -173,6 +180,7 @@ def import_batch(
     name = path.name[:200]
     stem = f"{path.stem}-{digest[:16]}" if report_by_content else path.stem
     chunked = path.stat().st_size > single_tx_bytes
+    chunk_rows = chunk_rows or (_CHUNKED_ROWS if chunked else _CHUNK)
     try:
         with store.read() as session:
             existing = _imported_as(session, digest)
@@ -273,12 +281,15 @@ def _import_in_chunks(
     """Write a checked large file a chunk per transaction, then finish its batch in one
     more; on any failure, abandon the batch (its cards rejected) and raise."""
     work._header = work.sink.header
+    pause = _SQLITE_YIELD_S if store.engine.dialect.name == "sqlite" else 0.0
     try:
         for chunk in work.chunks(records, allow_photos=allow_photos):
             with store.tx() as session:
                 work.begin(session)
                 work.import_chunk(chunk)
                 work.progress(chunk[-1].line)
+            if pause:
+                time.sleep(pause)
         intact()
         with store.tx() as session:
             work.begin(session)
