@@ -31,6 +31,7 @@ from schemas.states import (
     ATTEMPT,
     BATCH,
     CARD,
+    CARD_UPDATE,
     CERTIFICATE,
     INCIDENT,
     SOFT_TOKEN,
@@ -227,9 +228,11 @@ class Credential(Stateful, Base):
     redriven_at: Mapped[dt.datetime | None]
     # A temporary card's assignment ends then (extend moves it).
     assigned_until: Mapped[dt.datetime | None]
-    # New certificates for the card's keys were asked for then (renew, temp-card assign);
-    # the pki worker re-certifies every usage whose current certificate is older.
+    # New certificates for the card's keys were asked for then (temp-card assign); the
+    # pki worker re-certifies every usage whose current certificate is older.
     recertify_requested_at: Mapped[dt.datetime | None]
+    # The chip's serial (ICCSN) of the produced card: how a desk knows which card it holds.
+    chip_serial: Mapped[str | None] = mapped_column(String(64), unique=True)
 
     user: Mapped[User | None] = relationship(back_populates="credentials")
     batch: Mapped[BatchOrder | None] = relationship(back_populates="credentials")
@@ -327,6 +330,12 @@ class Certificate(Stateful, Base):
     pem: Mapped[str] = mapped_column(Text)
     revocation_reason: Mapped[str | None] = mapped_column(String(32))
     revoked_at: Mapped[dt.datetime | None]
+    # Whether the card's chip carries it, as last written and read back: set when the
+    # card is produced or an update writing it is applied, cleared when an update
+    # erases it. Never true before the chip has it.
+    on_chip: Mapped[bool] = mapped_column(default=False, server_default=false())
+    # The card update it was issued for (renewal), if any.
+    update_id: Mapped[int | None] = mapped_column(ForeignKey("card_updates.id"), index=True)
 
     @property
     def machine(self) -> Machine:
@@ -663,3 +672,33 @@ class CrlPublication(Base):
     # A digest of the revoked and held serials it lists: equal digests, equal CRLs.
     fingerprint: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class CardUpdate(Stateful, Base):
+    """A change to the chip of a card already produced (renewal, ...), applied when the
+    card is next inserted at an update desk or a station: ``pending`` until then,
+    ``in_progress`` while a desk writes it, ``applied`` once read back.
+
+    ``plan`` says what must change (for a renewal: the usages to re-key). ``journal``
+    records, step by step, what the chip already carries (the new keys' ids and CSRs,
+    written, old objects erased), so a card pulled or a desk killed part-way resumes
+    where it stopped, never doing a step twice. Never holds a secret.
+    """
+
+    __tablename__ = "card_updates"
+    __table_args__ = (state_check(CARD_UPDATE),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    credential_id: Mapped[int] = mapped_column(ForeignKey("credentials.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    requested_by: Mapped[str] = mapped_column(String(100))
+    plan: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    journal: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    station_id: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[dt.datetime | None]
+    applied_at: Mapped[dt.datetime | None]
+    error: Mapped[str | None] = mapped_column(String(500))
+
+    @property
+    def machine(self) -> Machine:
+        return CARD_UPDATE

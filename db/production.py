@@ -11,7 +11,7 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from db import outbox
@@ -124,8 +124,9 @@ def complete(
         actor=actor,
         changes={"finished_at": utcnow(), "chip_serial": chip_serial},
     )
+    serial = {"chip_serial": chip_serial} if chip_serial else {}
     if cred.kind == CredentialKind.TEMP_CARD:
-        transition(session, cred, "complete", actor=actor)
+        transition(session, cred, "complete", actor=actor, changes=serial)
     else:
         action = "complete_issued" if activation_step else "complete"
         transition(
@@ -133,8 +134,22 @@ def complete(
             cred,
             action,
             actor=actor,
+            changes=serial,
             messages=[SendPinLetter(credential_id=cred.id)],
         )
+    # What the chip now carries: the attempt's certificates and the escrowed key's.
+    session.execute(
+        update(Certificate)
+        .where(
+            or_(
+                Certificate.attempt_id == attempt.id,
+                and_(Certificate.attempt_id.is_(None), Certificate.credential_id == cred.id),
+            ),
+            Certificate.state.in_((CertState.VALID, CertState.HOLD)),
+        )
+        .values(on_chip=True)
+        .execution_options(synchronize_session=False)
+    )
     _station_update(session, attempt.station_id, status="idle", current_credential_id=None, done=1)
     return cred
 

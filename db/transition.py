@@ -57,15 +57,22 @@ def transition(
     """Apply ``action`` to ``entity``; return the new state.
 
     ``expect`` narrows the states the caller accepts (default: every source state of
-    the action). ``changes`` are other columns set in the same guarded UPDATE.
+    the action). ``changes`` are other columns set in the same guarded UPDATE. An action
+    the entity's machine does not have (``deactivate`` on a temporary card) is refused
+    like any other illegal one: ``StateConflict``, allowed from nowhere.
     """
     machine = entity.machine
+    current = entity.state
+    if action not in machine.actions:
+        raise StateConflict(machine.name, entity.id, action, current, ())
     edge = machine.edge(action)
     allowed = edge.sources if expect is None else edge.sources & frozenset(expect)
-    current = entity.state
     if current not in allowed:
         raise StateConflict(machine.name, entity.id, action, current, allowed)
-    _compare_and_set(session, entity, action, allowed, {**(changes or {}), "state": edge.target})
+    # The plain value, as a row loaded from the store holds it (a later error about
+    # this entity then names the state 'active', not <CardState.ACTIVE: 'active'>).
+    target = str(edge.target)
+    _compare_and_set(session, entity, action, allowed, {**(changes or {}), "state": target})
     audit.append(
         session,
         actor=actor,
@@ -73,11 +80,11 @@ def transition(
         entity_id=entity.id,
         action=action,
         from_state=current,
-        to_state=edge.target,
+        to_state=target,
         reason=reason,
     )
     outbox.add_all(session, messages)
-    return edge.target
+    return target
 
 
 def record(

@@ -15,9 +15,11 @@ from pathlib import Path
 
 import dramatiq
 import structlog
+from sqlalchemy.exc import DBAPIError
 
+from db import updates
 from db.checkpoints import CheckpointKey
-from db.engine import Store
+from db.engine import Store, is_transient
 from db.files import atomic_write
 from db.secrets import SecretBox
 from db.summary import LineSummary, blocked_in_production, progress, summarise
@@ -25,8 +27,10 @@ from ops.config import Settings
 from ops.store import open_checked
 from schemas.policy import Policy
 from schemas.states import IN_PRODUCTION
+from stations.chips import SimChipStore
+from stations.desk import DeskConfig, UpdateDesk
 from stations.runtime import Station, StationConfig
-from stations.sim import make_sim_drivers
+from stations.sim import make_sim_desk, make_sim_drivers
 from workers import actors
 from workers.broker import WORKER_QUEUES, make_broker
 from workers.ca import CertificateAuthority
@@ -47,6 +51,8 @@ class LineOptions:
     lease_s: float = 30.0
     cert_resend_s: float = 5.0
     stall: StallPolicy = field(default_factory=StallPolicy)
+    # The simulated holders bring cards with pending updates to the line's desk.
+    desk: bool = True
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,7 @@ class DataPaths:
     logs: Path = field(init=False)
     softtokens: Path = field(init=False)
     input: Path = field(init=False)
+    chips: Path = field(init=False)
 
     def __post_init__(self) -> None:
         self.faces = self.root / "faces"
@@ -80,6 +87,8 @@ class DataPaths:
         self.logs = self.root / "logs"
         self.softtokens = self.root / "softtokens"
         self.input = self.root / "input"
+        # The simulated chips of produced cards, sealed (stations.chips).
+        self.chips = self.root / "chips"
 
     def make(self) -> None:
         """The data dir and its folders, each the owner's alone (0700): they hold
@@ -95,6 +104,7 @@ class DataPaths:
             self.crl,
             self.softtokens,
             self.input,
+            self.chips,
         ):
             path.mkdir(mode=0o700, parents=True, exist_ok=True)
             path.chmod(0o700)
@@ -145,7 +155,21 @@ class EmbeddedLine:
             stall=options.stall,
             checkpoint_key=CheckpointKey.from_box(self.box),
         )
+        self.chips = SimChipStore(self.paths.chips, self.box)
         self.stations = [self._station(i) for i in range(options.stations)]
+        self.desk_reader, desk_token = make_sim_desk(
+            time_scale=options.time_scale, seed=options.seed, chips=self.chips
+        )
+        # The line's update desk: its simulated holders bring every card with a pending
+        # update (a renewal) to it, so the line drains updates as it drains production.
+        self.desk = UpdateDesk(
+            self.store,
+            self.box,
+            DeskConfig(station_id="DESK1", cert_resend_s=options.cert_resend_s),
+            self.desk_reader,
+            desk_token,
+            policy,
+        )
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -157,6 +181,7 @@ class EmbeddedLine:
             fault_rate=self.options.fault_rate,
             seed=seed,
             output_dir=self.paths.printed / station_id,
+            chips=self.chips,
         )
         return Station(
             StationConfig(
@@ -186,10 +211,33 @@ class EmbeddedLine:
         self.worker.start()
         targets: list[tuple[str, Callable[[threading.Event], None]]] = [("relay", self.relay.run)]
         targets += [(s.config.station_id, s.run) for s in self.stations]
+        if self.options.desk:
+            targets.append(("DESK1", self._holders))
         for name, target in targets:
             thread = threading.Thread(target=target, args=(self._stop,), name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
+
+    def _holders(self, stop: threading.Event) -> None:
+        """The simulated holders: each card with a pending update is brought to the desk
+        (inserted, served, taken back) until none is left, then again when one comes."""
+        while not stop.is_set():
+            waiting: list[tuple[int, str]] = []
+            try:
+                with self.store.read() as s:
+                    waiting = updates.card_with_pending(s)
+                for _, serial in waiting:
+                    if stop.is_set():
+                        return
+                    self.desk_reader.insert(serial)
+                    self.desk.serve(self.desk_reader.read_chip(1.0))
+            except DBAPIError as exc:
+                if not is_transient(exc):
+                    raise
+                log.warning("desk.store_away")
+            except Exception:  # the desk must not take the line down with it
+                log.exception("desk.error")
+            stop.wait(0.2 if not waiting else 0.0)
 
     def wait_drained(
         self,
@@ -205,13 +253,15 @@ class EmbeddedLine:
             with self.store.read() as s:
                 cards, unsent, letters = progress(s)
                 blocked = blocked_in_production(s)
+                waiting_updates = self.options.desk and bool(updates.card_with_pending(s, limit=1))
             elapsed = time.monotonic() - start
             if on_progress:
                 on_progress(Progress(cards, unsent, letters, elapsed))
             # A card waiting for a person (needs attention) does not keep the line running.
             in_production = sum(cards.get(k, 0) for k in IN_PRODUCTION) - blocked
             # Two quiet polls in a row: a message published between reads cannot fool us.
-            quiet = quiet + 1 if (in_production == 0 and unsent == 0 and letters == 0) else 0
+            idle = in_production == 0 and unsent == 0 and letters == 0 and not waiting_updates
+            quiet = quiet + 1 if idle else 0
             if quiet >= 2:
                 return True
             if timeout_s is not None and elapsed > timeout_s:

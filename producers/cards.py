@@ -16,17 +16,17 @@ from collections.abc import Sequence
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from db import outbox
+from db import outbox, updates
 from db.engine import Store
-from db.models import BatchOrder, Certificate, Credential, User, utcnow
+from db.models import BatchOrder, CardUpdate, Certificate, Credential, User
 from db.transition import create, record, transition
 from producers.lookup import find_card, find_user
 from producers.principals import check_four_eyes
 from producers.users import MAX_PAGE, Page, apply_requested_changes
-from schemas.api import CardOut
+from schemas.api import CardCertificateOut, CardOut, CardUpdateOut
 from schemas.batch import LINE_NAME
 from schemas.errors import ApprovalRequired, PermanentError, StateConflict, ValidationFailed
-from schemas.messages import PrepareCard, RecertifyCard
+from schemas.messages import PrepareCard
 from schemas.policy import Policy
 from schemas.states import (
     LIVE_CARD_STATES,
@@ -45,17 +45,41 @@ def _iso(value: dt.datetime | None) -> str | None:
 
 
 def views(session: Session, creds: Sequence[Credential]) -> list[CardOut]:
-    """The cards as the API shows them, with their certificates (one query for all)."""
-    certs: dict[int, dict[str, str]] = {c.id: {} for c in creds}
-    if certs:
-        rows = session.execute(
-            select(Certificate.credential_id, Certificate.serial, Certificate.state).where(
-                Certificate.credential_id.in_(list(certs))
+    """The cards as the API shows them, with their certificates (whether each is on the
+    chip) and their updates: one query for each, for all the cards."""
+    ids = [c.id for c in creds]
+    certs: dict[int, list[CardCertificateOut]] = {i: [] for i in ids}
+    changes: dict[int, list[CardUpdateOut]] = {i: [] for i in ids}
+    if ids:
+        for cert in session.scalars(
+            select(Certificate).where(Certificate.credential_id.in_(ids)).order_by(Certificate.id)
+        ):
+            if cert.credential_id is not None:  # the query asks only for these cards'
+                certs[cert.credential_id].append(
+                    CardCertificateOut(
+                        serial=cert.serial,
+                        usage=cert.usage,
+                        state=cert.state,
+                        on_chip=cert.on_chip,
+                        not_after=_iso(cert.not_after) or "",
+                        revocation_reason=cert.revocation_reason,
+                    )
+                )
+        for row in session.scalars(
+            select(CardUpdate).where(CardUpdate.credential_id.in_(ids)).order_by(CardUpdate.id)
+        ):
+            changes[row.credential_id].append(
+                CardUpdateOut(
+                    id=row.id,
+                    kind=row.kind,
+                    state=row.state,
+                    requested_by=row.requested_by,
+                    requested_at=_iso(row.created_at) or "",
+                    applied_at=_iso(row.applied_at),
+                    steps_done=[k for k in ("keys", "written", "erased") if row.journal.get(k)],
+                    error=row.error,
+                )
             )
-        )
-        for cid, serial, state in rows:
-            if cid is not None:  # the query asks only for these cards'
-                certs[cid][serial] = state
     return [
         CardOut(
             id=cred.id,
@@ -70,7 +94,9 @@ def views(session: Session, creds: Sequence[Credential]) -> list[CardOut]:
             attempts=cred.attempt_count,
             valid_from=_iso(cred.valid_from),
             valid_until=_iso(cred.valid_until),
-            certificates=certs[cred.id],
+            certificates={c.serial: c.state for c in certs[cred.id]},
+            certificate_list=certs[cred.id],
+            updates=changes[cred.id],
         )
         for cred in creds
     ]
@@ -217,7 +243,8 @@ def approve_card(
 ) -> str:
     with store.tx() as s:
         cred = _decidable(s, card, by, "approve")
-        apply_requested_changes(s, cred, by=cred.requested_by, unique_email=unique_email)
+        if cred.machine.target(cred.state, "approve") is not None:  # else: StateConflict below
+            apply_requested_changes(s, cred, by=cred.requested_by, unique_email=unique_email)
         return transition(
             s,
             cred,
@@ -299,8 +326,10 @@ def search_cards(
 
 
 def renew_card(store: Store, card: str, *, by: str) -> str:
-    """New certificates for the card's keys (the old ones revoked as superseded); the
-    PIN and PUK stay. The ``pki`` worker does the issuing (``RecertifyCard``)."""
+    """Renew the card: a pending update (``db.updates``) that, at the next insertion of
+    the card at an update desk, generates new keys on the chip, writes their new
+    certificates, erases the old keys and only then revokes the old certificates. The
+    PIN and PUK stay. The card stays ``active`` (its old certificates valid) meanwhile."""
     with store.tx() as s:
         return renew_card_in(s, card, by=by)
 
@@ -308,15 +337,9 @@ def renew_card(store: Store, card: str, *, by: str) -> str:
 def renew_card_in(session: Session, card: str, *, by: str) -> str:
     """``renew_card`` inside the caller's transaction."""
     cred = find_card(session, card, lock=True)
-    return transition(
-        session,
-        cred,
-        "renew",
-        actor=by,
-        reason="certificates renewed",
-        changes={"recertify_requested_at": utcnow()},
-        messages=[RecertifyCard(credential_id=cred.id)],
-    )
+    state = transition(session, cred, "renew", actor=by, reason="renewal requested")
+    updates.request_renewal(session, cred, by=by)
+    return state
 
 
 def edit_card(store: Store, card: str, *, by: str, line: str, policy: Policy) -> list[str]:

@@ -30,7 +30,7 @@ from producers.lookup import find_card
 from producers.principals import same_principal
 from schemas.errors import NotFound, PermanentError, Refused, StateConflict
 from schemas.policy import ApprovalSteps, Policy
-from schemas.states import CardState, CertUsage, RequestState
+from schemas.states import CardState, CertUsage, CredentialKind, RequestState
 
 EXPORT = "escrow.export"  # the use case, and the process its approval step holds
 COLLECT = "collect"  # the audited action that spends an approved export request
@@ -49,13 +49,13 @@ class EscrowExport:
 
 def request_key_recovery(store: Store, card: str, *, by: str) -> int:
     """Have card ``card`` (number or id) carry its holder's earlier escrowed keys;
-    returns how many it will carry. Only before production starts."""
+    returns how many it will carry. Only a permanent card, before production starts."""
     with store.tx() as s:
         cred = find_card(s, card, lock=True)
-        if cred.state not in RECOVERABLE_STATES:
-            raise StateConflict(
-                cred.machine.name, cred.id, "recover_escrow", cred.state, RECOVERABLE_STATES
-            )
+        # A temporary card is produced for no holder, so it carries no holder's keys.
+        allowed = RECOVERABLE_STATES if cred.kind == CredentialKind.CARD else frozenset()
+        if cred.state not in allowed:
+            raise StateConflict(cred.machine.name, cred.id, "recover_escrow", cred.state, allowed)
         if cred.user_id is None:
             raise PermanentError(f"card {card} has no holder, so no earlier keys to recover")
         earlier = s.scalars(

@@ -46,6 +46,7 @@ from schemas.errors import (
     Forbidden,
     NotFound,
     PermanentError,
+    StateConflict,
     ValidationFailed,
 )
 from schemas.messages import PrepareCard
@@ -173,10 +174,20 @@ def declare(
     temp = chosen is IncidentKind.FORGOTTEN if temporary is None else temporary
     with store.tx() as s:
         cred = find_card(s, card, lock=True)
-        if cred.kind != CredentialKind.CARD or cred.user is None:
+        # A temporary card has no incidents (its machine has no step for one), and a
+        # permanent card only while in use: both refused as an illegal action is.
+        allowed = _OUT_OF_USE_STATES if cred.kind == CredentialKind.CARD else ()
+        if cred.state not in allowed:
+            raise StateConflict(
+                cred.machine.name,
+                cred.id,
+                "declare_incident",
+                cred.state,
+                allowed,
+                detail="only a holder's permanent card in use has incidents",
+            )
+        if cred.user is None:
             raise PermanentError(f"card {card} is not a holder's permanent card")
-        if cred.state not in _OUT_OF_USE_STATES:
-            raise PermanentError(f"card {card} is {cred.state}; only a card in use has incidents")
         open_one = s.scalars(
             select(Incident.id).where(
                 Incident.credential_id == cred.id, Incident.state == IncidentState.OPEN

@@ -169,7 +169,10 @@ def deactivate_card_at(
 
 
 def reactivate_card_in(session: Session, cred: Credential, *, by: str, reason: str) -> int:
-    if cred.user is not None and cred.user.state != UserState.ACTIVE:
+    # Only a card that could be reactivated is turned away for its holder's sake; any
+    # other (a locked card, a temporary card) is refused by transition(), naming its state.
+    may = cred.machine.target(cred.state, "reactivate") is not None
+    if may and cred.user is not None and cred.user.state != UserState.ACTIVE:
         raise PermanentError(
             f"card {cred.id} belongs to {cred.user.email}, who is {cred.user.state}; "
             "reactivate the user instead"

@@ -22,7 +22,7 @@ from db.models import BatchOrder, Certificate, Credential, User, utcnow
 from db.transition import create, transition
 from producers.lookup import find_card, find_user
 from schemas.batch import LINE_NAME
-from schemas.errors import PermanentError, ValidationFailed
+from schemas.errors import PermanentError, StateConflict, ValidationFailed
 from schemas.messages import PrepareCard, PublishCrl, RecertifyCard
 from schemas.policy import Policy
 from schemas.states import (
@@ -76,10 +76,14 @@ def request_stock(
         return batch.id, ids
 
 
-def _temp_card(session: Session, card: str) -> Credential:
+def _temp_card(session: Session, card: str, action: str) -> Credential:
+    """Temporary card ``card``, locked. A permanent card's machine has no ``action``:
+    refused as any action from a state it does not leave is (allowed from nowhere)."""
     cred = find_card(session, card, lock=True)
     if cred.kind != CredentialKind.TEMP_CARD:
-        raise PermanentError(f"card {card} is not a temporary card")
+        raise StateConflict(
+            cred.machine.name, cred.id, action, cred.state, (), detail="not a temporary card"
+        )
     return cred
 
 
@@ -104,6 +108,18 @@ def _assigned_to(session: Session, user: User) -> int:
     return int(session.scalar(stmt) or 0)
 
 
+def _check_may_hold(session: Session, user: User, policy: Policy) -> None:
+    """PermanentError unless ``user`` is active and may hold one more temporary card."""
+    if user.state != UserState.ACTIVE:
+        raise PermanentError(f"user {user.email} is {user.state}; no card can be assigned")
+    held = _assigned_to(session, user)
+    if held >= policy.temp_cards_per_user:
+        raise PermanentError(
+            f"user {user.email} already holds {held} temporary card(s); "
+            f"the policy allows {policy.temp_cards_per_user}"
+        )
+
+
 def assign_in(
     session: Session,
     cred: Credential,
@@ -115,14 +131,10 @@ def assign_in(
     why: str = "assigned",
 ) -> str:
     """Assign ``cred`` (unassigned) to ``user`` inside the caller's transaction."""
-    if user.state != UserState.ACTIVE:
-        raise PermanentError(f"user {user.email} is {user.state}; no card can be assigned")
-    held = _assigned_to(session, user)
-    if held >= policy.temp_cards_per_user:
-        raise PermanentError(
-            f"user {user.email} already holds {held} temporary card(s); "
-            f"the policy allows {policy.temp_cards_per_user}"
-        )
+    # A card that cannot be assigned is refused by transition(), naming its state,
+    # whoever the user is; only an assignable card is turned away for the user's sake.
+    if cred.machine.target(cred.state, "assign") is not None:
+        _check_may_hold(session, user, policy)
     now = utcnow()
     return transition(
         session,
@@ -150,7 +162,7 @@ def assign_at(
     session: Session, card: str, user: str, *, by: str, policy: Policy, days: int | None = None
 ) -> str:
     """``assign`` inside the caller's transaction."""
-    cred = _temp_card(session, card)
+    cred = _temp_card(session, card, "assign")
     holder = find_user(session, user, lock=True)
     return assign_in(session, cred, holder, by=by, policy=policy, days=days)
 
@@ -165,7 +177,7 @@ def extend_in(
     session: Session, card: str, *, by: str, policy: Policy, days: int | None = None
 ) -> str:
     """``extend`` inside the caller's transaction."""
-    cred = _temp_card(session, card)
+    cred = _temp_card(session, card, "extend")
     start = max(cred.assigned_until or utcnow(), utcnow())
     return transition(
         session,
@@ -186,7 +198,7 @@ def withdraw(store: Store, card: str, *, by: str, reason: str | None = None) -> 
 
 def withdraw_in(session: Session, card: str, *, by: str, reason: str | None = None) -> int:
     """``withdraw`` inside the caller's transaction."""
-    cred = _temp_card(session, card)
+    cred = _temp_card(session, card, "withdraw")
     transition(
         session,
         cred,

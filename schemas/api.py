@@ -132,6 +132,31 @@ class CardsCreated(BaseModel):
     state: str
 
 
+class CardCertificateOut(BaseModel):
+    """One of a card's certificates: its state, and whether the chip carries it (only
+    once written and read back)."""
+
+    serial: str
+    usage: str
+    state: str
+    on_chip: bool
+    not_after: str
+    revocation_reason: str | None = None
+
+
+class CardUpdateOut(BaseModel):
+    """A change to the card's chip: pending until the card is next at a desk."""
+
+    id: int
+    kind: str
+    state: str
+    requested_by: str
+    requested_at: str
+    applied_at: str | None = None
+    steps_done: list[str] = []
+    error: str | None = None
+
+
 class CardOut(BaseModel):
     id: int
     kind: str
@@ -145,7 +170,9 @@ class CardOut(BaseModel):
     attempts: int
     valid_from: str | None
     valid_until: str | None
-    certificates: dict[str, str]
+    certificates: dict[str, str]  # serial -> state
+    certificate_list: list[CardCertificateOut] = []
+    updates: list[CardUpdateOut] = []
 
 
 class CardPage(BaseModel):

@@ -79,7 +79,8 @@ class StateConflict(ConflictError):
         self.expected = tuple(sorted(expected))
         self.detail = detail
         message = (
-            f"{entity} {entity_id}: cannot {action} from state {current!r} "
+            f"{entity} {entity_id}: cannot {action} from state "
+            f"{None if current is None else str(current)!r} "
             f"(allowed from: {', '.join(self.expected) or 'nowhere'})"
         )
         super().__init__(f"{message}; {detail}" if detail else message)

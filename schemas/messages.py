@@ -46,7 +46,8 @@ class PrepareCard(JobMessage):
 
 
 class IssueCertificate(JobMessage):
-    """Issue one certificate for a CSR. ``attempt_id`` is None for the escrowed key."""
+    """Issue one certificate for a CSR. ``attempt_id`` is None for the escrowed key and
+    for a card update's new key (``update_id``: a renewal made the key on the chip)."""
 
     actor: ClassVar[str] = "pki"
     type: Literal["issue_certificate"] = "issue_certificate"
@@ -54,6 +55,7 @@ class IssueCertificate(JobMessage):
     attempt_id: int | None
     usage: CertUsage
     csr_pem: str
+    update_id: int | None = None
 
     def queue(self) -> str:
         return PKI_QUEUE

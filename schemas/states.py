@@ -85,6 +85,20 @@ class IncidentState(StrEnum):
     CLOSED = "closed"  # the replacement was produced or assigned
 
 
+class UpdateState(StrEnum):
+    """A change to a chip already in a holder's hands (issue 13): renewal and the like."""
+
+    PENDING = "pending"  # waiting for the card to be inserted at a desk or station
+    IN_PROGRESS = "in_progress"  # a desk has the card and is writing it
+    APPLIED = "applied"  # the chip carries it, read back
+    FAILED = "failed"  # the chip refused it (a fault of the card): nothing half-done kept
+    CANCELLED = "cancelled"  # no longer wanted (the card was locked, the holder left)
+
+
+class UpdateKind(StrEnum):
+    RENEW = "renew"  # new keys generated on the chip, new certificates, old ones erased
+
+
 class RequestState(StrEnum):
     """An operation waiting for an approver (seed 002 §4.2's approval step)."""
 
@@ -195,7 +209,10 @@ class Machine:
         return tuple(edge.action for edge in self.edges)
 
     def target(self, state: str, action: str) -> str | None:
-        """Where ``action`` leads from ``state``, or None when it is not allowed there."""
+        """Where ``action`` leads from ``state``, or None when it is not allowed there
+        (an action this machine does not have is allowed nowhere)."""
+        if action not in self.actions:
+            return None
         edge = self.edge(action)
         return edge.target if state in edge.sources else None
 
@@ -352,6 +369,24 @@ APPROVAL_REQUEST = Machine(
     ),
 )
 
+D = UpdateState
+CARD_UPDATE = Machine(
+    name="card_update",
+    states=frozenset(D),
+    initial=frozenset({D.PENDING}),
+    edges=(
+        _e("claim", D.PENDING, D.IN_PROGRESS),
+        # A desk records each step it finished on the chip (keys made, written, old erased).
+        _e("step", D.IN_PROGRESS, D.IN_PROGRESS),
+        # The card left the desk before the end, or the desk died: it resumes where the
+        # journal says at the next insertion.
+        _e("release", D.IN_PROGRESS, D.PENDING),
+        _e("apply", D.IN_PROGRESS, D.APPLIED),
+        _e("fail", D.IN_PROGRESS, D.FAILED),
+        _e("cancel", D.PENDING, D.CANCELLED),
+    ),
+)
+
 MACHINES: dict[str, Machine] = {
     m.name: m
     for m in (
@@ -364,6 +399,7 @@ MACHINES: dict[str, Machine] = {
         SOFT_TOKEN,
         INCIDENT,
         APPROVAL_REQUEST,
+        CARD_UPDATE,
     )
 }
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -29,6 +29,7 @@ from db.files import atomic_write
 from db.secrets import Secret
 from schemas.errors import ConfigurationError, DeviceFault
 from schemas.states import CertUsage, FaultKind
+from stations.chips import SimChipStore
 from stations.drivers import CardFaces, ChipInfo
 
 
@@ -273,17 +274,33 @@ class SimPrinter:
 SIM_ATR = "3BF81300008131FE454A434F5076323431B7"
 
 
+class SimSlot:
+    """The card in a simulated reader, as its token sees it: the reader sets the chip
+    serial it read, the token keeps that chip's content under it (``SimChipStore``)."""
+
+    def __init__(self) -> None:
+        self.serial: str | None = None
+
+
 class SimReader:
     """The contact encoder: each ``read_chip`` answers for a new blank with a new serial."""
 
     def __init__(
-        self, timings: SimTimings, faults: SimFaults, clock: SimClock, rng: random.Random
+        self,
+        timings: SimTimings,
+        faults: SimFaults,
+        clock: SimClock,
+        rng: random.Random,
+        slot: SimSlot | None = None,
+        chips: SimChipStore | None = None,
     ) -> None:
         self._timings = timings
         self._faults = faults
         self.clock = clock
         self._rng = rng
         self._serials: set[str] = set()
+        self.slot = slot or SimSlot()
+        self.chips = chips
 
     def read_chip(self, timeout_s: float) -> ChipInfo:
         """The chip's ATR and a 16-hex-digit serial never returned before by this reader."""
@@ -294,15 +311,19 @@ class SimReader:
             )
         if _roll(self._rng, self._faults.chip_read_p):
             raise DeviceFault(FaultKind.CHIP, "chip reported a technical error", code="6F00")
-        return ChipInfo(atr=SIM_ATR, serial=self._new_serial())
+        serial = self._new_serial()
+        self.slot.serial = serial
+        return ChipInfo(atr=SIM_ATR, serial=serial)
 
     def check_present(self) -> None:
         """The simulated encoder never loses a card (its faults are the chip's own)."""
 
     def _new_serial(self) -> str:
+        # A seed gives the same serials again; a card an earlier run made (its chip kept
+        # in ``chips``) keeps its own.
         while True:
             serial = f"{self._rng.getrandbits(64):016X}"
-            if serial not in self._serials:
+            if serial not in self._serials and not (self.chips and self.chips.exists(serial)):
                 self._serials.add(serial)
                 return serial
 
@@ -329,6 +350,10 @@ class TokenObject:
     origin: str  # "generated" on the chip, "imported" from escrow, or "recovered" (retired)
     public_key_pem: str
     cert_subject: str | None  # RFC 4514 subject of the stored certificate, if any
+    cert_serial: str | None = None  # the stored certificate's serial (lower-case hex)
+    # Generated beside the current key of its usage (a renewal under way): it becomes the
+    # current key when the old one is deleted.
+    fresh: bool = False
 
 
 @dataclass(repr=False)  # A repr would be the easiest way for a private key to leak.
@@ -395,12 +420,26 @@ class SimToken:
     """
 
     def __init__(
-        self, timings: SimTimings, faults: SimFaults, clock: SimClock, rng: random.Random
+        self,
+        timings: SimTimings,
+        faults: SimFaults,
+        clock: SimClock,
+        rng: random.Random,
+        *,
+        slot: SimSlot | None = None,
+        chips: SimChipStore | None = None,
     ) -> None:
         self._timings = timings
         self._faults = faults
         self.clock = clock
         self._rng = rng
+        # With ``chips``, each card's content is kept under the serial of ``slot`` (set
+        # by the reader): saved when a station closes the card, after every change at a
+        # desk (``open_card``), so the card can be inserted again later.
+        self.slot = slot or SimSlot()
+        self.chips = chips
+        self._serial: str | None = None
+        self._write_through = False
         self._blank()
 
     def _blank(self) -> None:
@@ -428,14 +467,17 @@ class SimToken:
         """Wipe the chip to a fresh blank, label it, set SO PIN and PIN, open a session."""
         self.clock.sleep(self._timings.token_init + self._timings.set_pin)
         self._blank()
+        self._serial, self._write_through = self.slot.serial, False
         self._label, self._so_pin, self._pin = label, so_pin, pin
         self._session = True
         # The chip's fate for this card is decided here; it shows at the first key operation.
         self._fault_armed = _roll(self._rng, self._faults.token_p)
 
-    def generate_key(self, usage: CertUsage, key_type: str) -> str:
+    def generate_key(self, usage: CertUsage, key_type: str, *, keep_old: bool = False) -> str:
         """Generate a key pair for ``usage`` (replacing that usage's key); return its CKA_ID.
 
+        ``keep_old`` (a renewal) keeps the current key beside the new one, which is
+        listed ``fresh`` and becomes the current key once the old is deleted.
         ``key_type`` is "ec-p256" or "rsa-2048"; anything else is a caller bug (ValueError).
         """
         generate = _KEY_GENERATORS.get(key_type)
@@ -447,7 +489,12 @@ class SimToken:
         self.clock.sleep(self._timings.keygen)
         self._fire_armed_fault()
         key = generate()
-        return self._store(usage, key_type, "generated", key)
+        if keep_old and usage.value in self._slots:
+            key_id = _key_id(key.public_key())
+            self._slots[f"new:{key_id}"] = _KeySlot(key_id, usage, key_type, "generated", key)
+            self._saved()
+            return key_id
+        return self._saved(self._store(usage, key_type, "generated", key))
 
     def make_csr(self, key_id: str, common_name: str) -> str:
         """A PEM PKCS#10 request with subject CN=``common_name``, signed by the key."""
@@ -467,6 +514,98 @@ class SimToken:
             raise _bad_data(f"key {key_id} is the {slot.usage} key, not {usage}")
         _check_cert_matches(cert, slot.private_key)
         slot.cert = cert
+        self._saved()
+
+    def delete_key(self, key_id: str) -> None:
+        """Delete the key ``key_id`` and its certificate from the chip. A ``fresh`` key of
+        the same usage becomes that usage's current key. An unknown id is SW 6A88."""
+        self._require_session()
+        self.clock.sleep(self._timings.write_cert)
+        for name, slot in list(self._slots.items()):
+            if slot.key_id == key_id:
+                del self._slots[name]
+                if name == slot.usage.value:
+                    self._promote(slot.usage)
+                self._saved()
+                return
+        raise DeviceFault(FaultKind.CHIP, f"no key with id {key_id}", code="6A88")
+
+    def _promote(self, usage: CertUsage) -> None:
+        for name, slot in list(self._slots.items()):
+            if name.startswith("new:") and slot.usage == usage:
+                del self._slots[name]
+                self._slots[usage.value] = slot
+                return
+
+    def open_card(self, serial: str, pin: Secret) -> None:
+        """Take the produced card with chip serial ``serial`` (the one in the reader) and
+        log in with ``pin``: what an update desk does. Its content comes from ``chips``;
+        from here on every change is saved as it is made. An unknown card is a CHIP
+        fault; a wrong PIN too."""
+        content = self.chips.load(serial) if self.chips and serial else None
+        if content is None:
+            raise DeviceFault(FaultKind.CHIP, "no personalised card in the reader", code="6982")
+        self._restore(content)
+        self._serial, self._write_through = serial, True
+        if not self.verify_pin(pin):
+            raise DeviceFault(FaultKind.CHIP, "the card refused its PIN", code="63C2")
+
+    def _saved(self, result: str | None = None) -> str:
+        """Keep the chip's content after a change, at a desk (as a chip keeps a write)."""
+        if self._write_through:
+            self._save()
+        return result or ""
+
+    def _save(self) -> None:
+        if self.chips is not None and self._serial is not None and self._pin is not None:
+            self.chips.save(self._serial, self._content())
+
+    def _content(self) -> dict[str, Any]:
+        assert self._pin is not None
+        assert self._so_pin is not None
+        return {
+            "label": self._label,
+            "pin": self._pin.reveal(),
+            "so_pin": self._so_pin.reveal(),
+            "pin_tries": self._pin_tries,
+            "puk_tries": self._puk_tries,
+            "slots": [
+                {
+                    "name": name,
+                    "key_id": slot.key_id,
+                    "usage": slot.usage.value,
+                    "key_type": slot.key_type,
+                    "origin": slot.origin,
+                    "key": slot.private_key.private_bytes(
+                        serialization.Encoding.PEM,
+                        serialization.PrivateFormat.PKCS8,
+                        serialization.NoEncryption(),
+                    ).decode(),
+                    "cert": slot.cert.public_bytes(serialization.Encoding.PEM).decode()
+                    if slot.cert
+                    else None,
+                }
+                for name, slot in self._slots.items()
+            ],
+        }
+
+    def _restore(self, content: dict[str, Any]) -> None:
+        self._blank()
+        self._label = content["label"]
+        self._pin, self._so_pin = Secret(content["pin"]), Secret(content["so_pin"])
+        self._pin_tries, self._puk_tries = content["pin_tries"], content["puk_tries"]
+        for item in content["slots"]:
+            key = serialization.load_pem_private_key(item["key"].encode(), password=None)
+            assert isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey)
+            cert = _parse_certificate(item["cert"]) if item["cert"] else None
+            self._slots[item["name"]] = _KeySlot(
+                item["key_id"],
+                CertUsage(item["usage"]),
+                item["key_type"],
+                item["origin"],
+                key,
+                cert,
+            )
 
     def import_key(
         self, usage: CertUsage, key_pem: Secret, cert_pem: str, *, retired: bool = False
@@ -483,11 +622,15 @@ class SimToken:
         _check_cert_matches(cert, key)
         key_id = self._store(usage, _key_type(key), "recovered" if retired else "imported", key)
         self._slot(key_id).cert = cert
-        return key_id
+        return self._saved(key_id)
 
     def close(self) -> None:
-        """Log out; the chip keeps its objects, but key operations need a new session."""
+        """Log out; the chip keeps its objects, but key operations need a new session.
+        With ``chips``, the card's content is kept for its next insertion."""
+        if not self._broken:
+            self._save()
         self._session = False
+        self._write_through = False
 
     def verify_pin(self, pin: Secret) -> bool:
         """Log in with the PIN: True opens a session; False costs one of the remaining tries.
@@ -500,9 +643,11 @@ class SimToken:
         if pin != self._pin:
             self._pin_tries -= 1
             self._session = False
+            self._saved()
             return False
         self._pin_tries = MAX_PIN_TRIES
         self._session = True
+        self._saved()
         return True
 
     def unblock(self, puk: Secret, new_pin: Secret) -> None:
@@ -517,10 +662,13 @@ class SimToken:
         self._puk_tries = MAX_PUK_TRIES
         self._pin = new_pin
         self._pin_tries = MAX_PIN_TRIES
+        self._saved()
 
     def objects(self) -> tuple[TokenObject, ...]:
         """The keys on the chip with their usage, label and certificate subject."""
-        return tuple(_describe(slot) for slot in self._slots.values())
+        return tuple(
+            _describe(slot, fresh=name.startswith("new:")) for name, slot in self._slots.items()
+        )
 
     def _store(self, usage: CertUsage, key_type: str, origin: str, key: _PrivateKey) -> str:
         key_id = _key_id(key.public_key())
@@ -553,7 +701,7 @@ class SimToken:
             raise DeviceFault(FaultKind.CHIP, "chip failed during key operation", code="6F00")
 
 
-def _describe(slot: _KeySlot) -> TokenObject:
+def _describe(slot: _KeySlot, *, fresh: bool = False) -> TokenObject:
     public_pem = slot.private_key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -567,6 +715,8 @@ def _describe(slot: _KeySlot) -> TokenObject:
         origin=slot.origin,
         public_key_pem=public_pem.decode(),
         cert_subject=slot.cert.subject.rfc4514_string() if slot.cert else None,
+        cert_serial=f"{slot.cert.serial_number:x}" if slot.cert else None,
+        fresh=fresh,
     )
 
 
@@ -578,8 +728,10 @@ def make_sim_drivers(
     output_dir: Path,
     timings: SimTimings | None = None,
     stop: threading.Event | None = None,
+    chips: SimChipStore | None = None,
 ) -> tuple[SimPrinter, SimReader, SimToken]:
-    """One station's simulated printer, reader and token sharing one clock.
+    """One station's simulated printer, reader and token sharing one clock (and, with
+    ``chips``, keeping each card's chip for later insertion at a desk).
 
     Each driver draws from its own generator seeded from ``seed``, so a driver's fault
     sequence does not depend on how often the others were called.
@@ -589,8 +741,56 @@ def make_sim_drivers(
     clock = SimClock(time_scale, stop)
     master = random.Random(seed)
     rngs = [random.Random(master.getrandbits(64)) for _ in range(3)]
+    slot = SimSlot()
     return (
         SimPrinter(timings, faults, clock, rngs[0], output_dir),
-        SimReader(timings, faults, clock, rngs[1]),
-        SimToken(timings, faults, clock, rngs[2]),
+        SimReader(timings, faults, clock, rngs[1], slot, chips),
+        SimToken(timings, faults, clock, rngs[2], slot=slot, chips=chips),
     )
+
+
+class SimDeskReader:
+    """The reader of a simulated update desk: holders insert their cards (``insert``,
+    by chip serial) and ``read_chip`` answers for the next one inserted."""
+
+    def __init__(self, timings: SimTimings, clock: SimClock, slot: SimSlot) -> None:
+        self._timings = timings
+        self.clock = clock
+        self.slot = slot
+        self._inserted: list[str] = []
+        self._ready = threading.Condition()
+
+    def insert(self, serial: str) -> None:
+        with self._ready:
+            self._inserted.append(serial)
+            self._ready.notify()
+
+    def read_chip(self, timeout_s: float) -> ChipInfo:
+        with self._ready:
+            if not self._ready.wait_for(lambda: self._inserted, timeout=timeout_s):
+                raise DeviceFault(FaultKind.CHIP, "no card inserted", code="SCARD_E_TIMEOUT")
+            serial = self._inserted.pop(0)
+        self.clock.sleep(self._timings.chip_read)
+        self.slot.serial = serial
+        return ChipInfo(atr=SIM_ATR, serial=serial)
+
+    def check_present(self) -> None:
+        """A holder does not pull the card at a simulated desk."""
+
+
+def make_sim_desk(
+    *,
+    time_scale: float,
+    seed: int | None,
+    chips: SimChipStore,
+    timings: SimTimings | None = None,
+    stop: threading.Event | None = None,
+) -> tuple[SimDeskReader, SimToken]:
+    """An update desk's simulated reader and token: no printer, no faults of its own."""
+    timings = timings or SimTimings()
+    clock = SimClock(time_scale, stop)
+    slot = SimSlot()
+    token = SimToken(
+        timings, SimFaults(fault_rate=0.0), clock, random.Random(seed), slot=slot, chips=chips
+    )
+    return SimDeskReader(timings, clock, slot), token

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from db.models import (
     ApprovalRequest,
     BatchOrder,
+    CardUpdate,
     Certificate,
     Credential,
     Incident,
@@ -127,6 +128,20 @@ def approval_request(session: Session, state: str = "pending") -> ApprovalReques
     return row
 
 
+def card_update(session: Session, state: str = "pending") -> CardUpdate:
+    row = CardUpdate(
+        state=state,
+        credential_id=credential(session, "active").id,
+        kind="renew",
+        requested_by="principal:1",
+        plan={},
+        journal={},
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
 def entity(session: Session, machine: str, state: str) -> Stateful:
     """A row governed by ``machine`` in ``state``."""
     makers = {
@@ -139,5 +154,6 @@ def entity(session: Session, machine: str, state: str) -> Stateful:
         "soft_token": lambda: soft_token(session, state),
         "incident": lambda: incident(session, state),
         "approval_request": lambda: approval_request(session, state),
+        "card_update": lambda: card_update(session, state),
     }
     return makers[machine]()

@@ -15,10 +15,10 @@ from cryptography.hazmat.primitives import serialization
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db.models import Certificate, Credential, ProductionAttempt
+from db.models import CardUpdate, Certificate, Credential, ProductionAttempt
 from db.transition import create
 from schemas.messages import IssueCertificate, IssueSoftToken, PublishCrl, RecertifyCard
-from schemas.states import AttemptState, CardState, CertState
+from schemas.states import AttemptState, CardState, CertState, UpdateState
 from workers.context import WorkerContext
 from workers.crl import publish_crl
 from workers.holders import holder_of
@@ -31,7 +31,12 @@ log = structlog.get_logger(__name__)
 
 def _existing(s: Session, job: IssueCertificate) -> Certificate | None:
     stmt = select(Certificate).where(Certificate.usage == job.usage)
-    if job.attempt_id is None:
+    if job.update_id is not None:
+        stmt = stmt.where(
+            Certificate.update_id == job.update_id,
+            Certificate.state.in_([CertState.VALID, CertState.HOLD]),
+        )
+    elif job.attempt_id is None:
         stmt = stmt.where(
             Certificate.credential_id == job.credential_id,
             Certificate.attempt_id.is_(None),
@@ -48,7 +53,15 @@ def _existing(s: Session, job: IssueCertificate) -> Certificate | None:
 
 def _attempt_live(s: Session, job: IssueCertificate, *, lock: bool) -> bool:
     """The request's attempt is in progress, and is the attempt of the card it names: a
-    late or stray message (another card's, an earlier store's) is never answered."""
+    late or stray message (another card's, an earlier store's) is never answered. For a
+    card update: the update is being applied, to the card the request names."""
+    if job.update_id is not None:
+        update = s.get(CardUpdate, job.update_id, with_for_update=lock)
+        return (
+            update is not None
+            and update.state == UpdateState.IN_PROGRESS
+            and update.credential_id == job.credential_id
+        )
     if job.attempt_id is None:
         return True
     attempt = s.get(ProductionAttempt, job.attempt_id, with_for_update=lock)
@@ -86,7 +99,7 @@ def issue_certificate(ctx: WorkerContext, job: IssueCertificate) -> None:
             return
         row = _row(job, cert)
         create(s, row, actor="worker:pki", reason=f"{job.usage} certificate")
-        if job.attempt_id is None:
+        if job.attempt_id is None and job.update_id is None:
             # The escrowed key was the last server-side part: the card is ready now.
             cred = s.get(Credential, job.credential_id, with_for_update=True)
             if cred is not None and cred.state == CardState.APPROVED:
@@ -119,6 +132,7 @@ def _row(job: IssueCertificate, cert: x509.Certificate) -> Certificate:
         state=CertState.VALID,
         credential_id=job.credential_id,
         attempt_id=job.attempt_id,
+        update_id=job.update_id,
         usage=job.usage,
         serial=f"{cert.serial_number:x}",
         subject=cert.subject.rfc4514_string(),

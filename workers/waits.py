@@ -27,6 +27,7 @@ from db.engine import Store
 from db.models import (
     Attention,
     BatchOrder,
+    CardUpdate,
     Certificate,
     Credential,
     CrlPublication,
@@ -36,6 +37,7 @@ from db.models import (
     utcnow,
 )
 from db.summary import PIN_LETTER_STATES
+from db.transition import transition
 from schemas.errors import ConflictError
 from schemas.messages import (
     DeliverSoftToken,
@@ -56,6 +58,7 @@ from schemas.states import (
     CertState,
     SoftTokenState,
     TempCardState,
+    UpdateState,
 )
 
 log = structlog.get_logger(__name__)
@@ -318,6 +321,36 @@ def _batch_decision(r: Reconcile) -> int:
     return sum(batches.settle(r.store, batch_id) for batch_id in ids)
 
 
+def _card_update(r: Reconcile) -> int:
+    """Give back every card update whose desk stopped renewing its lease (killed, or
+    the card pulled and the desk gone): ``in_progress -> pending``, its journal kept,
+    so the next insertion anywhere resumes it."""
+    now = utcnow()
+    stalled = and_(CardUpdate.state == UpdateState.IN_PROGRESS, CardUpdate.lease_expires_at < now)
+    with r.store.read() as s:
+        ids = list(s.scalars(select(CardUpdate.id).where(stalled).limit(BATCH)))
+    done = 0
+    for update_id in ids:
+        try:
+            with r.store.tx() as s:
+                row = s.scalar(
+                    select(CardUpdate).where(CardUpdate.id == update_id, stalled).with_for_update()
+                )
+                if row is not None:
+                    transition(
+                        s,
+                        row,
+                        "release",
+                        actor="reconciler",
+                        reason=f"desk {row.station_id} stopped renewing its lease",
+                        changes={"station_id": None, "lease_expires_at": None},
+                    )
+                    done += 1
+        except ConflictError as exc:
+            log.info("reconciler.update_race", update_id=update_id, detail=str(exc))
+    return done
+
+
 def _recertify(r: Reconcile) -> int:
     return _redrive_rows(
         r,
@@ -527,8 +560,19 @@ WAITS: tuple[Wait, ...] = (
         _leases,
     ),
     Wait(
+        "card update",
+        "card update `pending` (a renewal), or `in_progress` at a desk",
+        "none: the holder inserts the card at an update desk (the embedded line's"
+        " simulated holders bring every such card to its desk)",
+        "the update desk the card is inserted in",
+        "`in_progress` and its desk's lease expired",
+        "gives it back (`pending`, journal kept): the next insertion resumes at the first"
+        " step not recorded",
+        _card_update,
+    ),
+    Wait(
         "re-certification",
-        "produced card with `recertify_requested_at` set (renewal, temporary-card assignment)",
+        "produced card with `recertify_requested_at` set (temporary-card assignment or extension)",
         "RecertifyCard",
         "pki worker",
         f"request still set, card unchanged for `letter_s` ({StallPolicy.letter_s:g} s)",

@@ -125,8 +125,44 @@ def card_activate(app: CliContext, card_ref: str, who: Caller) -> None:
 @handle_errors
 @requires("card.renew")
 def card_renew(app: CliContext, card_ref: str, who: Caller) -> None:
-    """Renew the certificates of the active card CARD (PIN and PUK kept)."""
+    """Renew the active card CARD: new keys and certificates, written when the card is
+    next at an update desk (the old ones stay valid until then; PIN and PUK kept)."""
     app.perform(who, "card.renew", card_ref, {}, lambda state: state)
+
+
+@card.command("show")
+@click.argument("card_ref", metavar="CARD")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of tables.")
+@data_dir_option
+@pass_app
+@handle_errors
+@requires("card.read")
+def card_show(app: CliContext, card_ref: str, as_json: bool, who: Caller) -> None:
+    """CARD (number or id): its certificates, whether each is on the chip, and its
+    updates (a renewal is pending until the card is next at an update desk)."""
+    from rich.table import Table
+
+    from producers.cards import get_card
+
+    shown = get_card(app.store(), card_ref)
+    if as_json:
+        click.echo(shown.model_dump_json())
+        return
+    app.out.print(
+        f"card {shown.id} ({shown.kind}) {shown.card_number or '-'}: {shown.state}, "
+        f"holder {shown.user_email or '-'}, line {shown.line}"
+    )
+    certs = Table("usage", "serial", "state", "on the chip", "valid until", title="certificates")
+    for c in shown.certificate_list:
+        state = f"{c.state} ({c.revocation_reason})" if c.revocation_reason else c.state
+        certs.add_row(c.usage, c.serial, state, "yes" if c.on_chip else "no", c.not_after[:10])
+    app.out.print(certs)
+    if shown.updates:
+        table = Table("id", "kind", "state", "requested by", "requested", "done", title="updates")
+        for u in shown.updates:
+            done = u.applied_at or ", ".join(u.steps_done) or u.error or ""
+            table.add_row(str(u.id), u.kind, u.state, u.requested_by, u.requested_at, done)
+        app.out.print(table)
 
 
 @card.command("edit")

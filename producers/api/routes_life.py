@@ -86,7 +86,7 @@ def lock(
 
 @router.post("/cards/{card}/renew", tags=["cards"], response_model=StateOut, responses=HELD)
 def renew(card: str, ctx: Ctx, who: Annotated[Caller, Depends(Allow("card.renew"))]) -> Any:
-    """New certificates for the card's keys; PIN and PUK kept."""
+    """A renewal: new keys and certificates, written when the card is next at a desk."""
     return perform(ctx, who, "card.renew", card, {}, _state)
 
 

@@ -1,4 +1,4 @@
-"""Temporary cards, renewal and device incidents on a running embedded line: what the
+"""Temporary cards, renewal at the desk and device incidents on a running embedded line: what the
 operator does, what the line and the PKI worker make of it, and what ends up valid."""
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ def test_temporary_cards_from_a_stock_run_are_assigned_extended_withdrawn_and_lo
     assert _valid(store, ids[0]) == {}
 
 
-def test_renewal_gives_the_card_new_certificates_for_its_keys_and_keeps_the_pin(world):
+def test_renewal_at_the_desk_gives_the_card_new_keys_and_certificates_and_keeps_the_pin(world):
     settings, store = world
     policy = settings.policy
     email = _user(store, policy)
@@ -148,17 +148,21 @@ def test_renewal_gives_the_card_new_certificates_for_its_keys_and_keeps_the_pin(
     before = _card(store, card_id)
     first = _valid(store, card_id)
     assert cards.renew_card(store, str(card_id), by="olga") == "active"
-    _run(settings)
+    _run(settings)  # the line's simulated holder brings the card to its desk
     after = _card(store, card_id)
     renewed = _valid(store, card_id)
     assert set(renewed) == set(first)
-    for usage in first:
+    for usage in ("authentication", "signature"):  # generated on the chip: new keys
         assert renewed[usage].serial != first[usage].serial
-        assert _spki(renewed[usage].pem) == _spki(first[usage].pem)
+        assert _spki(renewed[usage].pem) != _spki(first[usage].pem)
+        assert renewed[usage].on_chip
+    assert renewed["encryption"].serial == first["encryption"].serial  # escrowed: kept
     assert (after.pin_sealed, after.puk_sealed) == (before.pin_sealed, before.puk_sealed)
-    assert after.recertify_requested_at is None
-    revoked = [c for c in _certs(store, card_id) if c.serial in {x.serial for x in first.values()}]
-    assert {c.revocation_reason for c in revoked} == {"superseded"}
+    old = {first[u].serial for u in ("authentication", "signature")}
+    revoked = [c for c in _certs(store, card_id) if c.serial in old]
+    assert {(c.state, c.revocation_reason, c.on_chip) for c in revoked} == {
+        ("revoked", "superseded", False)
+    }
 
 
 def _active_card(settings: Settings, store, email: str | None = None) -> int:

@@ -18,7 +18,7 @@ from schemas.states import MACHINES
 from tests import factories
 
 # The states each table's CHECK allows, as migration 0009 (0012 for approval requests,
-# 0016 for batches) wrote them. A machine that
+# 0016 for batches, 0017 for card updates) wrote them. A machine that
 # gains a state fails this test: add a migration that re-creates that table's CHECK
 # (the stores already migrated would refuse the new state), then update this table.
 STATES_AT_0009 = {
@@ -31,6 +31,7 @@ STATES_AT_0009 = {
     "soft_tokens": "approved cancelled issued rejected requested revoked",
     "incidents": "cancelled closed open",
     "approval_requests": "approved cancelled failed pending rejected",
+    "card_updates": "applied cancelled failed in_progress pending",
 }
 STATEFUL_TABLES = sorted(
     m.local_table.name for m in Base.registry.mappers if issubclass(m.class_, Stateful)
@@ -56,6 +57,7 @@ def test_every_stateful_table_has_a_state_check_for_the_states_it_was_migrated_w
         ("soft_tokens", "soft_token"),
         ("incidents", "incident"),
         ("approval_requests", "approval_request"),
+        ("card_updates", "card_update"),
     ]:
         assert machine_states[machine] == STATES_AT_0009[table].split(), table
 

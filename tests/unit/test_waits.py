@@ -30,8 +30,10 @@ from pydantic import SecretStr
 from sqlalchemy import select
 from structlog.testing import capture_logs
 
+from db import updates
 from db.models import (
     BatchOrder,
+    CardUpdate,
     Certificate,
     Credential,
     CrlPublication,
@@ -39,13 +41,13 @@ from db.models import (
     Reminder,
     SoftToken,
 )
+from db.transition import transition
 from ops.config import Settings
 from ops.line import EmbeddedLine, LineOptions
 from ops.store import open_migrated
-from producers import approvals, batch_import, certificates, softtokens
+from producers import approvals, batch_import, certificates, softtokens, tempcards
 from producers.approvals import approve_batch
 from producers.batch_import import import_batch
-from producers.cards import renew_card
 from producers.expiry import check_expiry
 from producers.generate import write_users_csv
 from schemas.expiry import ExpiryConfig
@@ -175,18 +177,29 @@ def _cards(scene: Scene) -> Callable[[], bool]:
 
 
 def _recertify(scene: Scene) -> Callable[[], bool]:
+    # A temporary card assigned to a holder: its keys are re-certified for that holder.
     scene.order(1)
     until(scene.produced)
     (card,) = scene.cards()
-    renew_card(scene.store, card.card_number or "", by="carol")
+    with scene.store.read() as s:
+        holder = s.get(Credential, card.id).user.email  # type: ignore[union-attr]
+    batch_id, (temp_id,) = tempcards.request_stock(scene.store, 1, by="alice", policy=scene.policy)
+    approve_batch(scene.store, batch_id, by="bob")
+
+    def unassigned() -> bool:
+        with scene.store.read() as s:
+            return s.get(Credential, temp_id).state == "unassigned"  # type: ignore[union-attr]
+
+    until(unassigned)
+    tempcards.assign(scene.store, str(temp_id), holder, by="carol", policy=scene.policy)
 
     def done() -> bool:
         with scene.store.read() as s:
-            cred = s.get(Credential, card.id)
+            cred = s.get(Credential, temp_id)
             assert cred is not None
             valid = s.scalars(
                 select(Certificate).where(
-                    Certificate.credential_id == card.id, Certificate.state == "valid"
+                    Certificate.credential_id == temp_id, Certificate.state == "valid"
                 )
             ).all()
             return cred.recertify_requested_at is None and len(valid) >= 2
@@ -321,6 +334,26 @@ def _decision_stops(scene: Scene) -> Callable[[], bool]:
     return scene.produced
 
 
+def _desk_dies(scene: Scene) -> Callable[[], bool]:
+    # A renewal taken by a desk that dies at once (its lease runs out).
+    scene.order(1)
+    until(scene.produced)
+    (card,) = scene.cards()
+    with scene.store.tx() as s:
+        cred = s.get(Credential, card.id, with_for_update=True)
+        assert cred is not None
+        transition(s, cred, "renew", actor="carol")
+        row = updates.request_renewal(s, cred, by="carol")
+        updates.claim(s, row, station_id="DESK9", lease_s=0.2)
+
+    def done() -> bool:
+        with scene.store.read() as s:
+            row = s.scalars(select(CardUpdate)).one()
+            return row.state == "applied"
+
+    return done
+
+
 @dataclass(frozen=True)
 class Case:
     message: str | None  # the message type lost (None: a process stops part-way)
@@ -335,6 +368,8 @@ class Case:
 CASES: dict[str, Case] = {
     "batch import": Case(None, _import_stops, redriver="batch import"),
     "batch decision": Case(None, _decision_stops, redriver="batch decision"),
+    # The line's own desk may resume the update before the reconciler gives it back.
+    "card update": Case(None, _desk_dies),
     "card approved": Case("prepare_card", _cards, redriver="card approved"),
     "escrow certificate": Case(
         "issue_certificate",

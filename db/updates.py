@@ -1,0 +1,288 @@
+"""Card updates in the store: what must change on a produced card's chip, and how far it
+has come (issue 13).
+
+An operation that needs the chip changed (a renewal) creates a ``CardUpdate`` in its
+own transaction, ``pending``. The card's holder brings the card to an update desk (or
+any station's encoder); the desk reads the chip serial, finds the card's pending
+updates and applies them in order (``stations.desk``). Each step the desk finished on
+the chip is recorded in the update's journal before the next begins, so a card pulled
+or a desk killed resumes at the next insertion without repeating or losing a step.
+The store says a certificate is on the chip (``Certificate.on_chip``) only once the
+desk has written it and read it back; old certificates stay valid until then, and are
+revoked (superseded) only in the transaction that records their erasure.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from db import outbox
+from db.models import CardUpdate, Certificate, Credential, utcnow
+from db.transition import create, record, transition
+from schemas.errors import StateConflict
+from schemas.messages import PublishCrl
+from schemas.states import CertState, RevocationReason, UpdateKind, UpdateState
+
+_LIVE_CERTS = (CertState.VALID, CertState.HOLD)
+
+
+def open_updates(session: Session, credential_id: int) -> Sequence[CardUpdate]:
+    """The card's updates not yet applied, failed or cancelled, oldest first."""
+    return session.scalars(
+        select(CardUpdate)
+        .where(
+            CardUpdate.credential_id == credential_id,
+            CardUpdate.state.in_((UpdateState.PENDING, UpdateState.IN_PROGRESS)),
+        )
+        .order_by(CardUpdate.id)
+    ).all()
+
+
+def on_chip(session: Session, credential_id: int) -> Sequence[Certificate]:
+    """The certificates the store says the card's chip carries."""
+    return session.scalars(
+        select(Certificate)
+        .where(Certificate.credential_id == credential_id, Certificate.on_chip.is_(True))
+        .order_by(Certificate.id)
+    ).all()
+
+
+def generated_usages(session: Session, credential_id: int) -> list[str]:
+    """The usages whose keys were generated on the chip (not the escrowed key)."""
+    return sorted(
+        {
+            c.usage
+            for c in on_chip(session, credential_id)
+            if c.attempt_id is not None or c.update_id is not None
+        }
+    )
+
+
+def request_renewal(session: Session, cred: Credential, *, by: str) -> CardUpdate:
+    """A pending renewal of ``cred``: new keys on the chip for every usage whose key was
+    generated there, new certificates, the old ones erased and then revoked. Refused
+    (``StateConflict``) while another update of the card is open."""
+    waiting = open_updates(session, cred.id)
+    if waiting:
+        raise StateConflict(
+            "card",
+            cred.id,
+            "renew",
+            cred.state,
+            (),
+            detail=f"update {waiting[0].id} ({waiting[0].kind}) is still {waiting[0].state}",
+        )
+    usages = generated_usages(session, cred.id)
+    if not usages:
+        raise StateConflict(
+            "card", cred.id, "renew", cred.state, (), detail="the chip carries no key to renew"
+        )
+    return create(
+        session,
+        CardUpdate(
+            state=UpdateState.PENDING,
+            credential_id=cred.id,
+            kind=UpdateKind.RENEW,
+            requested_by=by,
+            plan={"usages": usages},
+            journal={},
+        ),
+        actor=by,
+        reason=f"renewal of {', '.join(usages)}: waiting for the card at a desk",
+    )
+
+
+def claimable(row: CardUpdate, *, station_id: str, now: dt.datetime | None = None) -> bool:
+    """Whether a desk may take ``row`` now: pending, or in progress at this desk (a
+    restart) or at one whose lease has run out."""
+    if row.state == UpdateState.PENDING:
+        return True
+    if row.state != UpdateState.IN_PROGRESS:
+        return False
+    expires = row.lease_expires_at
+    return row.station_id == station_id or expires is None or expires < (now or utcnow())
+
+
+def claim(session: Session, row: CardUpdate, *, station_id: str, lease_s: float) -> None:
+    """Take the update for ``station_id`` (``pending -> in_progress``, or renew the lease
+    of one this or a dead desk left in progress)."""
+    lease = utcnow() + dt.timedelta(seconds=lease_s)
+    actor = f"station:{station_id}"
+    if row.state == UpdateState.PENDING:
+        transition(
+            session,
+            row,
+            "claim",
+            actor=actor,
+            changes={"station_id": station_id, "lease_expires_at": lease},
+        )
+    else:
+        record(
+            session,
+            row,
+            "step",
+            actor=actor,
+            reason="resumed",
+            expect=(UpdateState.IN_PROGRESS,),
+            changes={"station_id": station_id, "lease_expires_at": lease},
+        )
+
+
+def step(
+    session: Session, row: CardUpdate, *, station_id: str, journal: dict[str, Any], reason: str
+) -> None:
+    """Record a step the desk finished on the chip (the journal as it is now)."""
+    record(
+        session,
+        row,
+        "step",
+        actor=f"station:{station_id}",
+        reason=reason,
+        expect=(UpdateState.IN_PROGRESS,),
+        changes={"journal": journal},
+    )
+
+
+def mark_written(session: Session, row: CardUpdate, serials: Sequence[str]) -> None:
+    """The chip carries the update's new certificates, read back: say so."""
+    session.execute(
+        update(Certificate)
+        .where(Certificate.update_id == row.id, Certificate.serial.in_(list(serials)))
+        .values(on_chip=True)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def superseded(session: Session, row: CardUpdate) -> Sequence[Certificate]:
+    """The card's certificates on the chip that ``row`` (a renewal) replaces."""
+    usages = set(row.plan.get("usages", ()))
+    return [
+        c
+        for c in on_chip(session, row.credential_id)
+        if c.usage in usages and c.update_id != row.id
+    ]
+
+
+def apply_renewal(session: Session, row: CardUpdate, *, station_id: str) -> int:
+    """The renewal is on the chip and the old keys are erased: the update ``applied``,
+    the old certificates off the chip and revoked (superseded), a CRL asked for.
+    Returns how many certificates were revoked."""
+    actor = f"station:{station_id}"
+    old = superseded(session, row)
+    revoked = 0
+    now = utcnow()
+    for cert in old:
+        if cert.state in _LIVE_CERTS:
+            transition(
+                session,
+                cert,
+                "revoke",
+                actor=actor,
+                reason=f"superseded by renewal (update {row.id})",
+                changes={
+                    "revoked_at": now,
+                    "revocation_reason": RevocationReason.SUPERSEDED.value,
+                    "on_chip": False,
+                },
+            )
+            revoked += 1
+        else:
+            record(session, cert, "erase", actor=actor, changes={"on_chip": False})
+    transition(
+        session,
+        row,
+        "apply",
+        actor=actor,
+        reason="read back from the chip",
+        changes={"applied_at": now, "lease_expires_at": None},
+    )
+    if revoked:
+        outbox.add(session, PublishCrl(reason=f"renewal of card {row.credential_id}"))
+    return revoked
+
+
+def release(session: Session, row: CardUpdate, *, station_id: str, reason: str) -> None:
+    """The card left the desk before the update was done: back to ``pending``, journal
+    kept, to resume at the next insertion."""
+    transition(
+        session,
+        row,
+        "release",
+        actor=f"station:{station_id}",
+        reason=reason[:500],
+        changes={"station_id": None, "lease_expires_at": None},
+    )
+
+
+def fail(session: Session, row: CardUpdate, *, station_id: str, error: str) -> None:
+    """The chip refused the update (a fault of the card): ``failed``. The certificates
+    issued for it and never on the chip are revoked; what the chip still carries is
+    what the store says it carries."""
+    actor = f"station:{station_id}"
+    now = utcnow()
+    issued = session.scalars(
+        select(Certificate).where(
+            Certificate.update_id == row.id, Certificate.state.in_(_LIVE_CERTS)
+        )
+    ).all()
+    for cert in issued:
+        if not cert.on_chip:
+            transition(
+                session,
+                cert,
+                "revoke",
+                actor=actor,
+                reason=f"update {row.id} failed",
+                changes={
+                    "revoked_at": now,
+                    "revocation_reason": RevocationReason.CESSATION_OF_OPERATION.value,
+                },
+            )
+    transition(
+        session,
+        row,
+        "fail",
+        actor=actor,
+        reason=error[:500],
+        changes={"error": error[:500], "lease_expires_at": None},
+    )
+
+
+def cancel_open(session: Session, credential_id: int, *, by: str, reason: str) -> int:
+    """Cancel the card's pending updates (the card is locked or gone); an update in
+    progress at a desk is left to finish or fail there. Returns how many."""
+    count = 0
+    for row in open_updates(session, credential_id):
+        if row.state == UpdateState.PENDING:
+            transition(session, row, "cancel", actor=by, reason=reason)
+            count += 1
+    return count
+
+
+def card_with_pending(session: Session, *, limit: int = 100) -> list[tuple[int, str]]:
+    """(credential id, chip serial) of produced cards with an update waiting, oldest
+    update first: what the embedded line's simulated holders bring to the desk."""
+    now = utcnow()
+    rows = session.execute(
+        select(Credential.id, Credential.chip_serial)
+        .join(CardUpdate, CardUpdate.credential_id == Credential.id)
+        .where(
+            Credential.chip_serial.is_not(None),
+            or_(
+                CardUpdate.state == UpdateState.PENDING,
+                (CardUpdate.state == UpdateState.IN_PROGRESS) & (CardUpdate.lease_expires_at < now),
+            ),
+        )
+        .order_by(CardUpdate.id)
+        .limit(limit)
+    ).all()
+    seen: dict[int, str] = {}
+    for cred_id, serial in rows:
+        if serial is not None:
+            seen.setdefault(cred_id, serial)
+    return list(seen.items())

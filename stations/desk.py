@@ -1,0 +1,337 @@
+"""The update desk: a reader and the card's middleware, no printer (issue 13).
+
+A holder inserts a card already produced. The desk reads its chip serial, finds the
+card and every update pending for it (``db.updates``), and applies them in order
+without anyone choosing anything (seed 003: pending updates applied automatically).
+
+A renewal, step by step, each recorded in the update's journal before the next:
+
+1. new key pairs generated on the chip beside the old ones, their CSRs made there
+   (journal: ``keys``, ``csrs``); keys a killed desk made but never recorded are
+   deleted first;
+2. the certificates asked of the PKI worker (through the outbox, re-sent while they
+   are missing) and waited for;
+3. written to the chip beside their keys and read back; only then does the store mark
+   them on the chip (journal: ``written``);
+4. the old keys and certificates deleted from the chip, listed again to be sure
+   (journal: ``erased``);
+5. one transaction: the update ``applied``, the old certificates off the chip and
+   revoked (superseded), a CRL asked for.
+
+So the chip always carries the old credentials, the new ones, or both, never neither,
+and a card pulled or a desk killed at any point resumes at the next insertion with the
+first step not yet recorded; every step checks the chip first, so none is done twice.
+A fault of the chip fails the update (the old credentials stay in force); an outage of
+the store or the PKI worker only postpones it: the update goes back to ``pending``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import structlog
+from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+
+from db import outbox, updates
+from db.engine import Store, is_transient
+from db.models import CardUpdate, Certificate, Credential
+from db.secrets import Secret, SecretBox, context
+from schemas.errors import ConflictError, DeviceFault
+from schemas.messages import IssueCertificate
+from schemas.policy import Policy
+from schemas.states import CertState, CertUsage, FaultKind, UpdateKind
+from stations.drivers import ChipInfo
+from stations.sim import TokenObject
+
+log = structlog.get_logger(__name__)
+
+
+class DeskReader(Protocol):
+    def read_chip(self, timeout_s: float) -> ChipInfo: ...
+
+
+class DeskToken(Protocol):
+    """What a desk needs of the card's middleware."""
+
+    def open_card(self, serial: str, pin: Secret) -> None: ...
+
+    def generate_key(self, usage: CertUsage, key_type: str, *, keep_old: bool = False) -> str: ...
+
+    def make_csr(self, key_id: str, common_name: str) -> str: ...
+
+    def write_certificate(self, key_id: str, usage: CertUsage, cert_pem: str) -> None: ...
+
+    def delete_key(self, key_id: str) -> None: ...
+
+    def objects(self) -> tuple[TokenObject, ...]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class DeskConfig:
+    station_id: str
+    lease_s: float = 120.0
+    # Waiting for the PKI worker or the store longer than this postpones the update
+    # (back to pending, journal kept); it never fails it.
+    server_wait_s: float = 120.0
+    cert_resend_s: float = 5.0
+    poll_s: float = 0.02
+    insert_timeout_s: float = 1.0
+
+
+class Postponed(Exception):
+    """The server side did not answer in time: the update waits for the next insertion."""
+
+
+class UpdateDesk:
+    def __init__(
+        self,
+        store: Store,
+        box: SecretBox,
+        config: DeskConfig,
+        reader: DeskReader,
+        token: DeskToken,
+        policy: Policy,
+    ) -> None:
+        self.store = store
+        self.box = box
+        self.config = config
+        self.reader = reader
+        self.token = token
+        self.policy = policy
+        self.applied = 0
+        self.failed = 0
+        self.postponed = 0
+        self._log = log.bind(station_id=config.station_id)
+
+    @property
+    def _actor(self) -> str:
+        return f"station:{self.config.station_id}"
+
+    def run(self, stop: threading.Event) -> None:
+        """Serve every card inserted until ``stop``."""
+        while not stop.is_set():
+            try:
+                chip = self.reader.read_chip(self.config.insert_timeout_s)
+            except DeviceFault:
+                continue  # no card inserted (or an unreadable one): wait for the next
+            try:
+                self.serve(chip)
+            except DBAPIError as exc:
+                if not is_transient(exc):
+                    raise
+                self._log.warning("desk.store_away", detail=str(exc.orig)[:200])
+                time.sleep(self.config.insert_timeout_s)
+
+    def serve(self, chip: ChipInfo) -> list[tuple[int, str]]:
+        """Apply every pending update of the inserted card, in order; return (update id,
+        its new state) for each one touched. An unknown card is left alone."""
+        with self.store.read() as s:
+            cred = s.scalar(select(Credential).where(Credential.chip_serial == chip.serial))
+            if cred is None:
+                self._log.info("desk.unknown_card")
+                return []
+            todo = [
+                (u.id, u.kind)
+                for u in updates.open_updates(s, cred.id)
+                if updates.claimable(u, station_id=self.config.station_id)
+            ]
+            pin_sealed, cred_id = cred.pin_sealed, cred.id
+        if not todo:
+            return []
+        if pin_sealed is None:
+            self._log.error("desk.card_without_pin", credential_id=cred_id)
+            return []
+        pin = self.box.open(pin_sealed, context=context("credential", cred_id, "pin"))
+        done: list[tuple[int, str]] = []
+        try:
+            self.token.open_card(chip.serial, pin)
+            for update_id, kind in todo:
+                state = self._apply(update_id, kind)
+                done.append((update_id, state))
+                if state != "applied":
+                    break  # the next ones wait: they were asked for after this one
+        except DeviceFault as fault:
+            # The card would not open (a chip fault before any update began).
+            self._log.warning("desk.card_refused", kind=fault.kind, code=fault.code)
+        finally:
+            with contextlib.suppress(DeviceFault):
+                self.token.close()
+        return done
+
+    # --- one update ---------------------------------------------------------------
+
+    def _apply(self, update_id: int, kind: str) -> str:
+        row = self._claim(update_id)
+        if row is None:
+            return "taken"
+        log_ = self._log.bind(update_id=update_id, credential_id=row["credential_id"])
+        try:
+            if kind != UpdateKind.RENEW:
+                raise DeviceFault(FaultKind.CHIP, f"this desk cannot apply a {kind} update")
+            self._renew(update_id, row, log_)
+        except DeviceFault as fault:
+            log_.warning("desk.update_failed", kind=fault.kind, code=fault.code)
+            self._end(update_id, updates.fail, error=str(fault))
+            self.failed += 1
+            return "failed"
+        except Postponed as why:
+            log_.warning("desk.update_postponed", reason=str(why))
+            with contextlib.suppress(DBAPIError, ConflictError):
+                self._end(update_id, updates.release, reason=str(why))
+            self.postponed += 1
+            return "pending"
+        self.applied += 1
+        log_.info("desk.update_applied")
+        return "applied"
+
+    def _claim(self, update_id: int) -> dict[str, Any] | None:
+        def claim(s: Any) -> dict[str, Any] | None:
+            row = s.get(CardUpdate, update_id, with_for_update=True)
+            if row is None or not updates.claimable(row, station_id=self.config.station_id):
+                return None
+            updates.claim(s, row, station_id=self.config.station_id, lease_s=self.config.lease_s)
+            return {
+                "credential_id": row.credential_id,
+                "plan": dict(row.plan),
+                "journal": dict(row.journal),
+            }
+
+        try:
+            claimed: dict[str, Any] | None = self._tx(claim)
+            return claimed
+        except ConflictError:
+            return None  # another desk took it first
+
+    def _renew(self, update_id: int, row: dict[str, Any], log_: Any) -> None:
+        cred_id = row["credential_id"]
+        usages = [CertUsage(u) for u in row["plan"]["usages"]]
+        journal: dict[str, Any] = row["journal"]
+        with self.store.read() as s:
+            old = {c.serial: c.usage for c in updates.superseded(s, self._get(s, update_id))}
+            card_number = s.get(Credential, cred_id).card_number  # type: ignore[union-attr]
+        # 1. new keys beside the old ones
+        if "keys" not in journal:
+            for obj in self.token.objects():
+                if obj.fresh:  # made by a desk killed before it could record them
+                    self.token.delete_key(obj.key_id)
+            keys, csrs = {}, {}
+            for usage in usages:
+                key_id = self.token.generate_key(usage, self.policy.card_key_type, keep_old=True)
+                keys[usage.value] = key_id
+                csrs[usage.value] = self.token.make_csr(key_id, f"{card_number} {usage.value}")
+            journal = {**journal, "keys": keys, "csrs": csrs}
+            self._step(update_id, journal, "new keys generated on the chip")
+        # 2. their certificates
+        certs = self._await_certificates(update_id, cred_id, journal["csrs"])
+        # 3. written and read back
+        if not journal.get("written"):
+            on_chip = {o.cert_serial for o in self.token.objects()}
+            for usage_name, (serial, pem) in certs.items():
+                if serial not in on_chip:
+                    usage = CertUsage(usage_name)
+                    self.token.write_certificate(journal["keys"][usage_name], usage, pem)
+            listed = {o.cert_serial for o in self.token.objects()}
+            missing = [s for s, _ in certs.values() if s not in listed]
+            if missing:
+                raise DeviceFault(
+                    FaultKind.CHIP, f"certificates not read back: {', '.join(missing)}"
+                )
+            journal = {**journal, "written": True}
+            serials = [serial for serial, _ in certs.values()]
+            with self.store.tx() as s:
+                updates.mark_written(s, self._get(s, update_id), serials)
+                updates.step(
+                    s,
+                    self._get(s, update_id),
+                    station_id=self.config.station_id,
+                    journal=journal,
+                    reason="new certificates written and read back",
+                )
+        # 4. the old keys erased
+        if not journal.get("erased"):
+            for obj in self.token.objects():
+                if obj.cert_serial in old:
+                    self.token.delete_key(obj.key_id)
+            left = [o.cert_serial for o in self.token.objects() if o.cert_serial in old]
+            if left:
+                raise DeviceFault(FaultKind.CHIP, f"old certificates still on the chip: {left}")
+            journal = {**journal, "erased": True}
+            self._step(update_id, journal, "old keys and certificates erased from the chip")
+        # 5. done
+        revoked = self._tx(
+            lambda s: updates.apply_renewal(
+                s, self._get(s, update_id), station_id=self.config.station_id
+            )
+        )
+        log_.info("desk.renewed", usages=[u.value for u in usages], revoked=revoked)
+
+    def _await_certificates(
+        self, update_id: int, cred_id: int, csrs: dict[str, str]
+    ) -> dict[str, tuple[str, str]]:
+        """usage -> (serial, PEM) of the update's certificates, asked for until issued."""
+        requests = [
+            IssueCertificate(
+                credential_id=cred_id,
+                attempt_id=None,
+                update_id=update_id,
+                usage=CertUsage(usage),
+                csr_pem=csr,
+            )
+            for usage, csr in csrs.items()
+        ]
+        start = time.monotonic()
+        resend_at = start
+        while True:
+            with self.store.read() as s:
+                rows = s.scalars(
+                    select(Certificate).where(
+                        Certificate.update_id == update_id,
+                        Certificate.state.in_((CertState.VALID, CertState.HOLD)),
+                    )
+                ).all()
+                found = {r.usage: (r.serial, r.pem) for r in rows}
+            if set(csrs) <= found.keys():
+                return found
+            now = time.monotonic()
+            if now - start > self.config.server_wait_s:
+                raise Postponed(f"no certificate in {self.config.server_wait_s:g} s")
+            if now >= resend_at:
+                again = [r for r in requests if r.usage.value not in found]
+                with self.store.tx(audited=False) as s:
+                    outbox.add_all(s, again)
+                resend_at = now + self.config.cert_resend_s
+            time.sleep(self.config.poll_s)
+
+    # --- the store ----------------------------------------------------------------
+
+    @staticmethod
+    def _get(s: Session, update_id: int) -> CardUpdate:
+        row = s.get(CardUpdate, update_id, with_for_update=True)
+        assert row is not None  # updates are never deleted
+        return row
+
+    def _end(self, update_id: int, how: Any, **kw: str) -> None:
+        self._tx(lambda s: how(s, self._get(s, update_id), station_id=self.config.station_id, **kw))
+
+    def _step(self, update_id: int, journal: dict[str, Any], reason: str) -> None:
+        self._tx(
+            lambda s: updates.step(
+                s,
+                self._get(s, update_id),
+                station_id=self.config.station_id,
+                journal=journal,
+                reason=reason,
+            )
+        )
+
+    def _tx(self, fn: Any) -> Any:
+        with self.store.tx() as s:
+            return fn(s)

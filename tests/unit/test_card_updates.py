@@ -1,0 +1,327 @@
+"""Card updates (issue 13): a renewal is a job of its own, applied at the update desk
+when the card comes back, and the store says only what the chip really carries."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from sqlalchemy import func, select
+
+from db import updates
+from db.models import AuditEvent, CardUpdate, Certificate, Credential
+from db.secrets import SecretBox, context
+from ops.cli import main
+from ops.config import Settings
+from ops.line import EmbeddedLine, LineOptions
+from ops.store import open_migrated
+from producers.approvals import approve_batch
+from producers.batch_import import import_batch
+from producers.cards import renew_card
+from producers.generate import write_users_csv
+from schemas.errors import StateConflict
+from schemas.policy import Policy
+from stations import desk as desk_module
+from stations.chips import SimChipStore
+from stations.drivers import ChipInfo
+from stations.sim import SIM_ATR, SimFaults, SimTimings, SimToken, make_sim_desk
+from tests.principals import token_for
+
+POLICY = Policy(approval_required=True)
+
+
+@dataclass
+class World:
+    line: EmbeddedLine
+    tmp: Path
+
+    @property
+    def store(self) -> Any:
+        return self.line.store
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    """A line that has produced two cards, its desk left to the test."""
+    settings = Settings(data_dir=tmp_path / "data")
+    open_migrated(settings).dispose()
+    line = EmbeddedLine(settings, POLICY, LineOptions(stations=1, time_scale=0, seed=7, desk=False))
+    line.start()
+    try:
+        csv = write_users_csv(tmp_path / "users.csv", 2, seed=3)
+        report = import_batch(
+            line.store, csv, policy=POLICY, requested_by="alice", reject_dir=tmp_path
+        )
+        assert report.batch_id is not None
+        approve_batch(line.store, report.batch_id, by="bob")
+        assert line.wait_drained(timeout_s=60)
+        yield World(line, tmp_path)
+    finally:
+        line.stop()
+
+
+def first_card(world: World) -> Credential:
+    with world.store.read() as s:
+        return s.scalars(select(Credential).order_by(Credential.id)).first()
+
+
+def certs(world: World, card_id: int) -> list[Certificate]:
+    with world.store.read() as s:
+        return list(
+            s.scalars(
+                select(Certificate)
+                .where(Certificate.credential_id == card_id)
+                .order_by(Certificate.id)
+            )
+        )
+
+
+def chip_of(world: World, card: Credential) -> SimToken:
+    """The card's chip as a reader would see it now: logged in with its PIN."""
+    token = SimToken(
+        SimTimings(),
+        SimFaults(fault_rate=0.0),
+        world.line.desk_reader.clock,
+        random.Random(1),
+        chips=world.line.chips,
+    )
+    pin = world.line.box.open(card.pin_sealed, context=context("credential", card.id, "pin"))
+    token.open_card(card.chip_serial, pin)
+    return token
+
+
+def insert(world: World, card: Credential) -> list[tuple[int, str]]:
+    return world.line.desk.serve(ChipInfo(atr=SIM_ATR, serial=card.chip_serial or ""))
+
+
+def test_a_renewal_waits_for_the_card_and_the_store_shows_the_old_certificates_on_the_chip(
+    world,
+):
+    card = first_card(world)
+    before = certs(world, card.id)
+    assert all(c.on_chip for c in before)
+
+    assert renew_card(world.store, str(card.id), by="olga") == "active"
+
+    with world.store.read() as s:
+        (update,) = updates.open_updates(s, card.id)
+        assert (update.state, update.kind) == ("pending", "renew")
+        assert update.plan == {"usages": ["authentication", "signature"]}
+    assert [(c.id, c.state, c.on_chip) for c in certs(world, card.id)] == [
+        (c.id, "valid", True) for c in before
+    ]
+    with pytest.raises(StateConflict, match="still pending"):
+        renew_card(world.store, str(card.id), by="olga")
+
+
+def test_at_the_desk_the_chip_gets_new_keys_and_certificates_and_loses_the_old_ones(world):
+    card = first_card(world)
+    before = {c.usage: c for c in certs(world, card.id)}
+    renew_card(world.store, str(card.id), by="olga")
+
+    assert insert(world, card) == [(1, "applied")]
+    assert world.line.wait_drained(timeout_s=60)
+
+    after = certs(world, card.id)
+    on_chip = {c.usage: c for c in after if c.on_chip}
+    assert sorted(on_chip) == ["authentication", "encryption", "signature"]
+    assert on_chip["encryption"].id == before["encryption"].id  # the escrowed key stays
+    for usage in ("authentication", "signature"):
+        old, new = before[usage], on_chip[usage]
+        assert new.update_id == 1
+        assert new.state == "valid"
+        assert _spki(new.pem) != _spki(old.pem)  # a new key, made on the chip
+        gone = next(c for c in after if c.id == old.id)
+        assert (gone.state, gone.revocation_reason, gone.on_chip) == (
+            "revoked",
+            "superseded",
+            False,
+        )
+    # The chip itself: exactly what the store says, and the same PIN opens it.
+    chip = chip_of(world, card)
+    listed = {o.cert_serial for o in chip.objects()}
+    assert listed == {c.serial for c in on_chip.values()}
+    assert not any(o.fresh for o in chip.objects())
+
+
+def test_a_card_without_pending_updates_is_left_alone_at_the_desk(world):
+    card = first_card(world)
+    assert insert(world, card) == []
+    assert world.line.desk.serve(ChipInfo(atr=SIM_ATR, serial="0000000000000000")) == []
+
+
+class Killed(BaseException):
+    """The desk process dies here (not an error it could handle)."""
+
+
+MUTATIONS = ("generate_key", "write_certificate", "delete_key")
+STORE_STEPS = ("step", "mark_written", "apply_renewal")
+
+
+def _kill_after_chip_op(token: SimToken, n: int, monkeypatch) -> None:
+    count = {"ops": 0}
+    for name in MUTATIONS:
+        real = getattr(token, name)
+
+        def wrapped(*args: Any, _real: Any = real, **kw: Any) -> Any:
+            result = _real(*args, **kw)
+            count["ops"] += 1
+            if count["ops"] == n:
+                raise Killed(f"after chip operation {n}")
+            return result
+
+        monkeypatch.setattr(token, name, wrapped)
+
+
+def _kill_before_store_step(n: int, monkeypatch) -> None:
+    count = {"steps": 0}
+    for name in STORE_STEPS:
+        real = getattr(updates, name)
+
+        def wrapped(*args: Any, _real: Any = real, **kw: Any) -> Any:
+            count["steps"] += 1
+            if count["steps"] == n:
+                raise Killed(f"before store step {n}")
+            return _real(*args, **kw)
+
+        monkeypatch.setattr(updates, name, wrapped)
+
+
+# A renewal of two usages: 2 keys generated, 2 certificates written, 2 old keys
+# deleted (6 chip operations); 3 journal steps, the read-back mark and the apply (5).
+KILL_POINTS = [("chip", n) for n in range(1, 7)] + [("store", n) for n in range(1, 6)]
+
+
+@pytest.mark.parametrize(("where", "n"), KILL_POINTS, ids=[f"{w}{n}" for w, n in KILL_POINTS])
+def test_a_desk_killed_at_any_moment_of_a_renewal_completes_it_exactly_once(
+    world, monkeypatch, where, n
+):
+    card = first_card(world)
+    before = {c.serial for c in certs(world, card.id) if c.usage != "encryption"}
+    renew_card(world.store, str(card.id), by="olga")
+    desk = world.line.desk
+    with monkeypatch.context() as m:
+        if where == "chip":
+            _kill_after_chip_op(desk.token, n, m)  # type: ignore[arg-type]
+        else:
+            _kill_before_store_step(n, m)
+        with pytest.raises(Killed):
+            insert(world, card)
+    # Whatever the moment, the chip holds working credentials for each usage: the
+    # old ones, the new ones, or both (never neither).
+    chip = chip_of(world, card)
+    with world.store.read() as s:
+        valid = {
+            c.serial
+            for c in s.scalars(
+                select(Certificate).where(
+                    Certificate.credential_id == card.id, Certificate.state == "valid"
+                )
+            )
+        }
+    for usage in ("authentication", "signature"):
+        assert any(o.usage == usage and o.cert_serial in valid for o in chip.objects()), (
+            f"no working {usage} credential on the chip"
+        )
+    chip.close()
+
+    # The desk comes back (the same desk restarted, or the card at another insertion).
+    assert insert(world, card) == [(1, "applied")]
+    assert world.line.wait_drained(timeout_s=60)
+
+    after = certs(world, card.id)
+    new = [c for c in after if c.update_id == 1]
+    assert sorted(c.usage for c in new) == ["authentication", "signature"]
+    assert all(c.state == "valid" and c.on_chip for c in new)
+    assert {c.serial for c in after if c.serial in before and c.state == "revoked"} == before
+    chip = chip_of(world, card)
+    assert {o.cert_serial for o in chip.objects() if o.usage != "encryption"} == {
+        c.serial for c in new
+    }
+    assert not any(o.fresh for o in chip.objects())
+    with world.store.read() as s:
+        applied = s.scalar(
+            select(func.count()).where(
+                AuditEvent.entity == "card_update", AuditEvent.action == "apply"
+            )
+        )
+        assert applied == 1
+        assert s.get(CardUpdate, 1).state == "applied"
+
+
+def _spki(pem: str) -> bytes:
+    return (
+        x509.load_pem_x509_certificate(pem.encode())
+        .public_key()
+        .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+
+
+def test_the_sim_desk_reader_answers_for_the_card_inserted(tmp_path):
+    reader, _ = make_sim_desk(
+        time_scale=0,
+        seed=1,
+        chips=SimChipStore(tmp_path, SecretBox(b"k" * 32)),
+    )
+    reader.insert("ABCDEF")
+    assert reader.read_chip(1.0).serial == "ABCDEF"
+    assert desk_module.DeskConfig(station_id="D").lease_s > 0
+
+
+def _show(world: World, card: Credential) -> dict[str, Any]:
+    token = token_for(world.store, "audrey", ["auditor"])
+    result = CliRunner().invoke(
+        main,
+        ["card", "show", str(card.id), "--json", "--data-dir", str(world.tmp / "data")],
+        env={"CARDLINE_TOKEN": token},
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    shown: dict[str, Any] = json.loads(result.output)
+    return shown
+
+
+def test_card_show_says_what_is_on_the_chip_before_and_after_the_desk(world):
+    card = first_card(world)
+    renew_card(world.store, str(card.id), by="olga")
+
+    pending = _show(world, card)
+    assert [(u["kind"], u["state"]) for u in pending["updates"]] == [("renew", "pending")]
+    assert {(c["usage"], c["state"], c["on_chip"]) for c in pending["certificate_list"]} == {
+        ("authentication", "valid", True),
+        ("signature", "valid", True),
+        ("encryption", "valid", True),
+    }
+
+    insert(world, card)
+    done = _show(world, card)
+    (update,) = done["updates"]
+    assert update["state"] == "applied"
+    assert update["steps_done"] == ["keys", "written", "erased"]
+    assert update["applied_at"]
+    rows = {(c["usage"], c["state"], c["on_chip"]) for c in done["certificate_list"]}
+    assert rows == {
+        ("authentication", "valid", True),
+        ("signature", "valid", True),
+        ("encryption", "valid", True),
+        ("authentication", "revoked", False),
+        ("signature", "revoked", False),
+    }
+    # The table form says the same to a person.
+    token = token_for(world.store, "audrey", ["auditor"])
+    table = CliRunner().invoke(
+        main,
+        ["card", "show", str(card.id), "--data-dir", str(world.tmp / "data")],
+        env={"CARDLINE_TOKEN": token, "COLUMNS": "200"},
+    )
+    assert table.exit_code == 0
+    assert "superseded" in table.output
+    assert "applied" in table.output
