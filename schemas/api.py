@@ -132,6 +132,17 @@ class CardsCreated(BaseModel):
     state: str
 
 
+class UnblockIn(_In):
+    """The challenge the card shows (16 hex digits; spaces and case do not matter)."""
+
+    challenge: str = Field(min_length=16, max_length=40)
+
+
+class UnblockOut(BaseModel):
+    card_number: str
+    response: str  # 16 hex digits the holder types into the card
+
+
 class CardCertificateOut(BaseModel):
     """One of a card's certificates: its state, and whether the chip carries it (only
     once written and read back)."""

@@ -48,11 +48,11 @@ from pkcs11.types import EncryptMixin, SignMixin
 from pkcs11.util.x509 import decode_x509_certificate
 
 from db import pkcs11 as token_lib
+from db.adminkey import ResponseRefused, admin_key_bytes, response_bytes
 from db.secrets import Secret
 from schemas.card_numbers import mask_card_number
 from schemas.errors import DeviceFault
 from schemas.states import CertUsage, FaultKind
-from stations.pin import ResponseRefused, admin_key_bytes, response_bytes
 from stations.sim import TokenObject
 
 log = structlog.get_logger(__name__)

@@ -130,6 +130,24 @@ def card_renew(app: CliContext, card_ref: str, who: Caller) -> None:
     app.perform(who, "card.renew", card_ref, {}, lambda state: state)
 
 
+@card.command("unblock")
+@click.argument("card_ref", metavar="CARD")
+@click.option("--challenge", required=True, help="The 16 hex digits the card shows.")
+@data_dir_option
+@pass_app
+@handle_errors
+@requires("card.unblock")
+def card_unblock(app: CliContext, card_ref: str, challenge: str, who: Caller) -> None:
+    """Answer CARD's unblock challenge (help desk): prints the response the holder types
+    into the card, which then takes a new PIN. Audited; the response is never logged."""
+    from producers.unblock import unblock_response
+
+    answer = unblock_response(
+        app.store(), app.settings.secret_box(), card_ref, challenge, by=who.actor
+    )
+    click.echo(answer.response)
+
+
 @card.command("show")
 @click.argument("card_ref", metavar="CARD")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of tables.")

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
 
-from producers import incidents, tempcards
+from producers import incidents, tempcards, unblock
 from producers.api.auth import Allow, context
 from producers.api.context import ApiContext, RowId
 from producers.api.held import HELD, perform
@@ -22,6 +22,8 @@ from schemas.api import (
     StateOut,
     StockIn,
     StockOut,
+    UnblockIn,
+    UnblockOut,
 )
 
 router = APIRouter()
@@ -82,6 +84,18 @@ def lock(
     card: str, body: LockIn, ctx: Ctx, who: Annotated[Caller, Depends(Allow("card.lock"))]
 ) -> Any:
     return perform(ctx, who, "card.lock", card, {"reason": body.reason}, _count)
+
+
+@router.post("/cards/{card}/unblock", tags=["cards"])
+def unblock_card(
+    card: str,
+    body: UnblockIn,
+    ctx: Ctx,
+    who: Annotated[Caller, Depends(Allow("card.unblock"))],
+) -> UnblockOut:
+    """The response to the card's unblock challenge, from its admin key (audited)."""
+    answer = unblock.unblock_response(ctx.store, ctx.box, card, body.challenge, by=who.actor)
+    return UnblockOut(card_number=answer.card_number, response=answer.response)
 
 
 @router.post("/cards/{card}/renew", tags=["cards"], response_model=StateOut, responses=HELD)

@@ -17,9 +17,10 @@ from pkcs11 import exceptions as p11
 from structlog.testing import capture_logs
 
 from db import pkcs11 as token_lib
+from db.adminkey import ResponseRefused, compute_response
 from db.secrets import Secret
 from schemas.errors import DeviceFault
-from stations.pin import PinBlocked, PinCounter, PinGuard, ResponseRefused, compute_response
+from stations.pin import PinBlocked, PinCounter, PinGuard
 from stations.pkcs11_token import Pkcs11AdminKeyCard, Pkcs11Token
 from tests.hw.softhsm import SoftHsm, shared_softhsm, unique
 

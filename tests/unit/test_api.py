@@ -137,6 +137,7 @@ USE_CASES: dict[tuple[str, str], str | None] = {
     ("POST", "/tempcards/{card}/withdraw"): "tempcard.withdraw",
     ("POST", "/tempcards/{card}/lock"): "card.lock",
     ("POST", "/cards/{card}/renew"): "card.renew",
+    ("POST", "/cards/{card}/unblock"): "card.unblock",
     ("PATCH", "/cards/{card}"): "card.edit",
     ("POST", "/cards/{card}/incidents"): "card.incident",
     ("GET", "/incidents"): "incident.read",

@@ -18,20 +18,23 @@ from sqlalchemy import func, select
 
 from db import updates
 from db.models import AuditEvent, CardUpdate, Certificate, Credential
-from db.secrets import SecretBox, context
+from db.secrets import Secret, SecretBox, context
 from ops.cli import main
 from ops.config import Settings
 from ops.line import EmbeddedLine, LineOptions
 from ops.store import open_migrated
+from producers import lifecycle
 from producers.approvals import approve_batch
 from producers.batch_import import import_batch
 from producers.cards import renew_card
 from producers.generate import write_users_csv
-from schemas.errors import StateConflict
+from producers.unblock import unblock_response
+from schemas.errors import DeviceFault, StateConflict, ValidationFailed
 from schemas.policy import Policy
 from stations import desk as desk_module
 from stations.chips import SimChipStore
 from stations.drivers import ChipInfo
+from stations.pin import SoftAdminKeyCard
 from stations.sim import SIM_ATR, SimFaults, SimTimings, SimToken, make_sim_desk
 from tests.principals import token_for
 
@@ -325,3 +328,68 @@ def test_card_show_says_what_is_on_the_chip_before_and_after_the_desk(world):
     assert table.exit_code == 0
     assert "superseded" in table.output
     assert "applied" in table.output
+
+
+# --- help-desk unblock (point 6) ----------------------------------------------------
+
+
+def _secret(world: World, card: Credential, what: str) -> Secret:
+    sealed = getattr(card, f"{what}_sealed")
+    return world.line.box.open(sealed, context=context("credential", card.id, what))
+
+
+def test_the_help_desk_answer_unblocks_the_card_with_a_new_pin(world):
+    card = first_card(world)
+    chip = chip_of(world, card)
+    for _ in range(3):
+        chip.verify_pin(Secret("000000"))  # the holder forgets the PIN: blocked
+    with pytest.raises(DeviceFault, match="blocked"):
+        chip.verify_pin(_secret(world, card, "pin"))
+    on_card = SoftAdminKeyCard(
+        chip, admin_key=_secret(world, card, "admin_key"), puk=_secret(world, card, "puk")
+    )
+    challenge = on_card.challenge()
+
+    token = token_for(world.store, "hilda", ["help_desk"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "card",
+            "unblock",
+            card.card_number,
+            "--challenge",
+            challenge.lower(),
+            "--data-dir",
+            str(world.tmp / "data"),
+        ],
+        env={"CARDLINE_TOKEN": token},
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    response = result.output.strip()
+    on_card.unblock_with_response(response, Secret("424242"))
+    assert chip.verify_pin(Secret("424242"))
+    with world.store.read() as s:
+        (event,) = s.scalars(
+            select(AuditEvent).where(AuditEvent.entity == "card", AuditEvent.action == "unblock")
+        ).all()
+        assert event.actor.startswith("principal:")
+        assert response not in (event.reason or "")
+
+
+def test_unblock_is_for_the_help_desk_and_refuses_a_card_not_in_use(world):
+    card = first_card(world)
+    data = ["--data-dir", str(world.tmp / "data")]
+    token = token_for(world.store, "olga", ["operator"])
+    refused = CliRunner().invoke(
+        main,
+        ["card", "unblock", str(card.id), "--challenge", "00" * 8, *data],
+        env={"CARDLINE_TOKEN": token},
+    )
+    assert refused.exit_code != 0
+    assert "may not card.unblock: it needs the role admin or help_desk" in refused.output
+    lifecycle.lock_card(world.store, str(card.id), by="olga", reason="key_compromise")
+    with pytest.raises(StateConflict, match="'locked'"):
+        unblock_response(world.store, world.line.box, str(card.id), "00" * 8, by="hilda")
+    with pytest.raises(ValidationFailed, match="challenge"):
+        unblock_response(world.store, world.line.box, str(card.id), "xyz", by="hilda")

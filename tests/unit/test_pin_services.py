@@ -11,19 +11,16 @@ import subprocess
 
 import pytest
 
-from db.secrets import Secret
-from schemas.errors import ConfigurationError, DeviceFault, ValidationFailed
-from stations.pin import (
+from db.adminkey import (
     AdminKeyInvalid,
-    PinBlocked,
-    PinCounter,
-    PinGuard,
     ResponseRefused,
-    SoftAdminKeyCard,
     check_response,
     compute_response,
     new_challenge,
 )
+from db.secrets import Secret
+from schemas.errors import ConfigurationError, DeviceFault, ValidationFailed
+from stations.pin import PinBlocked, PinCounter, PinGuard, SoftAdminKeyCard
 from stations.sim import SimClock, SimFaults, SimTimings, SimToken
 
 PIN, PUK, NEW_PIN, WRONG = Secret("123456"), Secret("87654321"), Secret("246810"), Secret("000000")
