@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import or_, select, update
@@ -24,9 +25,9 @@ from sqlalchemy.orm import Session
 from db import outbox
 from db.models import CardUpdate, Certificate, Credential, utcnow
 from db.transition import create, record, transition
-from schemas.errors import StateConflict
+from schemas.errors import PermanentError, StateConflict, ValidationFailed
 from schemas.messages import PublishCrl
-from schemas.states import CertState, RevocationReason, UpdateKind, UpdateState
+from schemas.states import CertState, CertUsage, RevocationReason, UpdateKind, UpdateState
 
 _LIVE_CERTS = (CertState.VALID, CertState.HOLD)
 
@@ -63,20 +64,26 @@ def generated_usages(session: Session, credential_id: int) -> list[str]:
     )
 
 
-def request_renewal(session: Session, cred: Credential, *, by: str) -> CardUpdate:
-    """A pending renewal of ``cred``: new keys on the chip for every usage whose key was
-    generated there, new certificates, the old ones erased and then revoked. Refused
-    (``StateConflict``) while another update of the card is open."""
+def _refuse_while_open(session: Session, cred: Credential, action: str) -> None:
+    """One update at a time per card: they are applied in order, and a second one
+    asked for while the first waits would be planned against a chip about to change."""
     waiting = open_updates(session, cred.id)
     if waiting:
         raise StateConflict(
             "card",
             cred.id,
-            "renew",
+            action,
             cred.state,
             (),
             detail=f"update {waiting[0].id} ({waiting[0].kind}) is still {waiting[0].state}",
         )
+
+
+def request_renewal(session: Session, cred: Credential, *, by: str) -> CardUpdate:
+    """A pending renewal of ``cred``: new keys on the chip for every usage whose key was
+    generated there, new certificates, the old ones erased and then revoked. Refused
+    (``StateConflict``) while another update of the card is open."""
+    _refuse_while_open(session, cred, "renew")
     usages = generated_usages(session, cred.id)
     if not usages:
         raise StateConflict(
@@ -94,6 +101,91 @@ def request_renewal(session: Session, cred: Credential, *, by: str) -> CardUpdat
         ),
         actor=by,
         reason=f"renewal of {', '.join(usages)}: waiting for the card at a desk",
+    )
+
+
+@dataclass(frozen=True)
+class EscrowedKey:
+    """One of a holder's escrowed encryption keys: the card it was made for, its
+    newest certificate, and the key, sealed."""
+
+    credential_id: int
+    card_number: str | None
+    serial: str
+    not_after: dt.datetime
+    cert_pem: str
+    key_sealed: str
+
+
+def holder_escrowed_keys(session: Session, cred: Credential) -> list[EscrowedKey]:
+    """The escrowed encryption keys of ``cred``'s holder from their other cards, oldest
+    first, each with its newest certificate."""
+    if cred.user_id is None:
+        return []
+    rows = session.execute(
+        select(Credential.id, Credential.card_number, Credential.escrow_key_sealed, Certificate)
+        .join(Certificate, Certificate.credential_id == Credential.id)
+        .where(
+            Credential.user_id == cred.user_id,
+            Credential.id != cred.id,
+            Credential.escrow_key_sealed.is_not(None),
+            Certificate.attempt_id.is_(None),
+            Certificate.update_id.is_(None),
+            Certificate.usage == CertUsage.ENCRYPTION,
+        )
+        .order_by(Credential.id, Certificate.id)
+    ).all()
+    latest: dict[int, EscrowedKey] = {}
+    for cred_id, number, sealed, cert in rows:
+        if sealed is None:  # the query asks only for sealed ones
+            continue
+        latest[cred_id] = EscrowedKey(
+            cred_id, number, cert.serial, cert.not_after, cert.pem, sealed
+        )
+    return list(latest.values())
+
+
+def request_recovery(
+    session: Session, cred: Credential, *, by: str, serials: Sequence[str] = ()
+) -> CardUpdate:
+    """A pending update writing the holder's escrowed keys named by certificate serial
+    (all of them when ``serials`` is empty) onto the produced card ``cred``, beside its
+    own keys. ``ValidationFailed`` naming a serial that is not one of the holder's."""
+    known = {k.serial: k for k in holder_escrowed_keys(session, cred)}
+    if not known:
+        raise PermanentError(f"the holder of card {cred.id} has no escrowed keys to recover")
+    wanted = list(dict.fromkeys(serials)) or list(known)
+    unknown = [s for s in wanted if s not in known]
+    if unknown:
+        raise ValidationFailed(
+            f"not an escrowed key of this card's holder: {', '.join(unknown)}", field="keys"
+        )
+    _refuse_while_open(session, cred, "recover_escrow")
+    keys = [{"credential_id": known[s].credential_id, "serial": s} for s in wanted]
+    return create(
+        session,
+        CardUpdate(
+            state=UpdateState.PENDING,
+            credential_id=cred.id,
+            kind=UpdateKind.RECOVER,
+            requested_by=by,
+            plan={"keys": keys},
+            journal={},
+        ),
+        actor=by,
+        reason=f"recover {len(keys)} escrowed key(s): waiting for the card at a desk",
+    )
+
+
+def apply_recovery(session: Session, row: CardUpdate, *, station_id: str) -> None:
+    """The recovered keys are on the chip, read back: the update ``applied``."""
+    transition(
+        session,
+        row,
+        "apply",
+        actor=f"station:{station_id}",
+        reason=f"{len(row.plan.get('keys', ()))} escrowed key(s) read back from the chip",
+        changes={"applied_at": utcnow(), "lease_expires_at": None},
     )
 
 

@@ -76,7 +76,10 @@ def views(session: Session, creds: Sequence[Credential]) -> list[CardOut]:
                     requested_by=row.requested_by,
                     requested_at=_iso(row.created_at) or "",
                     applied_at=_iso(row.applied_at),
-                    steps_done=[k for k in ("keys", "written", "erased") if row.journal.get(k)],
+                    steps_done=[
+                        *(k for k in ("keys", "written", "erased") if row.journal.get(k)),
+                        *(f"imported {s}" for s in row.journal.get("imported", [])),
+                    ],
                     error=row.error,
                 )
             )

@@ -1,7 +1,8 @@
 """Key escrow: recover earlier encryption keys onto a new card, or out as a PFX.
 
 ``request_key_recovery`` marks a card not yet produced so that its station also writes
-the holder's earlier escrowed encryption keys (with their certificates) to it; mail
+the holder's earlier escrowed encryption keys (with their certificates) to it, or, for
+a card in use, creates a card update writing the keys the operator chose; mail
 encrypted to an old key still opens with the new card. ``escrowed_key`` hands the
 escrowed key of one card to the PFX export (the user portal's "download escrowed
 certificates"); both are audited, and neither ever logs or returns a key unsealed
@@ -16,27 +17,31 @@ audits the export.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from db import updates
 from db.engine import Store
 from db.models import ApprovalRequest, AuditEvent, Certificate, Credential
 from db.secrets import Secret, SecretBox, context
 from db.transition import record
 from producers.lookup import find_card
 from producers.principals import same_principal
-from schemas.errors import NotFound, PermanentError, Refused, StateConflict
+from schemas.errors import NotFound, PermanentError, Refused, StateConflict, ValidationFailed
 from schemas.policy import ApprovalSteps, Policy
 from schemas.states import CardState, CertUsage, CredentialKind, RequestState
 
 EXPORT = "escrow.export"  # the use case, and the process its approval step holds
 COLLECT = "collect"  # the audited action that spends an approved export request
 
-# A card can still take recovered keys until a station starts on it.
+# A card can still take recovered keys until a station starts on it ...
 RECOVERABLE_STATES = frozenset({CardState.REQUESTED, CardState.APPROVED, CardState.READY})
+# ... and once in its holder's hands, through a card update applied at a desk.
+IN_USE_STATES = frozenset({CardState.ACTIVE, CardState.ISSUED, CardState.INACTIVE})
 
 
 @dataclass(frozen=True)
@@ -47,17 +52,31 @@ class EscrowExport:
     cert_pem: str
 
 
-def request_key_recovery(store: Store, card: str, *, by: str) -> int:
+def request_key_recovery(store: Store, card: str, *, by: str, serials: Sequence[str] = ()) -> int:
     """Have card ``card`` (number or id) carry its holder's earlier escrowed keys;
-    returns how many it will carry. Only a permanent card, before production starts."""
+    returns how many it will carry. A card not yet produced carries all of them (its
+    station writes them). A produced card in use gets the keys named by certificate
+    serial (``serials``; all when empty) through a card update, written when it is
+    next at an update desk. Only a permanent card."""
     with store.tx() as s:
         cred = find_card(s, card, lock=True)
         # A temporary card is produced for no holder, so it carries no holder's keys.
-        allowed = RECOVERABLE_STATES if cred.kind == CredentialKind.CARD else frozenset()
+        allowed = (
+            RECOVERABLE_STATES | IN_USE_STATES if cred.kind == CredentialKind.CARD else frozenset()
+        )
         if cred.state not in allowed:
             raise StateConflict(cred.machine.name, cred.id, "recover_escrow", cred.state, allowed)
         if cred.user_id is None:
             raise PermanentError(f"card {card} has no holder, so no earlier keys to recover")
+        if cred.state in IN_USE_STATES:
+            row = updates.request_recovery(s, cred, by=by, serials=serials)
+            return len(row.plan["keys"])
+        if serials:
+            raise ValidationFailed(
+                "a card not yet produced carries all its holder's escrowed keys; "
+                "choose keys once it is in use",
+                field="keys",
+            )
         earlier = s.scalars(
             select(Credential.id).where(
                 Credential.user_id == cred.user_id,
@@ -76,6 +95,13 @@ def request_key_recovery(store: Store, card: str, *, by: str) -> int:
             changes={"recover_escrow": True},
         )
         return len(earlier)
+
+
+def holder_keys(store: Store, card: str) -> list[updates.EscrowedKey]:
+    """The escrowed keys of card ``card``'s holder from their other cards (to choose
+    from for a recovery); nothing secret is read."""
+    with store.read() as s:
+        return updates.holder_escrowed_keys(s, find_card(s, card))
 
 
 def _exportable(s: Session, card: str) -> tuple[Credential, Certificate]:

@@ -132,6 +132,12 @@ class CardsCreated(BaseModel):
     state: str
 
 
+class RecoverIn(_In):
+    """Which escrowed keys to recover: their certificates' serials (empty: all)."""
+
+    keys: list[str] = Field(default_factory=list, max_length=100)
+
+
 class UnblockIn(_In):
     """The challenge the card shows (16 hex digits; spaces and case do not matter)."""
 

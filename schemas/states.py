@@ -97,6 +97,7 @@ class UpdateState(StrEnum):
 
 class UpdateKind(StrEnum):
     RENEW = "renew"  # new keys generated on the chip, new certificates, old ones erased
+    RECOVER = "recover"  # chosen escrowed keys of the holder's earlier cards imported
 
 
 class RequestState(StrEnum):

@@ -69,6 +69,10 @@ class DeskToken(Protocol):
 
     def delete_key(self, key_id: str) -> None: ...
 
+    def import_key(
+        self, usage: CertUsage, key_pem: Secret, cert_pem: str, *, retired: bool = False
+    ) -> str: ...
+
     def objects(self) -> tuple[TokenObject, ...]: ...
 
     def close(self) -> None: ...
@@ -174,9 +178,12 @@ class UpdateDesk:
             return "taken"
         log_ = self._log.bind(update_id=update_id, credential_id=row["credential_id"])
         try:
-            if kind != UpdateKind.RENEW:
+            if kind == UpdateKind.RENEW:
+                self._renew(update_id, row, log_)
+            elif kind == UpdateKind.RECOVER:
+                self._recover(update_id, row, log_)
+            else:
                 raise DeviceFault(FaultKind.CHIP, f"this desk cannot apply a {kind} update")
-            self._renew(update_id, row, log_)
         except DeviceFault as fault:
             log_.warning("desk.update_failed", kind=fault.kind, code=fault.code)
             self._end(update_id, updates.fail, error=str(fault))
@@ -272,6 +279,41 @@ class UpdateDesk:
             )
         )
         log_.info("desk.renewed", usages=[u.value for u in usages], revoked=revoked)
+
+    def _recover(self, update_id: int, row: dict[str, Any], log_: Any) -> None:
+        """Import the chosen escrowed keys (retired, beside the card's own), one per
+        journal step; a key whose certificate the chip already lists is not imported
+        again."""
+        journal: dict[str, Any] = row["journal"]
+        done: list[str] = list(journal.get("imported", []))
+        for key in row["plan"]["keys"]:
+            serial = key["serial"]
+            if serial in done:
+                continue
+            if serial not in {o.cert_serial for o in self.token.objects()}:
+                with self.store.read() as s:
+                    old = s.get(Credential, key["credential_id"])
+                    cert_pem = s.scalar(select(Certificate.pem).where(Certificate.serial == serial))
+                    sealed = old.escrow_key_sealed if old else None
+                if sealed is None or cert_pem is None:
+                    raise DeviceFault(FaultKind.CHIP, f"escrowed key {serial} is gone")
+                secret = self.box.open(
+                    sealed, context=context("credential", key["credential_id"], "escrow_key")
+                )
+                self.token.import_key(CertUsage.ENCRYPTION, secret, cert_pem, retired=True)
+            done.append(serial)
+            journal = {**journal, "imported": done}
+            self._step(update_id, journal, f"escrowed key {serial} written")
+        listed = {o.cert_serial for o in self.token.objects()}
+        missing = [s for s in done if s not in listed]
+        if missing:
+            raise DeviceFault(FaultKind.CHIP, f"recovered keys not read back: {missing}")
+        self._tx(
+            lambda s: updates.apply_recovery(
+                s, self._get(s, update_id), station_id=self.config.station_id
+            )
+        )
+        log_.info("desk.recovered", keys=len(done))
 
     def _await_certificates(
         self, update_id: int, cred_id: int, csrs: dict[str, str]

@@ -66,16 +66,45 @@ def escrow_export(
 
 @escrow.command("recover")
 @click.argument("card")
+@click.option(
+    "--key",
+    "serials",
+    multiple=True,
+    metavar="SERIAL",
+    help="Only this escrowed key (its certificate's serial, as `escrow keys` lists it);"
+    " repeatable. Default: all of the holder's.",
+)
 @data_dir_option
 @pass_app
 @handle_errors
 @requires("card.recover")
-def escrow_recover(app: CliContext, card: str, who: Caller) -> None:
-    """Have CARD (not yet produced) also carry its holder's earlier escrowed keys."""
+def escrow_recover(app: CliContext, card: str, serials: tuple[str, ...], who: Caller) -> None:
+    """Have CARD carry its holder's earlier escrowed keys: all of them on a card not yet
+    produced; the chosen ones on a card in use, written when it is next at a desk."""
     from producers.escrow import request_key_recovery
 
-    count = request_key_recovery(app.store(), card, by=who.actor)
+    count = request_key_recovery(app.store(), card, by=who.actor, serials=serials)
     click.echo(f"card {card} will carry {count} earlier escrowed keys")
+
+
+@escrow.command("keys")
+@click.argument("card")
+@data_dir_option
+@pass_app
+@handle_errors
+@requires("card.recover")
+def escrow_keys(app: CliContext, card: str, who: Caller) -> None:
+    """The escrowed keys of CARD's holder from their other cards, to choose from."""
+    from rich.table import Table
+
+    from producers.escrow import holder_keys
+
+    table = Table("certificate serial", "card", "valid until", title="escrowed keys")
+    for key in holder_keys(app.store(), card):
+        table.add_row(
+            key.serial, key.card_number or str(key.credential_id), f"{key.not_after:%Y-%m-%d}"
+        )
+    app.out.print(table)
 
 
 COMMANDS = (escrow,)

@@ -23,6 +23,7 @@ from schemas.api import (
     CountOut,
     LockIn,
     ReasonIn,
+    RecoverIn,
     RequiredReasonIn,
     StateOut,
 )
@@ -157,7 +158,14 @@ def lock_card(
 
 @router.post("/cards/{card}/recover-escrow")
 def recover_escrow(
-    card: str, ctx: Ctx, who: Annotated[Caller, Depends(Allow("card.recover"))]
+    card: str,
+    ctx: Ctx,
+    who: Annotated[Caller, Depends(Allow("card.recover"))],
+    body: RecoverIn | None = None,
 ) -> CountOut:
-    """Have the card (not yet produced) also carry the holder's earlier escrowed keys."""
-    return CountOut(certificates=escrow.request_key_recovery(ctx.store, card, by=who.actor))
+    """The holder's earlier escrowed keys onto the card: all, before production; the
+    chosen ones (``keys``: certificate serials), on a card in use, at its next desk."""
+    serials = body.keys if body else []
+    return CountOut(
+        certificates=escrow.request_key_recovery(ctx.store, card, by=who.actor, serials=serials)
+    )

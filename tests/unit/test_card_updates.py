@@ -23,10 +23,10 @@ from ops.cli import main
 from ops.config import Settings
 from ops.line import EmbeddedLine, LineOptions
 from ops.store import open_migrated
-from producers import lifecycle
+from producers import escrow, lifecycle
 from producers.approvals import approve_batch
 from producers.batch_import import import_batch
-from producers.cards import renew_card
+from producers.cards import approve_card, renew_card, request_cards
 from producers.generate import write_users_csv
 from producers.unblock import unblock_response
 from schemas.errors import DeviceFault, StateConflict, ValidationFailed
@@ -393,3 +393,58 @@ def test_unblock_is_for_the_help_desk_and_refuses_a_card_not_in_use(world):
         unblock_response(world.store, world.line.box, str(card.id), "00" * 8, by="hilda")
     with pytest.raises(ValidationFailed, match="challenge"):
         unblock_response(world.store, world.line.box, str(card.id), "xyz", by="hilda")
+
+
+# --- recovery of escrowed keys onto a card in use (point 5) --------------------------
+
+
+def _second_card(world: World) -> tuple[Credential, Credential]:
+    """The holder of the first card gets a second one (the first stays in use)."""
+    first = first_card(world)
+    with world.store.read() as s:
+        email = s.get(Credential, first.id).user.email  # type: ignore[union-attr]
+    (second_id,) = request_cards(world.store, [email], by="rita", policy=POLICY)
+    approve_card(world.store, str(second_id), by="bob")
+    assert world.line.wait_drained(timeout_s=60)
+    with world.store.read() as s:
+        return first, s.get(Credential, second_id)  # type: ignore[return-value]
+
+
+def _escrow_serial(world: World, card: Credential) -> str:
+    return next(
+        c.serial for c in certs(world, card.id) if c.usage == "encryption" and c.attempt_id is None
+    )
+
+
+def test_the_operator_chooses_escrowed_keys_and_the_desk_writes_them_to_a_card_in_use(world):
+    first, second = _second_card(world)
+    (key,) = escrow.holder_keys(world.store, str(second.id))
+    assert key.serial == _escrow_serial(world, first)
+    with pytest.raises(ValidationFailed, match="not an escrowed key"):
+        escrow.request_key_recovery(world.store, str(second.id), by="olga", serials=["ab12"])
+
+    assert (
+        escrow.request_key_recovery(world.store, str(second.id), by="olga", serials=[key.serial])
+        == 1
+    )
+    assert insert(world, second) == [(1, "applied")]
+
+    chip = chip_of(world, second)
+    recovered = [o for o in chip.objects() if o.cert_serial == key.serial]
+    assert [(o.usage, o.origin) for o in recovered] == [("encryption", "recovered")]
+    # Its own keys are untouched.
+    assert {o.cert_serial for o in chip.objects()} >= {
+        c.serial for c in certs(world, second.id) if c.on_chip
+    }
+
+
+def test_a_desk_killed_after_writing_a_recovered_key_does_not_write_it_twice(world, monkeypatch):
+    _, second = _second_card(world)
+    escrow.request_key_recovery(world.store, str(second.id), by="olga")
+    with monkeypatch.context() as m:
+        _kill_before_store_step(1, m)  # the key is on the chip, the journal not yet
+        with pytest.raises(Killed):
+            insert(world, second)
+    assert insert(world, second) == [(1, "applied")]
+    chip = chip_of(world, second)
+    assert sum(1 for o in chip.objects() if o.origin == "recovered") == 1

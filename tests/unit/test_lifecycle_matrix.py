@@ -175,7 +175,7 @@ OPERATIONS: dict[str, Operation] = {
     "withdraw": _held("tempcard.withdraw", _edge("withdraw")),
     "recover escrow": Operation(
         lambda st, c, by: escrow.request_key_recovery(st, c, by=by),
-        _stays({"card": escrow.RECOVERABLE_STATES}),
+        _stays({"card": escrow.RECOVERABLE_STATES | escrow.IN_USE_STATES}),
     ),
     "escrow export": Operation(_export, _stays(_ANY), escrow.EXPORT),
     "declare lost": Operation(_declare("lost"), _incident(locks=False)),
@@ -230,6 +230,8 @@ def _card(store: Store, kind: str, state: str) -> str:
                 escrow_key_sealed="-",
             )
             s.add(earlier)
+            s.flush()
+            s.add(_certificate(earlier, "locked", CertUsage.ENCRYPTION))
         cred.escrow_key_sealed = BOX.seal(
             "key", context=context("credential", cred.id, "escrow_key")
         )
