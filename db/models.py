@@ -290,6 +290,10 @@ class ProductionAttempt(Stateful, Base):
         return ATTEMPT
 
 
+_ESCROW_CERT = text("attempt_id IS NULL AND update_id IS NULL AND state IN ('valid', 'hold')")
+_UPDATE_CERT = text("update_id IS NOT NULL AND state IN ('valid', 'hold')")
+
+
 class Certificate(Stateful, Base):
     """An issued certificate. Auth/sign certificates belong to an attempt; the escrowed
     encryption certificate belongs to the credential (``attempt_id`` is NULL); a soft
@@ -313,8 +317,17 @@ class Certificate(Stateful, Base):
             "credential_id",
             "usage",
             unique=True,
-            sqlite_where=text("attempt_id IS NULL AND state IN ('valid', 'hold')"),
-            postgresql_where=text("attempt_id IS NULL AND state IN ('valid', 'hold')"),
+            sqlite_where=_ESCROW_CERT,
+            postgresql_where=_ESCROW_CERT,
+        ),
+        # One live certificate per card update and usage.
+        Index(
+            "uq_live_cert_per_update",
+            "update_id",
+            "usage",
+            unique=True,
+            sqlite_where=_UPDATE_CERT,
+            postgresql_where=_UPDATE_CERT,
         ),
     )
 

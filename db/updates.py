@@ -26,7 +26,7 @@ from db import outbox
 from db.models import CardUpdate, Certificate, Credential, utcnow
 from db.transition import create, record, transition
 from schemas.errors import PermanentError, StateConflict, ValidationFailed
-from schemas.messages import PublishCrl
+from schemas.messages import PublishCrl, SendPinLetter
 from schemas.states import CertState, CertUsage, RevocationReason, UpdateKind, UpdateState
 
 _LIVE_CERTS = (CertState.VALID, CertState.HOLD)
@@ -174,6 +174,95 @@ def request_recovery(
         ),
         actor=by,
         reason=f"recover {len(keys)} escrowed key(s): waiting for the card at a desk",
+    )
+
+
+# Updates that write new keys and certificates for the card's holder (a renewal's
+# procedure), and those that also give the card a new PIN.
+REKEYING = frozenset({UpdateKind.RENEW, UpdateKind.ASSIGN, UpdateKind.EXTEND})
+NEW_PIN = frozenset({UpdateKind.ASSIGN, UpdateKind.EXTEND})
+
+
+def request_temp_card_update(
+    session: Session,
+    cred: Credential,
+    kind: UpdateKind,
+    *,
+    by: str,
+    usages: Sequence[str],
+    not_after: dt.datetime | None = None,
+) -> CardUpdate:
+    """A temporary card's update for its next desk: ``assign``/``extend`` (new keys and
+    certificates for its holder valid until ``not_after``, a new PIN) or ``wipe`` (every
+    key erased, PIN and PUK rotated). Pending updates it makes pointless (an earlier
+    assignment not yet written) are cancelled; one a desk is writing refuses it."""
+    for row in open_updates(session, cred.id):
+        if row.state == UpdateState.IN_PROGRESS:
+            raise StateConflict(
+                "temp_card",
+                cred.id,
+                str(kind),
+                cred.state,
+                (),
+                detail=f"update {row.id} ({row.kind}) is being written at {row.station_id}",
+            )
+        transition(session, row, "cancel", actor=by, reason=f"replaced by {kind}")
+    plan: dict[str, Any] = {"usages": sorted(usages)} if kind != UpdateKind.WIPE else {}
+    if not_after is not None:
+        plan["not_after"] = not_after.isoformat()
+    return create(
+        session,
+        CardUpdate(
+            state=UpdateState.PENDING,
+            credential_id=cred.id,
+            kind=kind,
+            requested_by=by,
+            plan=plan,
+            journal={},
+        ),
+        actor=by,
+        reason=f"{kind}: waiting for the card at a desk",
+    )
+
+
+def apply_new_secrets(
+    session: Session, row: CardUpdate, *, station_id: str, secrets: dict[str, str]
+) -> None:
+    """Inside the transaction that applies ``row``: the card's sealed PIN (and PUK) are
+    now the ones the desk set on the chip; a new PIN means a new PIN letter."""
+    cred = session.get(Credential, row.credential_id, with_for_update=True)
+    assert cred is not None  # a foreign key guarantees it
+    changes: dict[str, Any] = {f"{what}_sealed": sealed for what, sealed in secrets.items()}
+    messages = []
+    if "pin" in secrets and row.kind in NEW_PIN:
+        changes["pin_letter_path"] = None
+        messages.append(SendPinLetter(credential_id=cred.id))
+    record(
+        session,
+        cred,
+        "secrets_rotated",
+        actor=f"station:{station_id}",
+        reason=f"{', '.join(sorted(secrets))} set on the chip by update {row.id}",
+        changes=changes,
+        messages=messages,
+    )
+
+
+def apply_wipe(session: Session, row: CardUpdate, *, station_id: str) -> None:
+    """Every key is gone from the chip: nothing of the card's certificates is on it."""
+    session.execute(
+        update(Certificate)
+        .where(Certificate.credential_id == row.credential_id)
+        .values(on_chip=False)
+        .execution_options(synchronize_session=False)
+    )
+    transition(
+        session,
+        row,
+        "apply",
+        actor=f"station:{station_id}",
+        reason="every key erased from the chip, PIN and PUK rotated",
+        changes={"applied_at": utcnow(), "lease_expires_at": None},
     )
 
 

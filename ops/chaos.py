@@ -332,14 +332,26 @@ def _minus_one(o: ChaosOptions) -> ChaosOptions:
     return replace(o, batches=o.batches - 1)
 
 
-def _pg_restart() -> None:
+def _pg_restart(down_s: float = 0.0) -> None:
+    """Restart PostgreSQL; with ``down_s``, keep it stopped that long in between."""
     version = sorted(os.listdir("/etc/postgresql"))[-1]
-    subprocess.run(
-        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
+
+    def ctl(action: str) -> None:
+        subprocess.run(
+            ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+
+    if not down_s:
+        ctl("restart")
+        return
+    ctl("stop")
+    try:
+        time.sleep(down_s)
+    finally:
+        ctl("start")
 
 
 def run_processes(run: _Run) -> tuple[str, float | None, PgDatabase]:
@@ -502,7 +514,9 @@ def run_outages(backend: str, work: Path, *, pki_s: float = 15.0) -> list[Outage
             elif outage == "broker":
                 broker_outage(broker_url, 5.0)
             else:
-                _pg_restart()
+                # Down long enough that every station holding a card meets it (a quick
+                # restart under load can fall between two of their store calls).
+                _pg_restart(down_s=4.0)
             seconds = time.monotonic() - started
             time.sleep(8.0)  # let the stations finish what they held
             seen |= _statuses(store) | _logged_waits(log, offset)

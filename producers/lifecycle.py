@@ -4,7 +4,9 @@ Deactivating a card puts its certificates on hold; reactivating releases them; l
 revokes them for good. For a user the same cascades over the user's cards and soft
 tokens: deactivate puts every active card out of use, reactivate brings back exactly
 what the user's deactivation put out (not a card an operator deactivated on its own),
-lock locks or cancels every card and revokes or cancels every soft token.
+lock locks or cancels every card and revokes or cancels every soft token. Both take
+back the temporary cards the user holds (withdrawn: certificates revoked, chip wiped at
+its next desk); reactivating the user does not give them back.
 
 Each operation is one transaction: every ``transition()`` of the user, its cards and
 its certificates, and one ``PublishCrl``; a conflict anywhere changes nothing. Work a
@@ -23,6 +25,7 @@ from db import outbox
 from db.engine import Store
 from db.models import AuditEvent, Certificate, Credential, SoftToken, User, utcnow
 from db.transition import transition
+from producers import tempcards
 from producers.lookup import find_card, find_user
 from schemas.errors import PermanentError, ValidationFailed
 from schemas.messages import PublishCrl
@@ -30,8 +33,10 @@ from schemas.states import (
     LOCK_REASONS,
     CardState,
     CertState,
+    CredentialKind,
     RevocationReason,
     SoftTokenState,
+    TempCardState,
     UserState,
 )
 
@@ -273,6 +278,17 @@ def _tokens_of(session: Session, user: User) -> Sequence[SoftToken]:
     ).all()
 
 
+def _withdraw_temp_cards(s: Session, cards: Iterable[Credential], *, by: str, reason: str) -> int:
+    """The temporary cards the user holds go back to stock: their certificates revoked,
+    their chips wiped at the next desk (``tempcards.withdraw``). Returns how many
+    certificates were revoked."""
+    return sum(
+        tempcards.withdraw_in(s, str(cred.id), by=by, reason=reason)
+        for cred in cards
+        if cred.kind == CredentialKind.TEMP_CARD and cred.state == TempCardState.ASSIGNED
+    )
+
+
 def _refuse_if_in_production(user: User, cards: Iterable[Credential]) -> None:
     busy = [c.id for c in cards if c.state == CardState.PRODUCING]
     if busy:
@@ -305,8 +321,10 @@ def deactivate_user_in(
     cards = _cards_of(s, user)
     _refuse_if_in_production(user, cards)
     transition(s, user, "deactivate", actor=by, reason=why)
-    held = 0
+    held = _withdraw_temp_cards(s, cards, by=by, reason=why)
     for cred in cards:
+        if cred.kind == CredentialKind.TEMP_CARD:
+            continue
         if cred.state == CardState.ACTIVE:
             transition(s, cred, "deactivate", actor=by, reason=why)
         if cred.state in (CardState.INACTIVE, CardState.ISSUED):
@@ -377,8 +395,10 @@ def lock_user_in(s: Session, who: str, *, by: str, reason: RevocationReason | st
     cards = _cards_of(s, user)
     _refuse_if_in_production(user, cards)
     transition(s, user, "lock", actor=by, reason=why)
-    revoked = 0
+    revoked = _withdraw_temp_cards(s, cards, by=by, reason=f"user locked: {why}")
     for cred in cards:
+        if cred.kind == CredentialKind.TEMP_CARD:
+            continue
         if cred.state in _NOT_YET_PRODUCED:
             transition(s, cred, "cancel", actor=by, reason=f"user locked: {why}")
             continue

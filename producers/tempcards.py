@@ -16,14 +16,14 @@ import datetime as dt
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from db import outbox
+from db import outbox, updates
 from db.engine import Store
 from db.models import BatchOrder, Certificate, Credential, User, utcnow
 from db.transition import create, transition
 from producers.lookup import find_card, find_user
 from schemas.batch import LINE_NAME
 from schemas.errors import PermanentError, StateConflict, ValidationFailed
-from schemas.messages import PrepareCard, PublishCrl, RecertifyCard
+from schemas.messages import PrepareCard, PublishCrl
 from schemas.policy import Policy
 from schemas.states import (
     BatchState,
@@ -31,6 +31,7 @@ from schemas.states import (
     CredentialKind,
     RevocationReason,
     TempCardState,
+    UpdateKind,
     UserState,
 )
 
@@ -135,20 +136,25 @@ def assign_in(
     # whoever the user is; only an assignable card is turned away for the user's sake.
     if cred.machine.target(cred.state, "assign") is not None:
         _check_may_hold(session, user, policy)
-    now = utcnow()
-    return transition(
+    until = _until(cred, utcnow(), _days(days, policy))
+    state = transition(
         session,
         cred,
         "assign",
         actor=by,
         reason=f"{why} to {user.email}",
-        changes={
-            "user_id": user.id,
-            "assigned_until": _until(cred, now, _days(days, policy)),
-            "recertify_requested_at": now,
-        },
-        messages=[RecertifyCard(credential_id=cred.id, pin_letter=True)],
+        changes={"user_id": user.id, "assigned_until": until},
     )
+    # Written at the card's next desk: new keys and certificates in the holder's name
+    # valid until the end of the assignment, and a new PIN (its letter then).
+    updates.request_temp_card_update(
+        session, cred, UpdateKind.ASSIGN, by=by, usages=_usages(policy), not_after=until
+    )
+    return state
+
+
+def _usages(policy: Policy) -> list[str]:
+    return [u.value for u in policy.on_card_usages]
 
 
 def assign(
@@ -179,14 +185,20 @@ def extend_in(
     """``extend`` inside the caller's transaction."""
     cred = _temp_card(session, card, "extend")
     start = max(cred.assigned_until or utcnow(), utcnow())
-    return transition(
+    until = _until(cred, start, _days(days, policy))
+    state = transition(
         session,
         cred,
         "extend",
         actor=by,
         reason="assignment extended",
-        changes={"assigned_until": _until(cred, start, _days(days, policy))},
+        changes={"assigned_until": until},
     )
+    # New certificates for the new period and a new PIN, at the card's next desk.
+    updates.request_temp_card_update(
+        session, cred, UpdateKind.EXTEND, by=by, usages=_usages(policy), not_after=until
+    )
+    return state
 
 
 def withdraw(store: Store, card: str, *, by: str, reason: str | None = None) -> int:
@@ -227,6 +239,9 @@ def withdraw_in(session: Session, card: str, *, by: str, reason: str | None = No
         )
     if certs:
         outbox.add(session, PublishCrl(reason=f"temporary card {cred.id} withdrawn"))
+    # Nothing of this holder may be reusable by the next: every key erased from the
+    # chip and PIN and PUK rotated, at the card's next desk.
+    updates.request_temp_card_update(session, cred, UpdateKind.WIPE, by=by, usages=())
     return len(certs)
 
 

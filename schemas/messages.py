@@ -8,6 +8,7 @@ relay needs nothing but the outbox row to publish it.
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
@@ -56,6 +57,8 @@ class IssueCertificate(JobMessage):
     usage: CertUsage
     csr_pem: str
     update_id: int | None = None
+    # The certificate ends then at the latest (a temporary card's assignment).
+    not_after: dt.datetime | None = None
 
     def queue(self) -> str:
         return PKI_QUEUE

@@ -98,6 +98,11 @@ class UpdateState(StrEnum):
 class UpdateKind(StrEnum):
     RENEW = "renew"  # new keys generated on the chip, new certificates, old ones erased
     RECOVER = "recover"  # chosen escrowed keys of the holder's earlier cards imported
+    # A temporary card: new keys and certificates for its holder, valid until the end
+    # of the assignment, and a new PIN (assign; extend for a longer assignment).
+    ASSIGN = "assign"
+    EXTEND = "extend"
+    WIPE = "wipe"  # a withdrawn temporary card: every key erased, PIN and PUK rotated
 
 
 class RequestState(StrEnum):

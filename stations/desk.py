@@ -28,6 +28,7 @@ the store or the PKI worker only postpones it: the update goes back to ``pending
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import threading
 import time
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ from sqlalchemy.orm import Session
 from db import outbox, updates
 from db.engine import Store, is_transient
 from db.models import CardUpdate, Certificate, Credential
-from db.secrets import Secret, SecretBox, context
+from db.secrets import Secret, SecretBox, context, random_digits
 from schemas.errors import ConflictError, DeviceFault
 from schemas.messages import IssueCertificate
 from schemas.policy import Policy
@@ -68,6 +69,10 @@ class DeskToken(Protocol):
     def write_certificate(self, key_id: str, usage: CertUsage, cert_pem: str) -> None: ...
 
     def delete_key(self, key_id: str) -> None: ...
+
+    def unblock(self, puk: Secret, new_pin: Secret) -> None: ...
+
+    def change_puk(self, puk: Secret, new_puk: Secret) -> None: ...
 
     def import_key(
         self, usage: CertUsage, key_pem: Secret, cert_pem: str, *, retired: bool = False
@@ -142,10 +147,17 @@ class UpdateDesk:
             if cred is None:
                 self._log.info("desk.unknown_card")
                 return []
-            todo = [
-                (u.id, u.kind)
+            open_rows = [
+                u
                 for u in updates.open_updates(s, cred.id)
                 if updates.claimable(u, station_id=self.config.station_id)
+            ]
+            todo = [(u.id, u.kind) for u in open_rows]
+            # A PIN a killed desk may already have set on the chip comes first.
+            pending_pins = [
+                (u.id, u.journal["new_pin_sealed"])
+                for u in open_rows
+                if u.journal.get("new_pin_sealed")
             ]
             pin_sealed, cred_id = cred.pin_sealed, cred.id
         if not todo:
@@ -153,10 +165,11 @@ class UpdateDesk:
         if pin_sealed is None:
             self._log.error("desk.card_without_pin", credential_id=cred_id)
             return []
-        pin = self.box.open(pin_sealed, context=context("credential", cred_id, "pin"))
+        pins = [self._open_pending(uid, sealed, "pin") for uid, sealed in pending_pins]
+        pins.append(self.box.open(pin_sealed, context=context("credential", cred_id, "pin")))
         done: list[tuple[int, str]] = []
         try:
-            self.token.open_card(chip.serial, pin)
+            self._open(chip.serial, pins)
             for update_id, kind in todo:
                 state = self._apply(update_id, kind)
                 done.append((update_id, state))
@@ -170,6 +183,19 @@ class UpdateDesk:
                 self.token.close()
         return done
 
+    def _open(self, serial: str, pins: list[Secret]) -> None:
+        for pin in pins[:-1]:
+            with contextlib.suppress(DeviceFault):
+                self.token.open_card(serial, pin)
+                return
+        self.token.open_card(serial, pins[-1])
+
+    def _open_pending(self, update_id: int, sealed: str, what: str) -> Secret:
+        return self.box.open(sealed, context=f"card_update:{update_id}:{what}")
+
+    def _seal_pending(self, update_id: int, value: Secret, what: str) -> str:
+        return self.box.seal(value.reveal(), context=f"card_update:{update_id}:{what}")
+
     # --- one update ---------------------------------------------------------------
 
     def _apply(self, update_id: int, kind: str) -> str:
@@ -178,10 +204,12 @@ class UpdateDesk:
             return "taken"
         log_ = self._log.bind(update_id=update_id, credential_id=row["credential_id"])
         try:
-            if kind == UpdateKind.RENEW:
-                self._renew(update_id, row, log_)
+            if kind in updates.REKEYING:
+                self._renew(update_id, kind, row, log_)
             elif kind == UpdateKind.RECOVER:
                 self._recover(update_id, row, log_)
+            elif kind == UpdateKind.WIPE:
+                self._wipe(update_id, row, log_)
             else:
                 raise DeviceFault(FaultKind.CHIP, f"this desk cannot apply a {kind} update")
         except DeviceFault as fault:
@@ -217,7 +245,7 @@ class UpdateDesk:
         except ConflictError:
             return None  # another desk took it first
 
-    def _renew(self, update_id: int, row: dict[str, Any], log_: Any) -> None:
+    def _renew(self, update_id: int, kind: str, row: dict[str, Any], log_: Any) -> None:
         cred_id = row["credential_id"]
         usages = [CertUsage(u) for u in row["plan"]["usages"]]
         journal: dict[str, Any] = row["journal"]
@@ -227,7 +255,10 @@ class UpdateDesk:
         # 1. new keys beside the old ones
         if "keys" not in journal:
             for obj in self.token.objects():
-                if obj.fresh:  # made by a desk killed before it could record them
+                # Made by a desk killed before it could record them: beside an old key
+                # (fresh), or with no certificate yet where there was no old key.
+                orphan = obj.fresh or (obj.cert_serial is None and obj.origin == "generated")
+                if orphan and obj.usage in usages:
                     self.token.delete_key(obj.key_id)
             keys, csrs = {}, {}
             for usage in usages:
@@ -237,7 +268,13 @@ class UpdateDesk:
             journal = {**journal, "keys": keys, "csrs": csrs}
             self._step(update_id, journal, "new keys generated on the chip")
         # 2. their certificates
-        certs = self._await_certificates(update_id, cred_id, journal["csrs"])
+        not_after = row["plan"].get("not_after")
+        certs = self._await_certificates(
+            update_id,
+            cred_id,
+            journal["csrs"],
+            not_after=dt.datetime.fromisoformat(not_after) if not_after else None,
+        )
         # 3. written and read back
         if not journal.get("written"):
             on_chip = {o.cert_serial for o in self.token.objects()}
@@ -272,13 +309,91 @@ class UpdateDesk:
                 raise DeviceFault(FaultKind.CHIP, f"old certificates still on the chip: {left}")
             journal = {**journal, "erased": True}
             self._step(update_id, journal, "old keys and certificates erased from the chip")
-        # 5. done
-        revoked = self._tx(
-            lambda s: updates.apply_renewal(
-                s, self._get(s, update_id), station_id=self.config.station_id
+        # 5. a new PIN for the holder (assign, extend): kept sealed in the journal
+        # before the chip takes it, so a desk killed in between still knows it.
+        secrets: dict[str, str] = {}
+        if kind in updates.NEW_PIN:
+            journal = self._new_secrets(update_id, cred_id, journal, ("pin",))
+            pin = self._open_pending(update_id, journal["new_pin_sealed"], "pin")
+            self._unblock(update_id, cred_id, journal, pin)
+            secrets["pin"] = self._reseal(cred_id, pin, "pin")
+        # 6. done
+        with self.store.tx() as s:
+            row_ = self._get(s, update_id)
+            revoked = updates.apply_renewal(s, row_, station_id=self.config.station_id)
+            if secrets:
+                updates.apply_new_secrets(
+                    s, row_, station_id=self.config.station_id, secrets=secrets
+                )
+        log_.info("desk.rekeyed", kind=kind, usages=[u.value for u in usages], revoked=revoked)
+
+    def _wipe(self, update_id: int, row: dict[str, Any], log_: Any) -> None:
+        """Erase every key and certificate from the chip and give it a new PIN and PUK
+        (a withdrawn temporary card: nothing of its holder is left for the next)."""
+        cred_id = row["credential_id"]
+        journal = self._new_secrets(update_id, cred_id, row["journal"], ("pin", "puk"))
+        for obj in self.token.objects():
+            self.token.delete_key(obj.key_id)
+        if self.token.objects():
+            raise DeviceFault(FaultKind.CHIP, "keys still on the chip after erasing")
+        pin = self._open_pending(update_id, journal["new_pin_sealed"], "pin")
+        puk = self._open_pending(update_id, journal["new_puk_sealed"], "puk")
+        old_puk = self._unblock(update_id, cred_id, journal, pin)
+        if old_puk is not None:
+            self.token.change_puk(old_puk, puk)
+        with self.store.tx() as s:
+            row_ = self._get(s, update_id)
+            updates.apply_new_secrets(
+                s,
+                row_,
+                station_id=self.config.station_id,
+                secrets={
+                    "pin": self._reseal(cred_id, pin, "pin"),
+                    "puk": self._reseal(cred_id, puk, "puk"),
+                },
             )
-        )
-        log_.info("desk.renewed", usages=[u.value for u in usages], revoked=revoked)
+            updates.apply_wipe(s, row_, station_id=self.config.station_id)
+        log_.info("desk.wiped")
+
+    def _new_secrets(
+        self, update_id: int, cred_id: int, journal: dict[str, Any], what: tuple[str, ...]
+    ) -> dict[str, Any]:
+        """The new PIN (and PUK) for the card, made once and journalled sealed."""
+        missing = [w for w in what if f"new_{w}_sealed" not in journal]
+        if not missing:
+            return journal
+        lengths = {"pin": self.policy.pin_length, "puk": self.policy.puk_length}
+        journal = {
+            **journal,
+            **{
+                f"new_{w}_sealed": self._seal_pending(update_id, random_digits(lengths[w]), w)
+                for w in missing
+            },
+        }
+        self._step(update_id, journal, f"new {' and '.join(missing).upper()} chosen")
+        return journal
+
+    def _unblock(
+        self, update_id: int, cred_id: int, journal: dict[str, Any], pin: Secret
+    ) -> Secret | None:
+        """Set ``pin`` on the chip with the card's PUK, or with the new PUK a killed desk
+        had already set. Returns the PUK that worked when it is still the old one."""
+        with self.store.read() as s:
+            sealed = s.get(Credential, cred_id).puk_sealed  # type: ignore[union-attr]
+        assert sealed is not None  # every produced card has a PUK
+        old = self.box.open(sealed, context=context("credential", cred_id, "puk"))
+        try:
+            self.token.unblock(old, pin)
+            return old
+        except DeviceFault:
+            new_sealed = journal.get("new_puk_sealed")
+            if new_sealed is None:
+                raise
+            self.token.unblock(self._open_pending(update_id, new_sealed, "puk"), pin)
+            return None
+
+    def _reseal(self, cred_id: int, value: Secret, what: str) -> str:
+        return self.box.seal(value.reveal(), context=context("credential", cred_id, what))
 
     def _recover(self, update_id: int, row: dict[str, Any], log_: Any) -> None:
         """Import the chosen escrowed keys (retired, beside the card's own), one per
@@ -316,7 +431,12 @@ class UpdateDesk:
         log_.info("desk.recovered", keys=len(done))
 
     def _await_certificates(
-        self, update_id: int, cred_id: int, csrs: dict[str, str]
+        self,
+        update_id: int,
+        cred_id: int,
+        csrs: dict[str, str],
+        *,
+        not_after: dt.datetime | None = None,
     ) -> dict[str, tuple[str, str]]:
         """usage -> (serial, PEM) of the update's certificates, asked for until issued."""
         requests = [
@@ -326,6 +446,7 @@ class UpdateDesk:
                 update_id=update_id,
                 usage=CertUsage(usage),
                 csr_pem=csr,
+                not_after=not_after,
             )
             for usage, csr in csrs.items()
         ]

@@ -652,17 +652,27 @@ class SimToken:
 
     def unblock(self, puk: Secret, new_pin: Secret) -> None:
         """Reset the PIN with the PUK (the SO PIN); a wrong PUK raises SW 63Cx (x tries left)."""
+        self._check_puk(puk)
+        self._pin = new_pin
+        self._pin_tries = MAX_PIN_TRIES
+        self._saved()
+
+    def change_puk(self, puk: Secret, new_puk: Secret) -> None:
+        """Set a new PUK (the SO PIN) with the current one; a wrong PUK raises SW 63Cx."""
+        self._check_puk(puk)
+        self._so_pin = new_puk
+        self._saved()
+
+    def _check_puk(self, puk: Secret) -> None:
         self._require_personalised()
         if self._puk_tries == 0:
             raise DeviceFault(FaultKind.CHIP, "PUK is blocked", code="6983")
         self.clock.sleep(self._timings.set_pin)
         if puk != self._so_pin:
             self._puk_tries -= 1
+            self._saved()
             raise DeviceFault(FaultKind.CHIP, "wrong PUK", code=f"63C{self._puk_tries:X}")
         self._puk_tries = MAX_PUK_TRIES
-        self._pin = new_pin
-        self._pin_tries = MAX_PIN_TRIES
-        self._saved()
 
     def objects(self) -> tuple[TokenObject, ...]:
         """The keys on the chip with their usage, label and certificate subject."""

@@ -8,6 +8,7 @@ A certificate is never issued for an attempt that is no longer in progress.
 from __future__ import annotations
 
 import datetime as dt
+import math
 
 import structlog
 from cryptography import x509
@@ -15,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db.models import CardUpdate, Certificate, Credential, ProductionAttempt
+from db.models import CardUpdate, Certificate, Credential, ProductionAttempt, utcnow
 from db.transition import create
 from schemas.messages import IssueCertificate, IssueSoftToken, PublishCrl, RecertifyCard
 from schemas.states import AttemptState, CardState, CertState, UpdateState
@@ -88,12 +89,11 @@ def issue_certificate(ctx: WorkerContext, job: IssueCertificate) -> None:
             return
         holder = holder_of(cred)
     # Sign outside the transaction; re-check under the attempt's row lock before storing.
-    cert = ctx.ca.issue(
-        job.csr_pem,
-        usage=job.usage,
-        holder=holder,
-        validity_days=ctx.policy.certificate_validity_days,
-    )
+    days = ctx.policy.certificate_validity_days
+    if job.not_after is not None:  # at most until then (whole days, at least one)
+        left = (job.not_after - utcnow()).total_seconds() / 86400
+        days = max(1, min(days, math.ceil(left)))
+    cert = ctx.ca.issue(job.csr_pem, usage=job.usage, holder=holder, validity_days=days)
     with ctx.store.tx() as s:
         if not _attempt_live(s, job, lock=True) or _existing(s, job) is not None:
             return

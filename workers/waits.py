@@ -572,7 +572,8 @@ WAITS: tuple[Wait, ...] = (
     ),
     Wait(
         "re-certification",
-        "produced card with `recertify_requested_at` set (temporary-card assignment or extension)",
+        "produced card with `recertify_requested_at` set (by an earlier version: renewal and"
+        " temporary-card assignment are card updates now)",
         "RecertifyCard",
         "pki worker",
         f"request still set, card unchanged for `letter_s` ({StallPolicy.letter_s:g} s)",

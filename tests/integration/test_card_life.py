@@ -95,46 +95,59 @@ def test_temporary_cards_from_a_stock_run_are_assigned_extended_withdrawn_and_lo
     device = _valid(store, ids[0])
     assert set(device) == {"authentication", "signature", "encryption"}
     assert all("Temporary card" in c.subject for c in device.values())
+    stock_pin = _card(store, ids[0]).pin_sealed
 
     email = _user(store, policy)
     assert tempcards.assign(store, str(ids[0]), email, by="olga", policy=policy) == "assigned"
     with pytest.raises(PermanentError, match="allows 1"):
         tempcards.assign(store, str(ids[1]), email, by="olga", policy=policy)
-    _run(settings)
+    _run(settings)  # the card goes to the line's desk, which writes the assignment
     card = _card(store, ids[0])
-    assert card.recertify_requested_at is None
     assert card.pin_letter_path is not None
     assert Path(card.pin_letter_path).is_file()
+    assert card.pin_sealed != stock_pin  # a new PIN for the holder
     assert card.assigned_until is not None
     days = (card.assigned_until - dt.datetime.now(dt.UTC)).days
     assert 12 <= days <= 14
-    personal = _valid(store, ids[0])
-    assert set(personal) == set(device)
-    for usage, cert in personal.items():
+    personal = {u: c for u, c in _valid(store, ids[0]).items() if c.on_chip}
+    assert set(personal) == {"authentication", "signature", "encryption"}
+    for usage in ("authentication", "signature"):
+        cert = personal[usage]
         assert "Ada Lovelace" in cert.subject
-        assert _spki(cert.pem) == _spki(device[usage].pem)  # the keys on the chip, re-certified
+        assert _spki(cert.pem) != _spki(device[usage].pem)  # new keys, made on the chip
+        # ... valid until the end of the assignment, not for years.
+        assert cert.not_after <= card.assigned_until + dt.timedelta(days=1)
     old = {c.serial: c for c in _certs(store, ids[0])}
-    assert all(old[c.serial].revocation_reason == "superseded" for c in device.values())
+    for usage in ("authentication", "signature"):
+        assert old[device[usage].serial].revocation_reason == "superseded"
 
     tempcards.extend(store, str(ids[0]), by="olga", policy=policy, days=7)
     extended = _card(store, ids[0]).assigned_until
     assert extended is not None
     assert (extended - card.assigned_until).days == 7
+    _run(settings)
+    longer = _valid(store, ids[0])
+    assert longer["authentication"].serial != personal["authentication"].serial
+    assert longer["authentication"].not_after > personal["authentication"].not_after
 
     assert tempcards.withdraw(store, str(ids[0]), by="olga", reason="returned") == 3
     back = _card(store, ids[0])
     assert (back.state, back.user_id, back.assigned_until) == ("unassigned", None, None)
     assert _valid(store, ids[0]) == {}
+    _run(settings)  # wiped at the desk: nothing of Ada's left on the chip
+    wiped = _card(store, ids[0])
+    assert (wiped.pin_sealed, wiped.puk_sealed) != (back.pin_sealed, back.puk_sealed)
+    assert not any(c.on_chip for c in _certs(store, ids[0]))
 
+    first_holders = {_spki(c.pem) for c in _certs(store, ids[0])}
     other = _user(store, policy, "grace@example.org")
     tempcards.assign(store, str(ids[0]), other, by="olga", policy=policy)
     _run(settings)
     again = _valid(store, ids[0])
-    assert all("Lovelace" in c.subject for c in again.values())  # Grace got PERSON's name
-    assert {u: _spki(c.pem) for u, c in again.items()} == {
-        u: _spki(c.pem) for u, c in device.items()
-    }
-    assert lifecycle.lock_card(store, str(ids[0]), by="olga", reason="key_compromise") == 3
+    assert set(again) == {"authentication", "signature"}  # Ada's escrowed key is gone
+    assert all("Lovelace" in c.subject and c.on_chip for c in again.values())  # PERSON's name
+    assert not first_holders & {_spki(c.pem) for c in again.values()}  # no key reused
+    assert lifecycle.lock_card(store, str(ids[0]), by="olga", reason="key_compromise") == 2
     assert _valid(store, ids[0]) == {}
 
 
@@ -259,3 +272,22 @@ def test_one_open_incident_per_card(world):
             policy=settings.policy,
             steps=settings.approvals,
         )
+
+
+def test_a_deactivated_holder_loses_their_temporary_card_and_nothing_of_theirs_stays_on_it(world):
+    settings, store = world
+    policy = settings.policy
+    batch, (temp_id,) = tempcards.request_stock(store, 1, by="alice", policy=policy)
+    approve_batch(store, batch, by="bob")
+    _run(settings)
+    email = _user(store, policy)
+    tempcards.assign(store, str(temp_id), email, by="olga", policy=policy)
+    _run(settings)
+    assert _valid(store, temp_id)
+
+    lifecycle.deactivate_user(store, email, by="olga", reason="left")
+    back = _card(store, temp_id)
+    assert (back.state, back.user_id) == ("unassigned", None)
+    assert _valid(store, temp_id) == {}  # revoked at once, whatever the chip
+    _run(settings)
+    assert not any(c.on_chip for c in _certs(store, temp_id))

@@ -23,7 +23,7 @@ from ops.cli import main
 from ops.config import Settings
 from ops.line import EmbeddedLine, LineOptions
 from ops.store import open_migrated
-from producers import escrow, lifecycle
+from producers import escrow, lifecycle, tempcards
 from producers.approvals import approve_batch
 from producers.batch_import import import_batch
 from producers.cards import approve_card, renew_card, request_cards
@@ -165,8 +165,8 @@ class Killed(BaseException):
     """The desk process dies here (not an error it could handle)."""
 
 
-MUTATIONS = ("generate_key", "write_certificate", "delete_key")
-STORE_STEPS = ("step", "mark_written", "apply_renewal")
+MUTATIONS = ("generate_key", "write_certificate", "delete_key", "unblock", "change_puk")
+STORE_STEPS = ("step", "mark_written", "apply_renewal", "apply_new_secrets", "apply_wipe")
 
 
 def _kill_after_chip_op(token: SimToken, n: int, monkeypatch) -> None:
@@ -448,3 +448,95 @@ def test_a_desk_killed_after_writing_a_recovered_key_does_not_write_it_twice(wor
     assert insert(world, second) == [(1, "applied")]
     chip = chip_of(world, second)
     assert sum(1 for o in chip.objects() if o.origin == "recovered") == 1
+
+
+# --- temporary cards: assignment and withdrawal written at the desk (point 4) --------
+
+
+@pytest.fixture
+def temp_world(world: World) -> tuple[World, Credential]:
+    """``world`` with a temporary card made from stock, assigned (at no desk yet)."""
+    batch, (temp_id,) = tempcards.request_stock(world.store, 1, by="alice", policy=POLICY)
+    approve_batch(world.store, batch, by="bob")
+    assert world.line.wait_drained(timeout_s=60)
+    with world.store.read() as s:
+        email = s.scalars(select(Credential).order_by(Credential.id)).first().user.email
+    tempcards.assign(world.store, str(temp_id), email, by="olga", policy=POLICY)
+    with world.store.read() as s:
+        return world, s.get(Credential, temp_id)  # type: ignore[return-value]
+
+
+def _fresh(world: World, card_id: int) -> Credential:
+    with world.store.read() as s:
+        cred = s.get(Credential, card_id)
+        assert cred is not None
+        return cred
+
+
+def _opens_with_the_stored_secrets(world: World, card_id: int) -> SimToken:
+    """The chip takes the PIN and the PUK the store keeps for it (else the holder's
+    letter and the help desk would be wrong)."""
+    cred = _fresh(world, card_id)
+    chip = chip_of(world, cred)  # logs in with the stored PIN
+    chip.unblock(_secret(world, cred, "puk"), _secret(world, cred, "pin"))
+    return chip
+
+
+ASSIGN_KILLS = [("chip", n) for n in range(1, 8)] + [("store", n) for n in range(1, 8)]
+WIPE_KILLS = [("chip", n) for n in range(1, 6)] + [("store", n) for n in range(1, 4)]
+
+
+def _kill(world: World, where: str, n: int, m: Any) -> None:
+    if where == "chip":
+        _kill_after_chip_op(world.line.desk.token, n, m)  # type: ignore[arg-type]
+    else:
+        _kill_before_store_step(n, m)
+
+
+@pytest.mark.parametrize(("where", "n"), ASSIGN_KILLS, ids=[f"{w}{n}" for w, n in ASSIGN_KILLS])
+def test_an_assignment_killed_at_any_moment_gives_the_holder_new_keys_and_a_working_pin(
+    temp_world, monkeypatch, where, n
+):
+    world, card = temp_world
+    stock = {c.serial for c in certs(world, card.id)}
+    with monkeypatch.context() as m:
+        _kill(world, where, n, m)
+        with pytest.raises(Killed):
+            insert(world, card)
+    assert insert(world, card) == [(_open_update(world, card.id), "applied")]
+    assert world.line.wait_drained(timeout_s=60)
+
+    chip = _opens_with_the_stored_secrets(world, card.id)
+    mine = {c.serial for c in certs(world, card.id) if c.on_chip}
+    assert {o.cert_serial for o in chip.objects()} == mine
+    assert not mine & stock - {_escrow_serial(world, card)}
+    assert _fresh(world, card.id).pin_letter_path is not None  # the new PIN's letter
+
+
+@pytest.mark.parametrize(("where", "n"), WIPE_KILLS, ids=[f"{w}{n}" for w, n in WIPE_KILLS])
+def test_a_withdrawal_killed_at_any_moment_leaves_an_empty_chip_with_new_secrets(
+    temp_world, monkeypatch, where, n
+):
+    world, card = temp_world
+    assert insert(world, card)[0][1] == "applied"  # the holder had it
+    held = _fresh(world, card.id)
+    tempcards.withdraw(world.store, str(card.id), by="olga")
+    with monkeypatch.context() as m:
+        _kill(world, where, n, m)
+        with pytest.raises(Killed):
+            insert(world, card)
+    assert insert(world, card) == [(_open_update(world, card.id), "applied")]
+
+    chip = _opens_with_the_stored_secrets(world, card.id)
+    assert chip.objects() == ()
+    wiped = _fresh(world, card.id)
+    assert wiped.pin_sealed != held.pin_sealed
+    assert wiped.puk_sealed != held.puk_sealed
+    assert not any(c.on_chip for c in certs(world, card.id))
+
+
+def _open_update(world: World, card_id: int) -> int:
+    with world.store.read() as s:
+        return max(
+            u.id for u in s.scalars(select(CardUpdate).where(CardUpdate.credential_id == card_id))
+        )

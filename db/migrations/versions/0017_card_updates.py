@@ -24,6 +24,10 @@ down_revision = "0016"
 branch_labels = None
 depends_on = None
 
+_ESCROW_CERT = sa.text("attempt_id IS NULL AND update_id IS NULL AND state IN ('valid', 'hold')")
+_UPDATE_CERT = sa.text("update_id IS NOT NULL AND state IN ('valid', 'hold')")
+_OLD_ESCROW_CERT = sa.text("attempt_id IS NULL AND state IN ('valid', 'hold')")
+
 
 @contextmanager
 def _quiet() -> Iterator[None]:
@@ -72,6 +76,25 @@ def upgrade() -> None:
             op.f("fk_certificates_update_id_card_updates"), "card_updates", ["update_id"], ["id"]
         )
         batch.create_index(op.f("ix_certificates_update_id"), ["update_id"], unique=False)
+    # The escrowed key's certificate is the one with neither an attempt nor an update;
+    # an update's certificates are unique per update and usage.
+    op.drop_index("uq_escrow_cert_per_credential", table_name="certificates")
+    op.create_index(
+        "uq_escrow_cert_per_credential",
+        "certificates",
+        ["credential_id", "usage"],
+        unique=True,
+        sqlite_where=_ESCROW_CERT,
+        postgresql_where=_ESCROW_CERT,
+    )
+    op.create_index(
+        "uq_live_cert_per_update",
+        "certificates",
+        ["update_id", "usage"],
+        unique=True,
+        sqlite_where=_UPDATE_CERT,
+        postgresql_where=_UPDATE_CERT,
+    )
     with _quiet(), op.batch_alter_table("credentials") as batch:
         batch.add_column(sa.Column("chip_serial", sa.String(length=64), nullable=True))
         batch.create_unique_constraint(op.f("uq_credentials_chip_serial"), ["chip_serial"])
@@ -96,6 +119,16 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_index("uq_live_cert_per_update", table_name="certificates")
+    op.drop_index("uq_escrow_cert_per_credential", table_name="certificates")
+    op.create_index(
+        "uq_escrow_cert_per_credential",
+        "certificates",
+        ["credential_id", "usage"],
+        unique=True,
+        sqlite_where=_OLD_ESCROW_CERT,
+        postgresql_where=_OLD_ESCROW_CERT,
+    )
     with _quiet(), op.batch_alter_table("credentials") as batch:
         batch.drop_constraint(op.f("uq_credentials_chip_serial"), type_="unique")
         batch.drop_column("chip_serial")
