@@ -39,7 +39,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from db import outbox, updates
+from db import outbox, updates, wakeups
 from db.engine import Store, is_transient
 from db.models import CardUpdate, Certificate, Credential
 from db.secrets import Secret, SecretBox, context, random_digits
@@ -91,7 +91,7 @@ class DeskConfig:
     # (back to pending, journal kept); it never fails it.
     server_wait_s: float = 120.0
     cert_resend_s: float = 5.0
-    poll_s: float = 0.02
+    poll_s: float = 1.0  # the longest a wait sleeps without a wake-up (db.wakeups)
     insert_timeout_s: float = 1.0
 
 
@@ -452,26 +452,28 @@ class UpdateDesk:
         ]
         start = time.monotonic()
         resend_at = start
-        while True:
-            with self.store.read() as s:
-                rows = s.scalars(
-                    select(Certificate).where(
-                        Certificate.update_id == update_id,
-                        Certificate.state.in_((CertState.VALID, CertState.HOLD)),
-                    )
-                ).all()
-                found = {r.usage: (r.serial, r.pem) for r in rows}
-            if set(csrs) <= found.keys():
-                return found
-            now = time.monotonic()
-            if now - start > self.config.server_wait_s:
-                raise Postponed(f"no certificate in {self.config.server_wait_s:g} s")
-            if now >= resend_at:
-                again = [r for r in requests if r.usage.value not in found]
-                with self.store.tx(audited=False) as s:
-                    outbox.add_all(s, again)
-                resend_at = now + self.config.cert_resend_s
-            time.sleep(self.config.poll_s)
+        with wakeups.waiting(self.store, "update_certificates", update_id) as woken:
+            while True:
+                with self.store.read() as s:
+                    rows = s.scalars(
+                        select(Certificate).where(
+                            Certificate.update_id == update_id,
+                            Certificate.state.in_((CertState.VALID, CertState.HOLD)),
+                        )
+                    ).all()
+                    found = {r.usage: (r.serial, r.pem) for r in rows}
+                if set(csrs) <= found.keys():
+                    return found
+                now = time.monotonic()
+                if now - start > self.config.server_wait_s:
+                    raise Postponed(f"no certificate in {self.config.server_wait_s:g} s")
+                if now >= resend_at:
+                    again = [r for r in requests if r.usage.value not in found]
+                    with self.store.tx(audited=False) as s:
+                        outbox.add_all(s, again)
+                    resend_at = now + self.config.cert_resend_s
+                # Woken when the pki worker stores one (db.wakeups), else look again.
+                woken.wait(max(0.0, min(self.config.poll_s, resend_at - time.monotonic())))
 
     # --- the store ----------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from db import attention, outbox, production
+from db import attention, outbox, production, wakeups
 from db.engine import Store, is_transient
 from db.models import Certificate, Credential, ProductionAttempt
 from db.secrets import Secret, SecretBox, context
@@ -56,7 +56,9 @@ class StationConfig:
     cert_timeout_s: float = 60.0
     cert_resend_s: float = 5.0
     server_wait_s: float = 1800.0
-    poll_s: float = 0.02
+    # The longest a wait for certificates sleeps without being woken (db.wakeups): a
+    # wake-up lost, or SQLite shared by several processes, costs at most this.
+    poll_s: float = 1.0
     reconnect_s: float = 1.0
 
 
@@ -461,49 +463,56 @@ class Station:
         by_usage = {r.usage: r.csr_pem for r in requests}
         start = time.monotonic()
         deadline = start + self.config.server_wait_s
-        self._with_store(lambda: self._request(requests), deadline=deadline)
-        resend_every = self.config.cert_resend_s
-        resend_at = start + resend_every
-        while True:
-            try:
-                found, live = self._with_store(lambda: self._issued(job), deadline=deadline)
-            except ServerAway as exc:
-                raise DeviceFault(FaultKind.CERTIFICATE_TIMEOUT, f"store away: {exc}") from exc
-            if not live:
-                raise LostCard
-            wrong = {u: pem for u, pem in found.items() if not _fits(by_usage[u], pem)}
-            if wrong:
-                # A certificate that does not fit the key on the chip (a stray answer):
-                # writing it would fail on the chip and cost the blank. Revoke it and ask
-                # again; the blank stays good.
-                self._with_store(lambda: self._revoke_misfits(job, wrong), deadline=deadline)  # noqa: B023  # called at once
-                found = {u: pem for u, pem in found.items() if u not in wrong}
-                resend_at = 0.0
-            if wanted <= found.keys():
-                if self.status == WAITING_FOR_PKI:
-                    self._log.info("station.pki_back", waited_s=round(time.monotonic() - start, 1))
-                self.status = BUSY
-                return found
-            now = time.monotonic()
-            missing = sorted(wanted - found.keys())
-            if now > deadline:
-                raise DeviceFault(
-                    FaultKind.CERTIFICATE_TIMEOUT,
-                    f"no certificate for {', '.join(missing)} in {self.config.server_wait_s:g} s",
-                )
-            if now - start > self.config.cert_timeout_s and self.status != WAITING_FOR_PKI:
-                self.status = WAITING_FOR_PKI
-                self._log.warning("station.waiting_for_pki", missing=missing)
-                with contextlib.suppress(DBAPIError):
-                    self._beat()  # show it now, not at the next heartbeat
-            if now >= resend_at:
-                # The request or its message may have been lost: ask again (idempotent).
-                again = [r for r in requests if r.usage not in found]
-                with contextlib.suppress(ServerAway):
-                    self._with_store(lambda: self._request(again), deadline=deadline)  # noqa: B023  # called at once
-                resend_every = min(resend_every * 2, 30.0)
-                resend_at = now + resend_every
-            time.sleep(self.config.poll_s)
+        with wakeups.waiting(self.store, "certificates", job.attempt_id) as woken:
+            self._with_store(lambda: self._request(requests), deadline=deadline)
+            resend_every = self.config.cert_resend_s
+            resend_at = start + resend_every
+            while True:
+                try:
+                    found, live = self._with_store(lambda: self._issued(job), deadline=deadline)
+                except ServerAway as exc:
+                    raise DeviceFault(FaultKind.CERTIFICATE_TIMEOUT, f"store away: {exc}") from exc
+                if not live:
+                    raise LostCard
+                wrong = {u: pem for u, pem in found.items() if not _fits(by_usage[u], pem)}
+                if wrong:
+                    # A certificate that does not fit the key on the chip (a stray answer):
+                    # writing it would fail on the chip and cost the blank. Revoke it and ask
+                    # again; the blank stays good.
+                    self._with_store(lambda: self._revoke_misfits(job, wrong), deadline=deadline)  # noqa: B023  # called at once
+                    found = {u: pem for u, pem in found.items() if u not in wrong}
+                    resend_at = 0.0
+                if wanted <= found.keys():
+                    if self.status == WAITING_FOR_PKI:
+                        self._log.info(
+                            "station.pki_back", waited_s=round(time.monotonic() - start, 1)
+                        )
+                    self.status = BUSY
+                    return found
+                now = time.monotonic()
+                missing = sorted(wanted - found.keys())
+                if now > deadline:
+                    waited = f"{self.config.server_wait_s:g} s"
+                    raise DeviceFault(
+                        FaultKind.CERTIFICATE_TIMEOUT,
+                        f"no certificate for {', '.join(missing)} in {waited}",
+                    )
+                if now - start > self.config.cert_timeout_s and self.status != WAITING_FOR_PKI:
+                    self.status = WAITING_FOR_PKI
+                    self._log.warning("station.waiting_for_pki", missing=missing)
+                    with contextlib.suppress(DBAPIError):
+                        self._beat()  # show it now, not at the next heartbeat
+                if now >= resend_at:
+                    # The request or its message may have been lost: ask again (idempotent).
+                    again = [r for r in requests if r.usage not in found]
+                    with contextlib.suppress(ServerAway):
+                        self._with_store(lambda: self._request(again), deadline=deadline)  # noqa: B023  # called at once
+                    resend_every = min(resend_every * 2, 30.0)
+                    resend_at = now + resend_every
+                # Woken when the pki worker stores a certificate (db.wakeups); looks again
+                # anyway after poll_s, or sooner when a re-send or the deadline is due.
+                now = time.monotonic()
+                woken.wait(max(0.0, min(self.config.poll_s, resend_at - now, deadline - now)))
 
     def _request(self, requests: list[IssueCertificate]) -> None:
         with self.store.tx(audited=False) as s:

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from db import wakeups
 from db.models import CardUpdate, Certificate, Credential, ProductionAttempt, utcnow
 from db.transition import create
 from schemas.messages import IssueCertificate, IssueSoftToken, PublishCrl, RecertifyCard
@@ -99,6 +100,11 @@ def issue_certificate(ctx: WorkerContext, job: IssueCertificate) -> None:
             return
         row = _row(job, cert)
         create(s, row, actor="worker:pki", reason=f"{job.usage} certificate")
+        # The station (or desk) waiting for it looks at once (db.wakeups).
+        if job.update_id is not None:
+            wakeups.notify(s, "update_certificates", job.update_id)
+        elif job.attempt_id is not None:
+            wakeups.notify(s, "certificates", job.attempt_id)
         if job.attempt_id is None and job.update_id is None:
             # The escrowed key was the last server-side part: the card is ready now.
             cred = s.get(Credential, job.credential_id, with_for_update=True)

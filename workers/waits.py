@@ -551,7 +551,8 @@ WAITS: tuple[Wait, ...] = (
         "attempt certificates",
         "attempt `in_progress`: the keys are on the chip, their CSRs at the pki worker",
         "IssueCertificate (the attempt's id, per usage)",
-        "pki worker; the station holding the attempt polls for the certificates",
+        "pki worker; the station holding the attempt is woken when they are stored"
+        " (db.wakeups) and reads them",
         "the station re-sends what is missing every `cert_resend_s`; the reconciler sees"
         " an attempt whose lease (renewed by the station's heartbeat) has expired",
         "the station re-sends idempotently while it lives; a dead station's attempt is"
