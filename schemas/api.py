@@ -218,6 +218,28 @@ class BatchOut(BaseModel):
     reject_report: str | None = None  # its file name in the line's reject folder
 
 
+class BatchSummaryOut(BaseModel):
+    """A batch order and how far its cards have come."""
+
+    id: int
+    name: str
+    state: str
+    requested_by: str
+    approved_by: str | None
+    created_at: str
+    card_count: int
+    rejected_rows: int
+    reason: str | None = None
+    cards: dict[str, int] = {}  # card state -> how many
+
+
+class BatchListOut(BaseModel):
+    items: list[BatchSummaryOut]
+    total: int
+    page: int
+    per_page: int
+
+
 class DecisionOut(BaseModel):
     batch_id: int
     approved: int

@@ -41,6 +41,7 @@ USE_CASES: tuple[UseCase, ...] = (
     _u("user.delete", "delete a locked user", (R.OPERATOR,), "002 §5.1.7"),
     _u("user.bulk", "deactivate, lock or delete users by search", (R.OPERATOR,), "002 §5.1.14"),
     # batches and CPRs (seed 000)
+    _u("batch.read", "list batches and their progress", (*READERS, R.BUREAU)),
     _u("batch.import", "import a batch file", (R.REQUESTER, R.BUREAU)),
     _u("batch.decide", "approve or reject a batch", (R.APPROVER,), "001 validated"),
     _u("cpr.submit", "submit a signed card production request", (R.IDENTITY_SYSTEM,), "000"),

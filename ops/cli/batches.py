@@ -85,6 +85,64 @@ def batch_import(
     sys.exit(code)
 
 
+@batch.command("list")
+@click.option("--state", default=None, help="Only batches in this state.")
+@click.option("--page", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of a table.")
+@data_dir_option
+@pass_app
+@handle_errors
+@requires("batch.read")
+def batch_list(app: CliContext, state: str | None, page: int, as_json: bool, who: Caller) -> None:
+    """Batches, newest first, with their cards counted by state."""
+    from rich.table import Table
+
+    from producers.batches import list_batches
+
+    found = list_batches(app.store(), state=state, page=page)
+    if as_json:
+        click.echo(found.model_dump_json())
+        return
+    table = Table("id", "name", "state", "requested by", "approved by", "cards", "rejects")
+    table.title = f"batches {len(found.items)} of {found.total} (page {found.page})"
+    for b in found.items:
+        cards = ", ".join(f"{state} {n}" for state, n in b.cards.items()) or "-"
+        table.add_row(
+            str(b.id),
+            b.name,
+            b.state,
+            b.requested_by,
+            b.approved_by or "",
+            cards,
+            str(b.rejected_rows),
+        )
+    app.out.print(table)
+
+
+@batch.command("show")
+@click.argument("batch_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of text.")
+@data_dir_option
+@pass_app
+@handle_errors
+@requires("batch.read")
+def batch_show(app: CliContext, batch_id: int, as_json: bool, who: Caller) -> None:
+    """One batch: state, requester and approver, rejected rows, cards by state."""
+    from producers.batches import get_batch
+
+    b = get_batch(app.store(), batch_id)
+    if as_json:
+        click.echo(b.model_dump_json())
+        return
+    click.echo(f"batch {b.id} {b.name!r}: {b.state}" + (f" ({b.reason})" if b.reason else ""))
+    click.echo(
+        f"requested by {b.requested_by} at {b.created_at}; approved by {b.approved_by or '-'}"
+    )
+    click.echo(f"{b.card_count} cards, {b.rejected_rows} rows rejected")
+    for state, n in b.cards.items():
+        click.echo(f"  {state}: {n}")
+
+
 @batch.command("approve")
 @click.argument("batch_id", type=int)
 @data_dir_option

@@ -16,13 +16,14 @@ from fastapi.responses import JSONResponse
 from pydantic import AfterValidator
 from starlette.concurrency import run_in_threadpool
 
+from producers import batches
 from producers.api.auth import Allow, context
-from producers.api.context import ApiContext, RowId
+from producers.api.context import ApiContext, PageNumber, RowId
 from producers.api.errors import body
 from producers.approvals import approve_batch, reject_batch
 from producers.batch_import import ImportReport, import_batch
 from producers.principals import Caller
-from schemas.api import BatchOut, DecisionOut, RequiredReasonIn
+from schemas.api import BatchListOut, BatchOut, BatchSummaryOut, DecisionOut, RequiredReasonIn
 
 router = APIRouter(tags=["batches"])
 Ctx = Annotated[ApiContext, Depends(context)]
@@ -114,6 +115,26 @@ async def _receive(request: Request, path: Path) -> None:
             if size > MAX_CSV:
                 raise _TooLarge
             fh.write(chunk)
+
+
+@router.get("/batches")
+def list_batches(
+    ctx: Ctx,
+    who: Annotated[Caller, Depends(Allow("batch.read"))],
+    state: str | None = None,
+    page: PageNumber = 1,
+    per_page: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> BatchListOut:
+    """Batches, newest first, each with its cards counted by state."""
+    return batches.list_batches(ctx.store, state=state, page=page, per_page=per_page)
+
+
+@router.get("/batches/{batch_id}")
+def get_batch(
+    batch_id: RowId, ctx: Ctx, who: Annotated[Caller, Depends(Allow("batch.read"))]
+) -> BatchSummaryOut:
+    """One batch: its state, requester and approver, rejects, cards by state."""
+    return batches.get_batch(ctx.store, batch_id)
 
 
 @router.post("/batches/{batch_id}/approve")

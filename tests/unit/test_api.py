@@ -136,6 +136,8 @@ USE_CASES: dict[tuple[str, str], str | None] = {
     ("POST", "/tempcards/{card}/extend"): "tempcard.extend",
     ("POST", "/tempcards/{card}/withdraw"): "tempcard.withdraw",
     ("POST", "/tempcards/{card}/lock"): "card.lock",
+    ("GET", "/batches"): "batch.read",
+    ("GET", "/batches/{batch_id}"): "batch.read",
     ("POST", "/cards/{card}/renew"): "card.renew",
     ("POST", "/cards/{card}/unblock"): "card.unblock",
     ("PATCH", "/cards/{card}"): "card.edit",

@@ -225,3 +225,30 @@ def test_a_rejected_batch_gives_every_card_its_reason(store, tmp_path):
     assert reasons == {"wrong cost centre"}
     assert actors == {"bob"}
     assert {c.state for c in cards(store)} == {"rejected"}
+
+
+# --- following batches: list and show (issue 14 point 3, CLI and API) --------------
+
+
+def test_batch_list_and_show_count_each_batchs_cards_by_state(store, tmp_path):
+    from producers.batches import get_batch, list_batches
+
+    first = run(store, write_csv(tmp_path / "a.csv", [person(n) for n in range(1, 4)]))
+    rows = [person(n) for n in range(4, 7)] + [person(9, email="broken")]
+    second = run(store, write_csv(tmp_path / "b.csv", rows))
+    reject_batch(store, first.batch_id, by="bob", reason="wrong cost centre")
+
+    listed = list_batches(store)
+    assert [b.id for b in listed.items] == [second.batch_id, first.batch_id]  # newest first
+    assert listed.total == 2
+    shown = get_batch(store, first.batch_id)
+    assert (shown.state, shown.reason, shown.cards) == (
+        "rejected",
+        "wrong cost centre",
+        {"rejected": 3},
+    )
+    other = get_batch(store, second.batch_id)
+    assert (other.cards, other.rejected_rows, other.requested_by) == ({"requested": 3}, 1, "alice")
+    assert [b.id for b in list_batches(store, state="rejected").items] == [first.batch_id]
+    with pytest.raises(ValidationFailed, match="one of"):
+        list_batches(store, state="nonsense")

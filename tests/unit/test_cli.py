@@ -209,3 +209,19 @@ def test_an_operator_runs_the_card_life_from_the_command_line(tmp_path):
     bulk = ok("user", "bulk", "deactivate", "--text", "lovelace", "--as", "olga")
     assert "deactivate: 1 done, 0 refused" in bulk
     assert "inactive" in ok("user", "list", "--text", "ada", "--as", "olga")
+
+
+def test_batch_list_and_show_follow_a_batch_from_the_cli(tmp_path):
+    data = _upgraded(tmp_path / "d")
+    csv = tmp_path / "users.csv"
+    csv.write_text(GOOD)
+    assert _invoke("batch", "import", csv, "--as", "alice", "--data-dir", data).exit_code == 0
+    listed = _invoke("batch", "list", "--json", "--as", "bob", "--data-dir", data)
+    assert listed.exit_code == 0, listed.output
+    (item,) = json.loads(listed.output)["items"]
+    assert (item["state"], item["cards"]) == ("requested", {"requested": 1})
+    shown = _invoke("batch", "show", str(item["id"]), "--as", "bob", "--data-dir", data)
+    assert "requested: 1" in shown.output
+    missing = _invoke("batch", "show", "99", "--as", "bob", "--data-dir", data)
+    assert missing.exit_code != 0
+    assert "batch 99 does not exist" in missing.output
