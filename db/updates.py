@@ -64,6 +64,31 @@ def generated_usages(session: Session, credential_id: int) -> list[str]:
     )
 
 
+def _new_update(
+    session: Session,
+    cred: Credential,
+    kind: UpdateKind,
+    plan: dict[str, Any],
+    *,
+    by: str,
+    what: str,
+) -> CardUpdate:
+    """A pending update of ``cred`` (audited ``create``), waiting for the card."""
+    return create(
+        session,
+        CardUpdate(
+            state=UpdateState.PENDING,
+            credential_id=cred.id,
+            kind=kind,
+            requested_by=by,
+            plan=plan,
+            journal={},
+        ),
+        actor=by,
+        reason=f"{kind} ({what}): waiting for the card at a desk",
+    )
+
+
 def _refuse_while_open(session: Session, cred: Credential, action: str) -> None:
     """One update at a time per card: they are applied in order, and a second one
     asked for while the first waits would be planned against a chip about to change."""
@@ -89,18 +114,8 @@ def request_renewal(session: Session, cred: Credential, *, by: str) -> CardUpdat
         raise StateConflict(
             "card", cred.id, "renew", cred.state, (), detail="the chip carries no key to renew"
         )
-    return create(
-        session,
-        CardUpdate(
-            state=UpdateState.PENDING,
-            credential_id=cred.id,
-            kind=UpdateKind.RENEW,
-            requested_by=by,
-            plan={"usages": usages},
-            journal={},
-        ),
-        actor=by,
-        reason=f"renewal of {', '.join(usages)}: waiting for the card at a desk",
+    return _new_update(
+        session, cred, UpdateKind.RENEW, {"usages": usages}, by=by, what=", ".join(usages)
     )
 
 
@@ -162,18 +177,8 @@ def request_recovery(
         )
     _refuse_while_open(session, cred, "recover_escrow")
     keys = [{"credential_id": known[s].credential_id, "serial": s} for s in wanted]
-    return create(
-        session,
-        CardUpdate(
-            state=UpdateState.PENDING,
-            credential_id=cred.id,
-            kind=UpdateKind.RECOVER,
-            requested_by=by,
-            plan={"keys": keys},
-            journal={},
-        ),
-        actor=by,
-        reason=f"recover {len(keys)} escrowed key(s): waiting for the card at a desk",
+    return _new_update(
+        session, cred, UpdateKind.RECOVER, {"keys": keys}, by=by, what=f"{len(keys)} key(s)"
     )
 
 
@@ -210,19 +215,7 @@ def request_temp_card_update(
     plan: dict[str, Any] = {"usages": sorted(usages)} if kind != UpdateKind.WIPE else {}
     if not_after is not None:
         plan["not_after"] = not_after.isoformat()
-    return create(
-        session,
-        CardUpdate(
-            state=UpdateState.PENDING,
-            credential_id=cred.id,
-            kind=kind,
-            requested_by=by,
-            plan=plan,
-            journal={},
-        ),
-        actor=by,
-        reason=f"{kind}: waiting for the card at a desk",
-    )
+    return _new_update(session, cred, kind, plan, by=by, what=", ".join(usages) or "all keys")
 
 
 def apply_new_secrets(

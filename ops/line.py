@@ -222,7 +222,7 @@ class EmbeddedLine:
         """The simulated holders: each card with a pending update is brought to the desk
         (inserted, served, taken back) until none is left, then again when one comes."""
         while not stop.is_set():
-            waiting: list[tuple[int, str]] = []
+            applied = False
             try:
                 with self.store.read() as s:
                     waiting = updates.card_with_pending(s)
@@ -230,14 +230,17 @@ class EmbeddedLine:
                     if stop.is_set():
                         return
                     self.desk_reader.insert(serial)
-                    self.desk.serve(self.desk_reader.read_chip(1.0))
+                    done = self.desk.serve(self.desk_reader.read_chip(1.0))
+                    applied = applied or any(state == "applied" for _, state in done)
             except DBAPIError as exc:
                 if not is_transient(exc):
                     raise
                 log.warning("desk.store_away")
             except Exception:  # the desk must not take the line down with it
                 log.exception("desk.error")
-            stop.wait(0.2 if not waiting else 0.0)
+            # At once again only after progress: a card the desk cannot finish (no PIN,
+            # a fault) must not keep it spinning.
+            stop.wait(0.0 if applied else 0.2)
 
     def wait_drained(
         self,

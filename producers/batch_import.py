@@ -249,7 +249,7 @@ def _check_file(
     """Everything about a large file that needs no store, before anything is written:
     the header, every row parsed and validated, no key repeated, the row and reject
     caps. Raises ``ValidationFailed`` as the import itself would."""
-    with path.open("rb") as raw, ExitStack() as files:
+    with path.open("rb") as raw:
         sheet = open_sheet(io.BufferedReader(raw, _READ_BYTES), ignored)
         check = _Import(
             None,
@@ -260,7 +260,7 @@ def _check_file(
             requested_by="-",
             line="-",
             limits=limits,
-            rejects=_RejectSink(files, path),  # never written: a check writes nothing
+            rejects=_NoReport(),  # a check writes nothing
             chunked=True,
             chunk_rows=chunk_rows,
         )
@@ -491,6 +491,16 @@ class _RejectSink:
                 self._writer.writerow(["line", "field", "reason", *self.header])
             cells = [row.raw.get(name, "") for name in self.header]
             self._writer.writerow([row.line, row.field or "", row.reason, *cells])
+
+
+class _NoReport(_RejectSink):
+    """The sink of a check that only counts: it keeps and writes no reject report."""
+
+    def __init__(self) -> None:
+        self.header: Sequence[str] = ()
+
+    def write(self, rows: Iterable[RejectedRow]) -> None:
+        del rows
 
 
 # --- importing the rows -----------------------------------------------------------------

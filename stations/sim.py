@@ -494,7 +494,9 @@ class SimToken:
             self._slots[f"new:{key_id}"] = _KeySlot(key_id, usage, key_type, "generated", key)
             self._saved()
             return key_id
-        return self._saved(self._store(usage, key_type, "generated", key))
+        key_id = self._store(usage, key_type, "generated", key)
+        self._saved()
+        return key_id
 
     def make_csr(self, key_id: str, common_name: str) -> str:
         """A PEM PKCS#10 request with subject CN=``common_name``, signed by the key."""
@@ -550,11 +552,10 @@ class SimToken:
         if not self.verify_pin(pin):
             raise DeviceFault(FaultKind.CHIP, "the card refused its PIN", code="63C2")
 
-    def _saved(self, result: str | None = None) -> str:
+    def _saved(self) -> None:
         """Keep the chip's content after a change, at a desk (as a chip keeps a write)."""
         if self._write_through:
             self._save()
-        return result or ""
 
     def _save(self) -> None:
         if self.chips is not None and self._serial is not None and self._pin is not None:
@@ -622,7 +623,8 @@ class SimToken:
         _check_cert_matches(cert, key)
         key_id = self._store(usage, _key_type(key), "recovered" if retired else "imported", key)
         self._slot(key_id).cert = cert
-        return self._saved(key_id)
+        self._saved()
+        return key_id
 
     def close(self) -> None:
         """Log out; the chip keeps its objects, but key operations need a new session.
