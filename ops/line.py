@@ -15,11 +15,10 @@ from pathlib import Path
 
 import dramatiq
 import structlog
-from sqlalchemy.exc import DBAPIError
 
 from db import updates
 from db.checkpoints import CheckpointKey
-from db.engine import Store, is_transient
+from db.engine import Store
 from db.files import atomic_write
 from db.secrets import SecretBox
 from db.summary import LineSummary, blocked_in_production, progress, summarise
@@ -28,7 +27,7 @@ from ops.store import open_checked
 from schemas.policy import Policy
 from schemas.states import IN_PRODUCTION
 from stations.chips import SimChipStore
-from stations.desk import DeskConfig, UpdateDesk
+from stations.desk import DeskConfig, UpdateDesk, sim_holders
 from stations.runtime import Station, StationConfig
 from stations.sim import make_sim_desk, make_sim_drivers
 from workers import actors
@@ -47,6 +46,9 @@ class LineOptions:
     fault_rate: float = 0.0
     seed: int | None = None
     worker_threads: int = 4
+    # How long an idle worker thread waits for a message before it looks at the stop
+    # flag: stopping the line takes about twice this (dramatiq's default is 1000 ms).
+    worker_timeout_ms: int = 200
     line: str = "default"
     lease_s: float = 30.0
     cert_resend_s: float = 5.0
@@ -145,7 +147,10 @@ class EmbeddedLine:
         atomic_write(self.paths.root / "ca-chain.pem", ctx.ca.chain_pem())
         actors.register(self.broker, ctx)
         self.worker = dramatiq.Worker(
-            self.broker, queues=set(WORKER_QUEUES), worker_threads=options.worker_threads
+            self.broker,
+            queues=set(WORKER_QUEUES),
+            worker_threads=options.worker_threads,
+            worker_timeout=options.worker_timeout_ms,
         )
         self.relay = Relay(
             self.store,
@@ -219,28 +224,7 @@ class EmbeddedLine:
             self._threads.append(thread)
 
     def _holders(self, stop: threading.Event) -> None:
-        """The simulated holders: each card with a pending update is brought to the desk
-        (inserted, served, taken back) until none is left, then again when one comes."""
-        while not stop.is_set():
-            applied = False
-            try:
-                with self.store.read() as s:
-                    waiting = updates.card_with_pending(s)
-                for _, serial in waiting:
-                    if stop.is_set():
-                        return
-                    self.desk_reader.insert(serial)
-                    done = self.desk.serve(self.desk_reader.read_chip(1.0))
-                    applied = applied or any(state == "applied" for _, state in done)
-            except DBAPIError as exc:
-                if not is_transient(exc):
-                    raise
-                log.warning("desk.store_away")
-            except Exception:  # the desk must not take the line down with it
-                log.exception("desk.error")
-            # At once again only after progress: a card the desk cannot finish (no PIN,
-            # a fault) must not keep it spinning.
-            stop.wait(0.0 if applied else 0.2)
+        sim_holders(self.desk, self.desk_reader, stop)
 
     def wait_drained(
         self,

@@ -21,11 +21,14 @@ from ops.expiry import run_expiry_loop
 from ops.line import DataPaths, worker_context
 from ops.store import master_key_check, open_checked
 from schemas.station import StationEntry
+from stations.chips import SimChipStore
+from stations.desk import DeskConfig, UpdateDesk
 from stations.runtime import Station, StationConfig
-from stations.setup import build_drivers
+from stations.setup import build_desk_drivers, build_drivers
 from workers import actors
 from workers.broker import WORKER_QUEUES, make_broker
 from workers.context import WorkerContext
+from workers.metrics import serve_worker_metrics
 from workers.relay import Relay, StallPolicy
 
 log = structlog.get_logger(__name__)
@@ -89,12 +92,17 @@ def run_worker(
         raise ValueError(f"unknown queues {sorted(unknown)}; choose from {WORKER_QUEUES}")
     ctx = worker_context_for(settings)
     broker = make_broker(settings.broker_url)
+    address = settings.worker_metrics_address
+    # CARDLINE_WORKER_METRICS_PORT: dramatiq's Prometheus middleware and its server.
+    stop_metrics = serve_worker_metrics(broker, *address) if address else None
     actors.register(broker, ctx)
     worker = dramatiq.Worker(broker, queues=chosen, worker_threads=threads)
     worker.start()
-    log.info("worker.started", queues=sorted(chosen), threads=threads)
+    log.info("worker.started", queues=sorted(chosen), threads=threads, metrics=address)
     stop.wait()
     worker.stop(timeout=30_000)
+    if stop_metrics is not None:
+        stop_metrics()
     broker.close()
     ctx.store.dispose()
     log.info("worker.stopped")
@@ -110,7 +118,11 @@ def run_station(
     """One station on the drivers ``entry`` configures, until ``stop`` is set."""
     paths = DataPaths(settings.data_dir)
     paths.make()
-    drivers = build_drivers(entry, output_dir=paths.printed / config.station_id)
+    drivers = build_drivers(
+        entry,
+        output_dir=paths.printed / config.station_id,
+        chips=SimChipStore(paths.chips, settings.secret_box()),
+    )
     store = open_checked(settings)
     broker = make_broker(settings.broker_url)
     station = Station(
@@ -145,6 +157,43 @@ def run_station(
         spoiled=station.spoiled,
     )
     return station
+
+
+def run_desk(
+    settings: Settings, stop: threading.Event, *, station_id: str, entry: StationEntry
+) -> UpdateDesk:
+    """An update desk (``role = "update"``) on the reader and token ``entry``
+    configures, until ``stop`` is set. With a simulated reader, simulated holders bring
+    every card with a pending update; the simulated chips are the data dir's."""
+    paths = DataPaths(settings.data_dir)
+    paths.make()
+    box = settings.secret_box()
+    drivers = build_desk_drivers(entry, chips=SimChipStore(paths.chips, box))
+    store = open_checked(settings)
+    desk = UpdateDesk(
+        store,
+        box,
+        DeskConfig(station_id=station_id, lease_s=entry.lease_s, heartbeat_s=entry.heartbeat_s),
+        drivers.reader,
+        drivers.token,
+        settings.policy,
+    )
+    log.info(
+        "desk.started", station=station_id, reader=entry.reader.driver, token=entry.token.driver
+    )
+    try:
+        desk.run(stop, line=entry.line, holders=drivers.sim_reader)
+    finally:
+        drivers.close()
+        store.dispose()
+    log.info(
+        "desk.stopped",
+        station=station_id,
+        applied=desk.applied,
+        failed=desk.failed,
+        postponed=desk.postponed,
+    )
+    return desk
 
 
 def _safe_url(url: str) -> str:

@@ -18,6 +18,22 @@ A TOML file (``cardline station --config stations.toml``) holds one table per st
     driver = "cups"                      # "file", or "sim"
     queue = "CardPrinter"
 
+A station with ``role = "update"`` is an update desk (``stations.desk``): a reader and
+the card's middleware, no printer. Holders bring produced cards to it and it applies
+every pending update of the card inserted (renewal, temporary-card assignment and
+withdrawal, key recovery)::
+
+    [stations.DESK1]
+    role = "update"
+
+    [stations.DESK1.reader]
+    driver = "pcsc"
+    name = "Virtual PCD 00 01*"
+
+    [stations.DESK1.token]
+    driver = "pkcs11"
+    token_label = "BLANK*"               # the produced cards' tokens
+
 Secrets never live in this file: the blanks' transport key is read from the environment
 variable ``transport_pin_env`` names.
 """
@@ -93,6 +109,9 @@ class PrinterConfig(_Strict):
 
 
 class StationEntry(_Strict):
+    # "production": prints and encodes blanks from its line's queue; "update": an update
+    # desk (no printer) applying pending updates to the produced cards inserted.
+    role: Literal["production", "update"] = "production"
     line: str = Field("default", pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")
     lease_s: float = Field(30.0, gt=0)
     heartbeat_s: float = Field(5.0, gt=0)
@@ -112,6 +131,8 @@ class StationEntry(_Strict):
             raise ValueError("heartbeat_s must be shorter than lease_s")
         if self.server_wait_s < self.cert_timeout_s:
             raise ValueError("server_wait_s must not be shorter than cert_timeout_s")
+        if self.role == "update" and self.printer.driver != "sim":
+            raise ValueError("an update desk has no printer: remove its [printer] table")
         return self
 
     @property

@@ -31,6 +31,7 @@ import contextlib
 import datetime as dt
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -39,7 +40,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from db import outbox, updates, wakeups
+from db import outbox, production, updates, wakeups
 from db.engine import Store, is_transient
 from db.models import CardUpdate, Certificate, Credential
 from db.secrets import Secret, SecretBox, context, random_digits
@@ -56,11 +57,13 @@ log = structlog.get_logger(__name__)
 class DeskReader(Protocol):
     def read_chip(self, timeout_s: float) -> ChipInfo: ...
 
+    def check_present(self) -> None: ...
+
 
 class DeskToken(Protocol):
     """What a desk needs of the card's middleware."""
 
-    def open_card(self, serial: str, pin: Secret) -> None: ...
+    def open_card(self, serial: str, pin: Secret, *, card_number: str | None = None) -> None: ...
 
     def generate_key(self, usage: CertUsage, key_type: str, *, keep_old: bool = False) -> str: ...
 
@@ -93,6 +96,7 @@ class DeskConfig:
     cert_resend_s: float = 5.0
     poll_s: float = 1.0  # the longest a wait sleeps without a wake-up (db.wakeups)
     insert_timeout_s: float = 1.0
+    heartbeat_s: float = 5.0
 
 
 class Postponed(Exception):
@@ -118,14 +122,27 @@ class UpdateDesk:
         self.applied = 0
         self.failed = 0
         self.postponed = 0
+        self.status = "idle"  # "updating" while a card's updates are being applied
         self._log = log.bind(station_id=config.station_id)
 
     @property
     def _actor(self) -> str:
         return f"station:{self.config.station_id}"
 
-    def run(self, stop: threading.Event) -> None:
-        """Serve every card inserted until ``stop``."""
+    def run(
+        self, stop: threading.Event, *, line: str = "default", holders: HolderReader | None = None
+    ) -> None:
+        """Serve every card inserted until ``stop``: register the desk in the stations
+        table, heartbeat, and apply each inserted card's pending updates. A card left in
+        the reader is served again when a new update for it comes. With ``holders`` (a
+        simulated reader) simulated holders bring the cards (``sim_holders``)."""
+        instance = uuid.uuid4().hex[:12]
+        with self.store.tx(audited=False) as s:
+            production.register_station(s, self.config.station_id, line=line, instance=instance)
+        beat = threading.Thread(target=self._heartbeat, args=(stop,), daemon=True)
+        beat.start()
+        if holders is not None:
+            sim_holders(self, holders, stop)
         while not stop.is_set():
             try:
                 chip = self.reader.read_chip(self.config.insert_timeout_s)
@@ -133,11 +150,42 @@ class UpdateDesk:
                 continue  # no card inserted (or an unreadable one): wait for the next
             try:
                 self.serve(chip)
+                self._while_inserted(chip, stop)
             except DBAPIError as exc:
                 if not is_transient(exc):
                     raise
                 self._log.warning("desk.store_away", detail=str(exc.orig)[:200])
                 time.sleep(self.config.insert_timeout_s)
+        beat.join(timeout=5)
+
+    def _heartbeat(self, stop: threading.Event) -> None:
+        while not stop.wait(self.config.heartbeat_s):
+            try:
+                with self.store.tx(audited=False) as s:
+                    production.heartbeat(s, self.config.station_id, status=self.status)
+            except DBAPIError as exc:
+                if not is_transient(exc):
+                    self._log.exception("desk.heartbeat_failed")
+
+    def _while_inserted(self, chip: ChipInfo, stop: threading.Event) -> None:
+        """Until the card is pulled: serve it again when an update for it comes (seed
+        003: pending updates applied automatically while the card is in)."""
+        while not stop.is_set():
+            try:
+                self.reader.check_present()
+            except DeviceFault:
+                return
+            with self.store.read() as s:
+                cred_id = s.scalar(
+                    select(Credential.id).where(Credential.chip_serial == chip.serial)
+                )
+                due = cred_id is not None and any(
+                    updates.claimable(u, station_id=self.config.station_id)
+                    for u in updates.open_updates(s, cred_id)
+                )
+            if due:
+                self.serve(chip)
+            stop.wait(self.config.poll_s)
 
     def serve(self, chip: ChipInfo) -> list[tuple[int, str]]:
         """Apply every pending update of the inserted card, in order; return (update id,
@@ -159,7 +207,7 @@ class UpdateDesk:
                 for u in open_rows
                 if u.journal.get("new_pin_sealed")
             ]
-            pin_sealed, cred_id = cred.pin_sealed, cred.id
+            pin_sealed, cred_id, number = cred.pin_sealed, cred.id, cred.card_number
         if not todo:
             return []
         if pin_sealed is None:
@@ -168,8 +216,9 @@ class UpdateDesk:
         pins = [self._open_pending(uid, sealed, "pin") for uid, sealed in pending_pins]
         pins.append(self.box.open(pin_sealed, context=context("credential", cred_id, "pin")))
         done: list[tuple[int, str]] = []
+        self.status = "updating"
         try:
-            self._open(chip.serial, pins)
+            self._open(chip.serial, pins, number)
             for update_id, kind in todo:
                 state = self._apply(update_id, kind)
                 done.append((update_id, state))
@@ -179,16 +228,17 @@ class UpdateDesk:
             # The card would not open (a chip fault before any update began).
             self._log.warning("desk.card_refused", kind=fault.kind, code=fault.code)
         finally:
+            self.status = "idle"
             with contextlib.suppress(DeviceFault):
                 self.token.close()
         return done
 
-    def _open(self, serial: str, pins: list[Secret]) -> None:
+    def _open(self, serial: str, pins: list[Secret], number: str | None) -> None:
         for pin in pins[:-1]:
             with contextlib.suppress(DeviceFault):
-                self.token.open_card(serial, pin)
+                self.token.open_card(serial, pin, card_number=number)
                 return
-        self.token.open_card(serial, pins[-1])
+        self.token.open_card(serial, pins[-1], card_number=number)
 
     def _open_pending(self, update_id: int, sealed: str, what: str) -> Secret:
         return self.box.open(sealed, context=f"card_update:{update_id}:{what}")
@@ -500,3 +550,33 @@ class UpdateDesk:
     def _tx(self, fn: Any) -> Any:
         with self.store.tx() as s:
             return fn(s)
+
+
+class HolderReader(DeskReader, Protocol):
+    def insert(self, serial: str) -> None: ...
+
+
+def sim_holders(desk: UpdateDesk, reader: HolderReader, stop: threading.Event) -> None:
+    """The simulated holders of a simulated desk: each card with a pending update is
+    brought to the desk (inserted, served, taken back) until none is left, then again
+    when one comes."""
+    while not stop.is_set():
+        applied = False
+        try:
+            with desk.store.read() as s:
+                waiting = updates.card_with_pending(s)
+            for _, serial in waiting:
+                if stop.is_set():
+                    return
+                reader.insert(serial)
+                done = desk.serve(reader.read_chip(1.0))
+                applied = applied or any(state == "applied" for _, state in done)
+        except DBAPIError as exc:
+            if not is_transient(exc):
+                raise
+            log.warning("desk.store_away")
+        except Exception:  # the desk must not take the line down with it
+            log.exception("desk.error")
+        # At once again only after progress: a card the desk cannot finish (no PIN, a
+        # fault) must not keep it spinning.
+        stop.wait(0.0 if applied else 0.2)

@@ -17,6 +17,14 @@ A CSR is signed on the token; a certificate is stored beside its key only when i
 public key is the key's. Escrowed keys are imported as private key objects (sensitive,
 not extractable) with their public key and certificate under one CKA_ID.
 
+At an update desk (``stations.desk``) a produced card comes back: ``open_card`` finds
+its token (the one matching ``token_label`` that carries the card's admin key or
+certificates under its card label: SoftHSM2 has no reader, so the chip serial the
+reader read cannot name the token) and logs in with its PIN. A renewal generates a key
+``keep_old``: it is labelled ``"... new authentication key"`` beside the current one
+(listed ``fresh``) and takes the current label once ``delete_key`` has erased the old
+one; a desk killed in between finds it promoted when it opens the card again.
+
 PINs: ``verify_pin`` logs in (False on CKR_PIN_INCORRECT), ``unblock`` resets the PIN
 as SO with the PUK, ``change_pin`` changes it as the user. This driver counts nothing:
 SoftHSM2 never locks a PIN, so retry counting is ``stations.pin.PinGuard``'s.
@@ -217,25 +225,83 @@ class Pkcs11Token:
             serial=self.chip_serial,
         )
 
-    def generate_key(self, usage: CertUsage, key_type: str) -> str:
+    def generate_key(self, usage: CertUsage, key_type: str, *, keep_old: bool = False) -> str:
         """Generate a key pair for ``usage`` on the chip (replacing that usage's key);
-        return its CKA_ID (hex). ``key_type`` other than ec-p256/rsa-2048 is a ValueError."""
+        return its CKA_ID (hex). ``keep_old`` (a renewal) keeps the current key beside
+        the new one, which is listed ``fresh`` until ``delete_key`` erases the old one.
+        ``key_type`` other than ec-p256/rsa-2048 is a ValueError."""
         if key_type not in KEY_TYPES:
             raise ValueError(f"unsupported key type {key_type!r}; use one of {list(KEY_TYPES)}")
         with _chip("key generation"):
             session = self._session()
             label = self._label(usage)
             old = token_lib.find(session, {Attribute.LABEL: label})
+            beside = keep_old and any(o[Attribute.CLASS] == ObjectClass.PRIVATE_KEY for o in old)
+            if beside:
+                label = self._label(usage, role="new")
             public, private = token_lib.generate_keypair(
                 session, key_type, key_id=b"new", label=label
             )
             key_id = _key_id(token_lib.public_key_of(public))
             public[Attribute.ID] = private[Attribute.ID] = key_id
-            _destroy(old)
+            if not beside:
+                _destroy(old)
         log.info(
-            "token.key_generated", card=self._masked_card, usage=usage.value, key_id=key_id.hex()
+            "token.key_generated",
+            card=self._masked_card,
+            usage=usage.value,
+            key_id=key_id.hex(),
+            beside_old=beside,
         )
         return key_id.hex()
+
+    def delete_key(self, key_id: str) -> None:
+        """Erase the key ``key_id`` (private and public) and its certificate from the
+        chip; a ``fresh`` key of its usage becomes the current one. An unknown id is a
+        fault (CKR_KEY_HANDLE_INVALID)."""
+        kid = _id_bytes(key_id)
+        with _chip("key deletion"):
+            session = self._session()
+            private = self._private(session, kid)
+            usage, _ = self._usage_of(str(private[Attribute.LABEL]))
+            mine = [
+                o
+                for o in token_lib.find(session, {Attribute.ID: kid})
+                if self._usage_of(str(o[Attribute.LABEL]))[0] is not None
+            ]
+            _destroy(mine)
+            if usage is not None:
+                self._promote(session, usage)
+        log.info("token.key_deleted", card=self._masked_card, key_id=key_id)
+
+    def open_card(self, serial: str, pin: Secret, *, card_number: str | None = None) -> None:
+        """Take the produced card ``card_number`` (chip serial ``serial`` in the reader)
+        and log in with ``pin``: what an update desk does. No token of that card is a
+        fault (CKR_TOKEN_NOT_PRESENT); a wrong PIN too (CKR_PIN_INCORRECT)."""
+        if not card_number:
+            raise _fault("the card's number is needed to find its token", _NO_BLANK)
+        with _chip("card open"):
+            self._end_card()
+            token = self._card_token(card_number)
+            self._serial, self._chip_label, self._card = token.serial, token.label, card_number
+            try:
+                session = self._login(pin)
+            except p11.PinIncorrect:
+                self._end_card()
+                raise _fault("the card refused its PIN", "CKR_PIN_INCORRECT") from None
+            for usage in CertUsage:
+                self._promote(session, usage)
+        log.info("token.card_opened", card=self._masked_card, chip=self._chip_label)
+
+    def change_puk(self, puk: Secret, new_puk: Secret) -> None:
+        """Set a new PUK (the SO PIN) with the current one (C_SetPIN as SO); a wrong PUK
+        is a fault with CKR_PIN_INCORRECT."""
+        with _chip("PUK change"):
+            self._require_card()
+            self._logout()
+            self._as_so(puk, lambda session: session.set_pin(puk.reveal(), new_puk.reveal()))
+            self._pin = None
+        log.info("token.puk_changed", card=self._masked_card)
 
     def make_csr(self, key_id: str, common_name: str) -> str:
         """A PEM PKCS#10 request with subject CN=``common_name``, signed on the chip."""
@@ -517,22 +583,64 @@ class Pkcs11Token:
         with _closing(token_lib.open_session(self._token())) as session:
             yield session
 
-    def _label(self, usage: CertUsage, *, retired: bool = False) -> str:
-        return f"{self._prefix}{self._card} {'retired ' if retired else ''}{usage.value} key"
+    def _label(self, usage: CertUsage, *, retired: bool = False, role: str = "") -> str:
+        role = "retired" if retired else role
+        return f"{self._prefix}{self._card} {role + ' ' if role else ''}{usage.value} key"
 
     def _admin_label(self) -> str:
         return f"{self._prefix}{self._card} admin key"
 
     def _usage_of(self, label: str) -> tuple[CertUsage | None, bool]:
         """Usage and retiredness from a CKA_LABEL this driver wrote."""
+        usage, role = self._role_of(label)
+        return usage, role == "retired"
+
+    def _role_of(self, label: str) -> tuple[CertUsage | None, str]:
+        """Usage and role ("", "retired" or "new") from a CKA_LABEL this driver wrote."""
         words = label.removeprefix(f"{self._prefix}{self._card} ").split()
         if len(words) not in (2, 3) or words[-1] != "key":
-            return None, False
+            return None, ""
         try:
             usage = CertUsage(words[-2])
         except ValueError:
-            return None, False
-        return usage, len(words) == 3 and words[0] == "retired"
+            return None, ""
+        role = words[0] if len(words) == 3 else ""
+        if role not in ("", "retired", "new"):
+            return None, ""
+        return usage, role
+
+    def _promote(self, session: pkcs11.Session, usage: CertUsage) -> None:
+        """A ``new`` key of ``usage`` with no current key beside it takes the current
+        label, with its public key and certificate."""
+        current = self._label(usage)
+        if token_lib.find(
+            session, {Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.LABEL: current}
+        ):
+            return
+        for obj in token_lib.find(session, {Attribute.LABEL: self._label(usage, role="new")}):
+            obj[Attribute.LABEL] = current
+
+    def _card_token(self, card_number: str) -> pkcs11.Token:
+        """The personalised token (matching ``token_label``) carrying ``card_number``'s
+        admin key or certificates."""
+        prefix = f"{self._prefix}{card_number} "
+        for attempt in (1, 2):
+            for token in self._library.tokens():
+                if not (
+                    token.flags & TokenFlag.USER_PIN_INITIALIZED
+                    and fnmatch.fnmatchcase(token.label, self.token_label)
+                ):
+                    continue
+                with _closing(token_lib.open_session(token)) as session:
+                    labels = [
+                        str(o[Attribute.LABEL])
+                        for o in token_lib.find(session, {Attribute.PRIVATE: False})
+                    ]
+                if any(label.startswith(prefix) for label in labels):
+                    return token
+            if attempt == 1:
+                self._library.reinitialize()  # tokens made since the library loaded
+        raise _fault(f"no token carries card {mask_card_number(card_number)}", _NO_BLANK)
 
     def _private(self, session: pkcs11.Session, key_id: bytes) -> pkcs11.PrivateKey:
         found = token_lib.find(
@@ -587,9 +695,10 @@ class Pkcs11Token:
         """A key this driver wrote, as ``objects()`` lists it (None for anything else)."""
         key_id = bytes(private[Attribute.ID])
         label = str(private[Attribute.LABEL])
-        usage, retired = self._usage_of(label)
+        usage, role = self._role_of(label)
         if usage is None:
             return None
+        retired = role == "retired"
         public = self._public(session, key_id)
         certs = token_lib.find(
             session,
@@ -599,13 +708,7 @@ class Pkcs11Token:
                 Attribute.LABEL: label,
             },
         )
-        subject = (
-            x509.load_der_x509_certificate(
-                bytes(certs[0][Attribute.VALUE])
-            ).subject.rfc4514_string()
-            if certs
-            else None
-        )
+        cert = x509.load_der_x509_certificate(bytes(certs[0][Attribute.VALUE])) if certs else None
         # CKA_LOCAL: generated on this token, as opposed to imported into it.
         origin = "recovered" if retired else "imported"
         if private[Attribute.LOCAL]:
@@ -619,7 +722,9 @@ class Pkcs11Token:
             public_key_pem=public.public_bytes(
                 serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
             ).decode(),
-            cert_subject=subject,
+            cert_subject=cert.subject.rfc4514_string() if cert else None,
+            cert_serial=f"{cert.serial_number:x}" if cert else None,
+            fresh=role == "new",
         )
 
 

@@ -13,14 +13,21 @@ import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
 from db.secrets import Secret
 from schemas.errors import ConfigurationError
 from schemas.station import StationEntry, StationFile
+from stations.chips import SimChipStore
+from stations.desk import DeskReader, DeskToken
 from stations.drivers import Printer, Reader, Token
-from stations.sim import make_sim_drivers
+from stations.sim import SimDeskReader, make_sim_desk, make_sim_drivers
+
+if TYPE_CHECKING:
+    from stations.pcsc_reader import PcscReader
+    from stations.pkcs11_token import Pkcs11Token
 
 
 def load_station_file(path: Path) -> StationFile:
@@ -86,34 +93,72 @@ def _transport_pin(entry: StationEntry) -> Secret:
     return Secret(value)
 
 
-def build_drivers(entry: StationEntry, *, output_dir: Path) -> Drivers:
-    """The printer, reader and token ``entry`` configures."""
+def _pkcs11_token(entry: StationEntry) -> Pkcs11Token:
+    if not Path(entry.token.module).is_file():
+        raise ConfigurationError(f"token.module {entry.token.module} does not exist")
+    transport_pin = _transport_pin(entry)
+    from stations.pkcs11_token import Pkcs11Token
+
+    return Pkcs11Token(
+        entry.token.module, token_label=entry.token.token_label, transport_pin=transport_pin
+    )
+
+
+def _pcsc_reader(entry: StationEntry) -> PcscReader:
+    from stations.pcsc_reader import SERIAL_APDU, PcscReader
+
+    return PcscReader(
+        entry.reader.name,
+        serial_apdu=entry.reader.serial_apdu or SERIAL_APDU,
+        exclusive=entry.reader.exclusive,
+    )
+
+
+@dataclass
+class DeskDrivers:
+    reader: DeskReader
+    token: DeskToken
+    # The simulated reader, whose simulated holders bring the cards (None: a real one).
+    sim_reader: SimDeskReader | None
+
+    def close(self) -> None:
+        self.token.close()
+        close_reader = getattr(self.reader, "close", None)
+        if close_reader is not None:
+            close_reader()
+
+
+def build_desk_drivers(entry: StationEntry, *, chips: SimChipStore) -> DeskDrivers:
+    """The reader and the card middleware of an update desk (``role = "update"``); a
+    simulated token takes each card's chip from ``chips``."""
+    sim_reader, sim_token = make_sim_desk(
+        time_scale=entry.sim.time_scale, seed=entry.sim.seed, chips=chips
+    )
+    token: DeskToken = _pkcs11_token(entry) if entry.token.driver == "pkcs11" else sim_token
+    if entry.reader.driver == "pcsc":
+        return DeskDrivers(reader=_pcsc_reader(entry), token=token, sim_reader=None)
+    return DeskDrivers(reader=sim_reader, token=token, sim_reader=sim_reader)
+
+
+def build_drivers(
+    entry: StationEntry, *, output_dir: Path, chips: SimChipStore | None = None
+) -> Drivers:
+    """The printer, reader and token ``entry`` configures (a simulated chip is kept in
+    ``chips``, so a desk can take the card later)."""
     sim_printer, sim_reader, sim_token = make_sim_drivers(
         time_scale=entry.sim.time_scale,
         fault_rate=entry.sim.fault_rate,
         seed=entry.sim.seed,
         output_dir=output_dir,
+        chips=chips,
     )
     printer: Printer = sim_printer
     reader: Reader = sim_reader
     token: Token = sim_token
     if entry.token.driver == "pkcs11":
-        if not Path(entry.token.module).is_file():
-            raise ConfigurationError(f"token.module {entry.token.module} does not exist")
-        transport_pin = _transport_pin(entry)
-        from stations.pkcs11_token import Pkcs11Token
-
-        token = Pkcs11Token(
-            entry.token.module, token_label=entry.token.token_label, transport_pin=transport_pin
-        )
+        token = _pkcs11_token(entry)
     if entry.reader.driver == "pcsc":
-        from stations.pcsc_reader import SERIAL_APDU, PcscReader
-
-        reader = PcscReader(
-            entry.reader.name,
-            serial_apdu=entry.reader.serial_apdu or SERIAL_APDU,
-            exclusive=entry.reader.exclusive,
-        )
+        reader = _pcsc_reader(entry)
     if entry.printer.driver == "cups":
         from stations.printers import CupsPrinter
 

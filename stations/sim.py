@@ -539,11 +539,12 @@ class SimToken:
                 self._slots[usage.value] = slot
                 return
 
-    def open_card(self, serial: str, pin: Secret) -> None:
+    def open_card(self, serial: str, pin: Secret, *, card_number: str | None = None) -> None:
         """Take the produced card with chip serial ``serial`` (the one in the reader) and
-        log in with ``pin``: what an update desk does. Its content comes from ``chips``;
-        from here on every change is saved as it is made. An unknown card is a CHIP
-        fault; a wrong PIN too."""
+        log in with ``pin``: what an update desk does (``card_number`` is what a real
+        token driver needs to find the card; the reader's serial is enough here). Its
+        content comes from ``chips``; from here on every change is saved as it is made.
+        An unknown card is a CHIP fault; a wrong PIN too."""
         content = self.chips.load(serial) if self.chips and serial else None
         if content is None:
             raise DeviceFault(FaultKind.CHIP, "no personalised card in the reader", code="6982")
@@ -787,7 +788,10 @@ class SimDeskReader:
         return ChipInfo(atr=SIM_ATR, serial=serial)
 
     def check_present(self) -> None:
-        """A holder does not pull the card at a simulated desk."""
+        """A simulated holder takes the card back as soon as the desk is done with it."""
+        raise DeviceFault(
+            FaultKind.CHIP, "the holder took the card back", code="SCARD_W_REMOVED_CARD"
+        )
 
 
 def make_sim_desk(

@@ -127,12 +127,13 @@ def station(
     time_scale: float | None,
     seed: int | None,
 ) -> None:
-    """One station: consumes its line's queue one card at a time.
+    """One station: consumes its line's queue one card at a time, or, configured with
+    role = "update", an update desk applying pending updates to the cards inserted.
 
     Its drivers come from --config ([stations.ID]); options given here override the
     file's values.
     """
-    from ops.roles import run_station, stop_on_signals
+    from ops.roles import run_desk, run_station, stop_on_signals
     from schemas.station import StationEntry
     from stations.runtime import StationConfig
     from stations.setup import station_entry, with_overrides
@@ -149,6 +150,9 @@ def station(
         time_scale=time_scale,
         seed=seed,
     )
+    if entry.role == "update":
+        run_desk(app.settings, stop_on_signals(), station_id=station_id, entry=entry)
+        return
     config = StationConfig(
         station_id=station_id,
         line=entry.line,

@@ -128,3 +128,16 @@ def shared_softhsm(tmp_path_factory: pytest.TempPathFactory) -> SoftHsm:
             # Loaded already under another configuration: C_Initialize reads it again.
             token_lib.library(MODULE).reinitialize()
     return _shared
+
+
+def parse_listing(listing: str) -> list[dict[str, str]]:
+    """pkcs11-tool's ``--list-objects`` output as one dict per object (``kind`` is its
+    first line, e.g. "Private Key Object; EC")."""
+    objects: list[dict[str, str]] = []
+    for line in listing.splitlines():
+        if line and not line.startswith(" "):
+            objects.append({"kind": line.strip()})
+        elif ":" in line and objects:
+            key, _, value = line.strip().partition(":")
+            objects[-1][key.strip()] = value.strip()
+    return objects

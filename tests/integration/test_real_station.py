@@ -28,7 +28,7 @@ from ops.services import AMQP_URL, PG_URL
 from tests.backends import require
 from tests.hw.cups import pdf_pages, pdf_text, session_cups
 from tests.hw.pcsc import READER_0, CardSlots, session_pcscd
-from tests.hw.softhsm import MODULE, require_softhsm
+from tests.hw.softhsm import MODULE, parse_listing, require_softhsm
 from tests.principals import token_for
 from workers.broker import WORKER_QUEUES
 
@@ -92,18 +92,6 @@ def _objects(env: dict[str, str], pin: str) -> str:
         check=True,
     )
     return done.stdout
-
-
-def _parse(listing: str) -> list[dict[str, str]]:
-    """pkcs11-tool's object listing as one dict per object (``kind`` is its first line)."""
-    objects: list[dict[str, str]] = []
-    for line in listing.splitlines():
-        if line and not line.startswith(" "):
-            objects.append({"kind": line.strip()})
-        elif ":" in line and objects:
-            key, _, value = line.strip().partition(":")
-            objects[-1][key.strip()] = value.strip()
-    return objects
 
 
 def test_a_station_on_softhsm_pcscd_and_cups_produces_a_seeded_card(tmp_path, pcscd, private_cups):
@@ -178,7 +166,7 @@ job_timeout_s = 60
         box = SecretBox(base64.b64decode(env["CARDLINE_MASTER_KEY"]))
         pin = box.open(sealed_pin, context=context("credential", card.id, "pin")).reveal()
         listing = _objects(token_env, pin)
-        objects = _parse(listing)
+        objects = parse_listing(listing)
         for usage in ("authentication", "signature", "encryption"):
             label = f"{number} {usage} key"
             ids = {o["ID"] for o in objects if o.get("label") == label}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,24 +52,53 @@ class World:
         return self.line.store
 
 
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    """A line that has produced two cards, its desk left to the test."""
-    settings = Settings(data_dir=tmp_path / "data")
+def _produce(root: Path, *, temp_stock: bool) -> Path:
+    """A data dir whose line has produced two cards (and, with ``temp_stock``, one
+    temporary card from stock), the line stopped: copied for each test, since
+    producing is the slow part."""
+    settings = Settings(data_dir=root / "data")
     open_migrated(settings).dispose()
     line = EmbeddedLine(settings, POLICY, LineOptions(stations=1, time_scale=0, seed=7, desk=False))
     line.start()
     try:
-        csv = write_users_csv(tmp_path / "users.csv", 2, seed=3)
-        report = import_batch(
-            line.store, csv, policy=POLICY, requested_by="alice", reject_dir=tmp_path
-        )
+        csv = write_users_csv(root / "users.csv", 2, seed=3)
+        report = import_batch(line.store, csv, policy=POLICY, requested_by="alice", reject_dir=root)
         assert report.batch_id is not None
         approve_batch(line.store, report.batch_id, by="bob")
+        if temp_stock:
+            batch, _ = tempcards.request_stock(line.store, 1, by="alice", policy=POLICY)
+            approve_batch(line.store, batch, by="bob")
         assert line.wait_drained(timeout_s=60)
+    finally:
+        line.stop()
+    return root / "data"
+
+
+@pytest.fixture(scope="module")
+def produced(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _produce(tmp_path_factory.mktemp("produced"), temp_stock=False)
+
+
+@pytest.fixture(scope="module")
+def produced_with_stock(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _produce(tmp_path_factory.mktemp("produced_stock"), temp_stock=True)
+
+
+def _world(template: Path, tmp_path: Path) -> Iterator[World]:
+    shutil.copytree(template, tmp_path / "data")
+    settings = Settings(data_dir=tmp_path / "data")
+    line = EmbeddedLine(settings, POLICY, LineOptions(stations=1, time_scale=0, seed=7, desk=False))
+    line.start()
+    try:
         yield World(line, tmp_path)
     finally:
         line.stop()
+
+
+@pytest.fixture
+def world(produced: Path, tmp_path: Path) -> Iterator[World]:
+    """A line that has produced two cards, its desk left to the test."""
+    yield from _world(produced, tmp_path)
 
 
 def first_card(world: World) -> Credential:
@@ -454,16 +484,15 @@ def test_a_desk_killed_after_writing_a_recovered_key_does_not_write_it_twice(wor
 
 
 @pytest.fixture
-def temp_world(world: World) -> tuple[World, Credential]:
-    """``world`` with a temporary card made from stock, assigned (at no desk yet)."""
-    batch, (temp_id,) = tempcards.request_stock(world.store, 1, by="alice", policy=POLICY)
-    approve_batch(world.store, batch, by="bob")
-    assert world.line.wait_drained(timeout_s=60)
-    with world.store.read() as s:
-        email = s.scalars(select(Credential).order_by(Credential.id)).first().user.email
-    tempcards.assign(world.store, str(temp_id), email, by="olga", policy=POLICY)
-    with world.store.read() as s:
-        return world, s.get(Credential, temp_id)  # type: ignore[return-value]
+def temp_world(produced_with_stock: Path, tmp_path: Path) -> Iterator[tuple[World, Credential]]:
+    """A line with a temporary card made from stock, assigned (at no desk yet)."""
+    for world in _world(produced_with_stock, tmp_path):
+        with world.store.read() as s:
+            email = s.scalars(select(Credential).order_by(Credential.id)).first().user.email
+            temp_id = s.scalar(select(func.max(Credential.id)))
+        tempcards.assign(world.store, str(temp_id), email, by="olga", policy=POLICY)
+        with world.store.read() as s:
+            yield world, s.get(Credential, temp_id)  # type: ignore[misc]
 
 
 def _fresh(world: World, card_id: int) -> Credential:

@@ -67,6 +67,12 @@ def test_a_station_file_gives_each_station_its_drivers_and_defaults_the_rest(tmp
         ("[stations.ST1]\nlease_s = 5\nheartbeat_s = 5\n", "heartbeat_s"),
         ('[stations."bad id!"]\n', "bad id!"),
         ("[stations.ST1\n", "stations.toml"),
+        ('[stations.ST1]\nrole = "printing"\n', "stations.ST1.role"),
+        (
+            '[stations.D1]\nrole = "update"\n[stations.D1.printer]\ndriver = "file"\n'
+            'directory = "/tmp"\n',
+            "an update desk has no printer",
+        ),
     ],
 )
 def test_a_bad_station_file_is_refused_naming_the_field(tmp_path, text, named):
@@ -114,3 +120,18 @@ def test_a_missing_pkcs11_module_is_named(tmp_path, monkeypatch):
     entry = station_entry(_file(tmp_path, text), "ST1")
     with pytest.raises(ConfigurationError, match=r"/nonexistent/libvendor\.so"):
         build_drivers(entry, output_dir=tmp_path / "printed")
+
+
+def test_an_update_desk_gets_a_reader_and_a_token_and_no_printer(tmp_path):
+    from db.secrets import SecretBox
+    from stations.chips import SimChipStore
+    from stations.setup import build_desk_drivers
+    from stations.sim import SimDeskReader
+
+    entry = station_entry(_file(tmp_path, '[stations.DESK1]\nrole = "update"\n'), "DESK1")
+    assert entry.role == "update"
+    drivers = build_desk_drivers(entry, chips=SimChipStore(tmp_path, SecretBox(b"k" * 32)))
+    assert isinstance(drivers.reader, SimDeskReader)
+    assert drivers.sim_reader is drivers.reader  # simulated holders bring the cards
+    assert isinstance(drivers.token, SimToken)
+    assert not hasattr(drivers, "printer")
