@@ -6,7 +6,10 @@ are still in use and whose date falls within ``warn_days``. For each it writes a
 ``Reminder`` and a ``SendReminder`` message in one transaction; the ``notify`` worker
 mails it. Cards and valid certificates past their date move to ``expired`` (when
 ``expire_states``), audited, in the same transaction; a temporary card past its
-assignment is only reported and reminded, it has no ``expire`` edge.
+assignment has no ``expire`` edge: it is reported and reminded, and the certificates
+issued to its holder are revoked (an assignment that ends without a withdrawal must not
+leave the holder's certificates in force; the card itself is wiped when it is handed
+back and withdrawn).
 
 How often: ``expiring`` reminders once per item and period (a day or an ISO week);
 ``expired`` ones once per card or certificate, since it will not come back, but once
@@ -32,7 +35,7 @@ from sqlalchemy import ColumnElement, exists, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from db import outbox
+from db import outbox, production
 from db.engine import Store, retry_transient
 from db.models import Certificate, Credential, Reminder, SoftToken, Stateful, User, utcnow
 from db.transition import transition
@@ -45,7 +48,7 @@ from schemas.expiry import (
     ReminderKind,
 )
 from schemas.messages import SendReminder
-from schemas.states import CredentialKind, SoftTokenState, UserState
+from schemas.states import CertState, CredentialKind, SoftTokenState, UserState
 
 log = structlog.get_logger(__name__)
 
@@ -80,6 +83,8 @@ class ExpiryReport:
     redriven: int = 0
     # Assigned temporary cards past their assignment (reported, never moved): numbers.
     overdue_temp_cards: list[str] = field(default_factory=list)
+    # Certificates of those cards' holders revoked because the assignment ended.
+    revoked_at_assignment_end: int = 0
 
     def merge(self, other: ExpiryReport) -> None:
         for entity in E:
@@ -89,6 +94,7 @@ class ExpiryReport:
         self.no_recipient += other.no_recipient
         self.redriven += other.redriven
         self.overdue_temp_cards += other.overdue_temp_cards
+        self.revoked_at_assignment_end += other.revoked_at_assignment_end
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -99,6 +105,7 @@ class ExpiryReport:
             "no_recipient": self.no_recipient,
             "redriven": self.redriven,
             "overdue_temp_cards": self.overdue_temp_cards,
+            "revoked_at_assignment_end": self.revoked_at_assignment_end,
         }
 
 
@@ -225,6 +232,26 @@ def _expire(session: Session, item: _Item, config: ExpiryConfig) -> bool:
     return True
 
 
+def _end_assignment(session: Session, cred: Credential) -> int:
+    """Revoke the certificates issued to the holder of a temporary card whose
+    assignment ended (those of its card updates: assignment and extensions)."""
+    held = session.scalars(
+        select(Certificate)
+        .where(
+            Certificate.credential_id == cred.id,
+            Certificate.update_id.is_not(None),
+            Certificate.state.in_((CertState.VALID, CertState.HOLD)),
+        )
+        .order_by(Certificate.id)
+    ).all()
+    return production.revoke_all(
+        session,
+        held,
+        actor=ACTOR,
+        reason=f"assignment of temporary card {cred.id} ended without a withdrawal",
+    )
+
+
 def _handle(
     session: Session,
     item: _Item,
@@ -243,6 +270,7 @@ def _handle(
         report.expired[item.entity] += 1
     if kind is K.EXPIRED and isinstance(item.row, Credential) and item.entity is E.TEMP_CARD:
         report.overdue_temp_cards.append(item.row.card_number or f"id {item.row.id}")
+        report.revoked_at_assignment_end += _end_assignment(session, item.row)
     recipient = _recipient(item.holder)
     if recipient is None:
         report.no_recipient += 1

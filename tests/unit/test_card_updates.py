@@ -3,6 +3,7 @@ when the card comes back, and the store says only what the chip really carries."
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import random
 import shutil
@@ -569,3 +570,35 @@ def _open_update(world: World, card_id: int) -> int:
         return max(
             u.id for u in s.scalars(select(CardUpdate).where(CardUpdate.credential_id == card_id))
         )
+
+
+def test_an_assignment_that_ends_without_a_withdrawal_revokes_the_holders_certificates(
+    temp_world,
+):
+    from producers.expiry import check_expiry
+    from schemas.expiry import ExpiryConfig
+
+    world, card = temp_world
+    assert insert(world, card)[0][1] == "applied"
+    held = [c for c in certs(world, card.id) if c.update_id is not None]
+    assert held
+    assert all(c.state == "valid" for c in held)
+    until = _fresh(world, card.id).assigned_until
+    assert until is not None
+
+    before = check_expiry(world.store, ExpiryConfig(), now=until - dt.timedelta(days=1))
+    assert before.revoked_at_assignment_end == 0
+    report = check_expiry(world.store, ExpiryConfig(), now=until + dt.timedelta(hours=1))
+
+    assert report.revoked_at_assignment_end == len(held)
+    after = {c.serial: c for c in certs(world, card.id)}
+    for c in held:
+        assert after[c.serial].state == "revoked"
+        assert after[c.serial].revocation_reason == "cessation_of_operation"
+    assert _fresh(world, card.id).state == "assigned"  # it still has to be handed back
+    assert (
+        check_expiry(
+            world.store, ExpiryConfig(), now=until + dt.timedelta(hours=2)
+        ).revoked_at_assignment_end
+        == 0
+    )
