@@ -198,7 +198,12 @@ class Credential(Stateful, Base):
 
     __tablename__ = "credentials"
     # A credential is a card or a temporary card: its state is one of either machine's.
-    __table_args__ = (state_check(kinds=CREDENTIAL_KINDS),)
+    # The oldest card in a state, and how many have waited past a limit, are index
+    # reads (db.alerts, migration 0018).
+    __table_args__ = (
+        state_check(kinds=CREDENTIAL_KINDS),
+        Index("ix_credentials_state_updated_at", "state", "updated_at"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     kind: Mapped[str] = mapped_column(String(16), default=CredentialKind.CARD)
@@ -283,7 +288,8 @@ class ProductionAttempt(Stateful, Base):
     fault: Mapped[str | None] = mapped_column(String(32))
     fault_detail: Mapped[str | None] = mapped_column(String(500))
     lease_expires_at: Mapped[dt.datetime] = mapped_column(index=True)
-    finished_at: Mapped[dt.datetime | None]
+    # Indexed: the spoil rate of the recent window (db.alerts, migration 0018).
+    finished_at: Mapped[dt.datetime | None] = mapped_column(index=True)
 
     @property
     def machine(self) -> Machine:

@@ -185,7 +185,49 @@ def request_recovery(
 # Updates that write new keys and certificates for the card's holder (a renewal's
 # procedure), and those that also give the card a new PIN.
 REKEYING = frozenset({UpdateKind.RENEW, UpdateKind.ASSIGN, UpdateKind.EXTEND})
-NEW_PIN = frozenset({UpdateKind.ASSIGN, UpdateKind.EXTEND})
+NEW_PIN = frozenset({UpdateKind.ASSIGN, UpdateKind.EXTEND, UpdateKind.RESET_PIN})
+
+
+def request_pin_reset(session: Session, cred: Credential, *, by: str) -> CardUpdate:
+    """A pending PIN reset of ``cred``: at the desk the card's PUK sets a new PIN, whose
+    letter then goes to the holder. It may wait beside another update (the desk applies
+    it first when the card's PIN no longer opens the card); a second one is refused."""
+    if any(u.kind == UpdateKind.RESET_PIN for u in open_updates(session, cred.id)):
+        raise StateConflict(
+            "card",
+            cred.id,
+            "reset_pin",
+            cred.state,
+            (),
+            detail="a PIN reset of this card already waits for it at a desk",
+        )
+    return _new_update(session, cred, UpdateKind.RESET_PIN, {}, by=by, what="new PIN")
+
+
+def _applied(
+    session: Session,
+    row: CardUpdate,
+    *,
+    reason: str,
+    station_id: str | None = None,
+    actor: str | None = None,
+    at: dt.datetime | None = None,
+) -> None:
+    """``row`` is ``applied``: the chip carries what it asked for."""
+    transition(
+        session,
+        row,
+        "apply",
+        actor=actor or f"station:{station_id}",
+        reason=reason,
+        changes={"applied_at": at or utcnow(), "lease_expires_at": None},
+    )
+
+
+def apply_pin_reset(session: Session, row: CardUpdate, *, station_id: str) -> None:
+    """The chip took the new PIN (``apply_new_secrets`` records it in the same
+    transaction)."""
+    _applied(session, row, reason="PIN reset with the card's PUK", station_id=station_id)
 
 
 def request_temp_card_update(
@@ -249,25 +291,21 @@ def apply_wipe(session: Session, row: CardUpdate, *, station_id: str) -> None:
         .values(on_chip=False)
         .execution_options(synchronize_session=False)
     )
-    transition(
+    _applied(
         session,
         row,
-        "apply",
-        actor=f"station:{station_id}",
         reason="every key erased from the chip, PIN and PUK rotated",
-        changes={"applied_at": utcnow(), "lease_expires_at": None},
+        station_id=station_id,
     )
 
 
 def apply_recovery(session: Session, row: CardUpdate, *, station_id: str) -> None:
     """The recovered keys are on the chip, read back: the update ``applied``."""
-    transition(
+    _applied(
         session,
         row,
-        "apply",
-        actor=f"station:{station_id}",
         reason=f"{len(row.plan.get('keys', ()))} escrowed key(s) read back from the chip",
-        changes={"applied_at": utcnow(), "lease_expires_at": None},
+        station_id=station_id,
     )
 
 
@@ -367,14 +405,7 @@ def apply_renewal(session: Session, row: CardUpdate, *, station_id: str) -> int:
             revoked += 1
         else:
             record(session, cert, "erase", actor=actor, changes={"on_chip": False})
-    transition(
-        session,
-        row,
-        "apply",
-        actor=actor,
-        reason="read back from the chip",
-        changes={"applied_at": now, "lease_expires_at": None},
-    )
+    _applied(session, row, reason="read back from the chip", actor=actor, at=now)
     if revoked:
         outbox.add(session, PublishCrl(reason=f"renewal of card {row.credential_id}"))
     return revoked

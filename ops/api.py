@@ -34,6 +34,7 @@ def build_app(settings: Settings) -> FastAPI:
         cpr=settings.cpr,
         cpr_keys=load_identity_systems(settings.cpr),
         approvals=settings.approvals,
+        alerts=settings.alerts,
     )
     return create_app(ctx)
 

@@ -4,8 +4,8 @@
 Two sources make it: the environment (``ENVIRONMENT`` below lists every variable
 Cardline reads, and the README's configuration table shows the same list) and the TOML
 file ``CARDLINE_CONFIG`` names (``ConfigFile``: the tables ``[policy]``, ``[pki]``,
-``[cpr]``, ``[expiry]`` and ``[approvals]``). The file is strict: a table or a key Cardline
-does not know is an error naming the file and the dotted key
+``[cpr]``, ``[expiry]``, ``[approvals]`` and ``[alerts]``). The file is strict: a table
+or a key Cardline does not know is an error naming the file and the dotted key
 (``cardline.toml: polcy: unknown table``), so a typo fails at start-up instead of
 silently leaving a default in force.
 """
@@ -19,11 +19,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import ErrorDetails
 
 from db.engine import sqlite_url
 from db.secrets import Secret, SecretBox
+from schemas.alerts import AlertConfig
 from schemas.cpr import CprConfig
 from schemas.errors import ConfigurationError
 from schemas.expiry import ExpiryConfig
@@ -117,6 +126,13 @@ ENVIRONMENT: tuple[Variable, ...] = (
     Variable(
         "CARDLINE_TEST_REDIS", "redis://127.0.0.1:6379/0", "tests, benchmarks and chaos: Redis"
     ),
+    Variable(
+        "CARDLINE_WORKER_METRICS_PORT",
+        "none (off)",
+        "`cardline worker` serves dramatiq's Prometheus metrics on this port (PORT on every "
+        "interface, or HOST:PORT)",
+        "worker_metrics",
+    ),
     Variable("CI", "none", "true: a test whose service is missing fails instead of skipping"),
     Variable("SOFTHSM2_CONF", "none", "SoftHSM2's configuration (tests and ops.bench_pki set it)"),
     Variable("CUPS_SERVER", "none", "libcups' server, for a cups printer without printer.server"),
@@ -135,6 +151,7 @@ class ConfigFile(BaseModel):
     cpr: CprConfig = Field(default_factory=CprConfig)
     expiry: ExpiryConfig = Field(default_factory=ExpiryConfig)
     approvals: ApprovalSteps = Field(default_factory=ApprovalSteps)
+    alerts: AlertConfig = Field(default_factory=AlertConfig)
 
     @classmethod
     def read(cls, path: Path) -> ConfigFile:
@@ -185,6 +202,7 @@ class Settings(BaseModel):
     mail_from: str = "cardline@localhost"
     token: SecretStr | None = None
     token_file: Path = Path("~/.config/cardline/token")
+    worker_metrics: str | None = Field(None, pattern=r"^(?:[^\s:]+:)?[0-9]{1,5}$")
     file: ConfigFile = Field(default_factory=ConfigFile)
 
     @model_validator(mode="before")
@@ -195,6 +213,13 @@ class Settings(BaseModel):
         if isinstance(data, dict) and isinstance(data.get("log_level"), str):
             data = {**data, "log_level": data["log_level"].upper()}
         return data
+
+    @field_validator("worker_metrics")
+    @classmethod
+    def _a_port(cls, value: str | None) -> str | None:
+        if value is not None and not 0 < int(value.rpartition(":")[2]) < 65536:
+            raise ValueError("the port must be 1 to 65535")
+        return value
 
     def with_data_dir(self, data_dir: Path | None) -> Settings:
         return self if data_dir is None else self.model_copy(update={"data_dir": data_dir})
@@ -227,6 +252,19 @@ class Settings(BaseModel):
     def approvals(self) -> ApprovalSteps:
         """``[approvals]``: which lifecycle processes wait for an approver."""
         return self.file.approvals
+
+    @property
+    def alerts(self) -> AlertConfig:
+        """``[alerts]``: the limits past which an alert opens."""
+        return self.file.alerts
+
+    @property
+    def worker_metrics_address(self) -> tuple[str, int] | None:
+        """Where ``cardline worker`` serves dramatiq's metrics (None: it does not)."""
+        if self.worker_metrics is None:
+            return None
+        host, _, port = self.worker_metrics.rpartition(":")
+        return host or "0.0.0.0", int(port)  # noqa: S104  # a port alone: every interface, as dramatiq does
 
     def secret_box(self) -> SecretBox:
         if self.master_key is not None:

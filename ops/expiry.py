@@ -80,7 +80,5 @@ def report_lines(report: ExpiryReport) -> list[str]:
         lines.append(
             "temporary cards past their assignment: " + ", ".join(report.overdue_temp_cards)
         )
-        lines.append(
-            f"their holders' certificates revoked: {report.revoked_at_assignment_end}"
-        )
+        lines.append(f"their holders' certificates revoked: {report.revoked_at_assignment_end}")
     return lines

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+from rich.console import Group
 from rich.markup import escape
 from rich.table import Table
 
 from db.summary import LineSummary
+from schemas.alerts import Alert
 
 
 def summary_json(
@@ -34,6 +37,8 @@ def _counts_table(
 
 
 def _audit_chain(summary: LineSummary) -> str:
+    if summary.audit_chain_ok is None:
+        return "not verified here (`cardline status` or `cardline audit verify` does)"
     if not summary.audit_chain_ok:
         return f"[bold red]BROKEN[/] {escape(summary.audit_problem or '')}".rstrip()
     sealed = summary.audit_sealed_seq
@@ -111,3 +116,32 @@ def paths_table(paths: dict[str, str]) -> Table:
     for name, path in paths.items():
         table.add_row(name, path)
     return table
+
+
+SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow"}
+
+
+def alerts_table(alerts: Sequence[Alert]) -> Table:
+    table = Table(title=f"Open alerts ({len(alerts)})")
+    for col in ("severity", "alert", "subject", "since"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("what is wrong", ratio=1)
+    table.add_column("what to do", ratio=1)
+    for a in alerts:
+        style = SEVERITY_STYLE.get(a.severity.value, "")
+        table.add_row(
+            f"[{style}]{a.severity.value}[/]",
+            a.name,
+            escape(a.subject),
+            a.since.isoformat(timespec="seconds")[:19].replace("T", " "),
+            escape(a.detail),
+            escape(a.what_to_do),
+        )
+    return table
+
+
+def watch_view(summary: LineSummary, alerts: Sequence[Alert], *, at: str) -> Group:
+    """One frame of ``cardline status --watch``: the status tables and the open alerts."""
+    title = f"[bold]Cardline[/] at {at} (Ctrl-C to stop)"
+    alert_part: Any = alerts_table(alerts) if alerts else "[green]no open alerts[/]"
+    return Group(title, *summary_tables(summary), alert_part)

@@ -8,7 +8,8 @@
 set -euo pipefail
 demo=(python3-venv fonts-dejavu-core)
 stations=(gcc swig libpcsclite-dev pcscd libcups2-dev)
-test=(softhsm2 opensc vsmartcard-vpcd cups printer-driver-cups-pdf poppler-utils)
+# prometheus: for its promtool, which checks ops/monitoring/alerts.yml (test_monitoring).
+test=(softhsm2 opensc vsmartcard-vpcd cups printer-driver-cups-pdf poppler-utils prometheus)
 case "${1:-test}" in
   demo) packages=("${demo[@]}") ;;
   stations) packages=("${demo[@]}" "${stations[@]}") ;;

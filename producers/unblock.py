@@ -3,6 +3,10 @@ the holder reads it to the help desk, Cardline answers it with the card's admin 
 holder types the response into the card, which resets the PIN. The PIN letter's promise
 that the help desk can unblock a card rests on this.
 
+Or, with the card at an update desk, ``request_pin_reset``: the desk resets the PIN with
+the card's PUK (which the store keeps sealed) and the holder gets a new PIN letter; for
+a card without an admin key, or a holder who would rather bring the card in.
+
 Each answer is audited (``unblock`` on the card: who, which challenge's first digits,
 never the response or the key). A card that has no admin key, or is not in a state in
 which a holder uses it, is refused with ``StateConflict``.
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from db import updates
 from db.adminkey import challenge_bytes, compute_response
 from db.engine import Store
 from db.secrets import SecretBox, context
@@ -24,6 +29,18 @@ from schemas.states import CardState, TempCardState
 IN_HOLDERS_HANDS = frozenset(
     {CardState.ACTIVE, CardState.ISSUED, CardState.INACTIVE, TempCardState.ASSIGNED}
 )
+
+
+def request_pin_reset(store: Store, card: str, *, by: str) -> int:
+    """A PIN reset of ``card`` waiting for it at a desk; returns the update's id."""
+    with store.tx() as s:
+        cred = find_card(s, card, lock=True)
+        if cred.state not in IN_HOLDERS_HANDS or cred.puk_sealed is None:
+            raise StateConflict(
+                cred.machine.name, cred.id, "reset_pin", cred.state, sorted(IN_HOLDERS_HANDS)
+            )
+        row = updates.request_pin_reset(s, cred, by=by)
+        return row.id
 
 
 @dataclass(frozen=True)

@@ -149,6 +149,13 @@ class UnblockOut(BaseModel):
     response: str  # 16 hex digits the holder types into the card
 
 
+class PinResetOut(BaseModel):
+    """A PIN reset waiting for the card at an update desk."""
+
+    update_id: int
+    state: str  # "pending" until the desk applies it
+
+
 class CardCertificateOut(BaseModel):
     """One of a card's certificates: its state, and whether the chip carries it (only
     once written and read back)."""

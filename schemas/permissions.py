@@ -80,7 +80,9 @@ USE_CASES: tuple[UseCase, ...] = (
     _u("softtoken.password", "display a soft token's passphrase", (R.SOFTTOKEN_ADMIN,), "002"),
     _u("softtoken.read", "list soft tokens", (*READERS, R.SOFTTOKEN_ADMIN)),
     # the line
-    _u("line.status", "read the line's status", (*READERS, R.BUREAU, R.STATION)),
+    _u("line.status", "read the line's status", (*READERS, R.BUREAU, R.STATION, R.MONITORING)),
+    _u("alerts.read", "list the open alerts", (*READERS, R.MONITORING)),
+    _u("metrics.read", "scrape the line's metrics (Prometheus)", (R.OPERATOR, R.MONITORING)),
     _u("station.report", "a station reporting its work", (R.STATION,)),
     _u("approvals.read", "list what waits for a decision", (R.APPROVER, R.AUDITOR)),
     _u("attention.read", "list work that needs a person", READERS),

@@ -26,6 +26,7 @@ class Role(StrEnum):
     SELF_SERVICE = "self_service"  # a holder acting on their own credentials
     STATION = "station"  # a production station reporting in
     IDENTITY_SYSTEM = "identity_system"  # an IDMS submitting signed CPRs
+    MONITORING = "monitoring"  # a monitoring system (Prometheus): metrics, alerts, status
 
 
 ALL_ROLES = tuple(Role)

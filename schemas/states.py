@@ -103,6 +103,9 @@ class UpdateKind(StrEnum):
     ASSIGN = "assign"
     EXTEND = "extend"
     WIPE = "wipe"  # a withdrawn temporary card: every key erased, PIN and PUK rotated
+    # A PIN forgotten, changed and forgotten, or blocked: reset with the card's PUK at a
+    # desk, and a new PIN letter (seed 002 §5.3.10).
+    RESET_PIN = "reset_pin"
 
 
 class RequestState(StrEnum):

@@ -218,7 +218,16 @@ class UpdateDesk:
         done: list[tuple[int, str]] = []
         self.status = "updating"
         try:
-            self._open(chip.serial, pins, number)
+            try:
+                self._open(chip.serial, pins, number)
+            except DeviceFault as fault:
+                # The PIN does not open the card (forgotten and changed, or blocked): a
+                # PIN reset needs only the PUK, so it goes first; the rest waits for it.
+                resets = [(u, k) for u, k in todo if k == UpdateKind.RESET_PIN]
+                if not resets:
+                    raise
+                self._log.info("desk.pin_refused_reset_first", code=fault.code)
+                todo = resets[:1]
             for update_id, kind in todo:
                 state = self._apply(update_id, kind)
                 done.append((update_id, state))
@@ -231,6 +240,8 @@ class UpdateDesk:
             self.status = "idle"
             with contextlib.suppress(DeviceFault):
                 self.token.close()
+        if done and done[-1][1] == "applied" and len(done) < len(open_rows):
+            done += self.serve(chip)  # the PIN was reset: now the others
         return done
 
     def _open(self, serial: str, pins: list[Secret], number: str | None) -> None:
@@ -260,6 +271,8 @@ class UpdateDesk:
                 self._recover(update_id, row, log_)
             elif kind == UpdateKind.WIPE:
                 self._wipe(update_id, row, log_)
+            elif kind == UpdateKind.RESET_PIN:
+                self._reset_pin(update_id, row, log_)
             else:
                 raise DeviceFault(FaultKind.CHIP, f"this desk cannot apply a {kind} update")
         except DeviceFault as fault:
@@ -404,6 +417,24 @@ class UpdateDesk:
             )
             updates.apply_wipe(s, row_, station_id=self.config.station_id)
         log_.info("desk.wiped")
+
+    def _reset_pin(self, update_id: int, row: dict[str, Any], log_: Any) -> None:
+        """A new PIN set with the card's PUK (journalled sealed before the chip takes
+        it), the holder's letter to follow."""
+        cred_id = row["credential_id"]
+        journal = self._new_secrets(update_id, cred_id, row["journal"], ("pin",))
+        pin = self._open_pending(update_id, journal["new_pin_sealed"], "pin")
+        self._unblock(update_id, cred_id, journal, pin)
+        with self.store.tx() as s:
+            row_ = self._get(s, update_id)
+            updates.apply_new_secrets(
+                s,
+                row_,
+                station_id=self.config.station_id,
+                secrets={"pin": self._reseal(cred_id, pin, "pin")},
+            )
+            updates.apply_pin_reset(s, row_, station_id=self.config.station_id)
+        log_.info("desk.pin_reset")
 
     def _new_secrets(
         self, update_id: int, cred_id: int, journal: dict[str, Any], what: tuple[str, ...]

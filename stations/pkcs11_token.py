@@ -277,7 +277,8 @@ class Pkcs11Token:
     def open_card(self, serial: str, pin: Secret, *, card_number: str | None = None) -> None:
         """Take the produced card ``card_number`` (chip serial ``serial`` in the reader)
         and log in with ``pin``: what an update desk does. No token of that card is a
-        fault (CKR_TOKEN_NOT_PRESENT); a wrong PIN too (CKR_PIN_INCORRECT)."""
+        fault (CKR_TOKEN_NOT_PRESENT); a wrong PIN too (CKR_PIN_INCORRECT), after which
+        the card stays selected for ``unblock`` with its PUK."""
         if not card_number:
             raise _fault("the card's number is needed to find its token", _NO_BLANK)
         with _chip("card open"):
@@ -287,7 +288,8 @@ class Pkcs11Token:
             try:
                 session = self._login(pin)
             except p11.PinIncorrect:
-                self._end_card()
+                # The card stays selected without a session: the PUK still reaches it
+                # (``unblock``), as at a desk resetting a forgotten PIN.
                 raise _fault("the card refused its PIN", "CKR_PIN_INCORRECT") from None
             for usage in CertUsage:
                 self._promote(session, usage)

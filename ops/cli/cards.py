@@ -148,6 +148,22 @@ def card_unblock(app: CliContext, card_ref: str, challenge: str, who: Caller) ->
     click.echo(answer.response)
 
 
+@card.command("reset-pin")
+@click.argument("card_ref", metavar="CARD")
+@data_dir_option
+@pass_app
+@handle_errors
+@requires("card.unblock")
+def card_reset_pin(app: CliContext, card_ref: str, who: Caller) -> None:
+    """Reset CARD's PIN with its PUK when the holder next inserts it at an update desk
+    (help desk; a new PIN letter follows). For a card without an admin key, or a holder
+    who brings the card in."""
+    from producers.unblock import request_pin_reset
+
+    update_id = request_pin_reset(app.store(), card_ref, by=who.actor)
+    click.echo(f"PIN reset {update_id} waits for the card at a desk")
+
+
 @card.command("show")
 @click.argument("card_ref", metavar="CARD")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of tables.")

@@ -139,18 +139,34 @@ def run(
 
 
 @click.command()
+@click.option("--watch", is_flag=True, help="A live view, refreshed until Ctrl-C.")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.1),
+    default=1.0,
+    show_default=True,
+    help="Seconds between refreshes of --watch.",
+)
+@click.option("--count", type=click.IntRange(min=1), default=None, hidden=True)
 @data_dir_option
 @json_option
 @pass_app
 @handle_errors
-def status(app: CliContext, as_json: bool) -> None:
+def status(app: CliContext, watch: bool, interval: float, count: int | None, as_json: bool) -> None:
     """Counts by state, stations and queue depth (safe while the line runs); the audit
-    chain is verified, against its signed checkpoints too when the master key is here."""
+    chain is verified, against its signed checkpoints too when the master key is here.
+    With --watch, the same tables and the open alerts, live (the chain is not verified
+    on every refresh); --count stops after that many refreshes (tests)."""
     from db.checkpoints import CheckpointKey
     from db.summary import summarise
     from ops.render import summary_json, summary_tables
     from ops.store import held_master_box
 
+    if watch:
+        if as_json:
+            raise click.UsageError("--watch shows a live view: it takes no --json")
+        _watch(app, interval=interval, count=count)
+        return
     box = held_master_box(app.settings)
     key = CheckpointKey.from_box(box) if box is not None else None
     with app.store(readonly=True).read() as s:
@@ -160,6 +176,40 @@ def status(app: CliContext, as_json: bool) -> None:
         return
     for table in summary_tables(summary):
         app.out.print(table)
+
+
+def _watch(app: CliContext, *, interval: float, count: int | None) -> None:
+    """Refresh the status and the open alerts every ``interval`` seconds until Ctrl-C
+    (exit code 0) or ``count`` refreshes."""
+    import time
+
+    from rich.console import Group
+    from rich.live import Live
+
+    from db.alerts import open_alerts
+    from db.models import utcnow
+    from db.summary import summarise
+    from ops.render import watch_view
+
+    store = app.store(readonly=True)
+    config = app.settings.alerts
+
+    def frame() -> Group:
+        with store.read() as s:
+            summary = summarise(s, verify_audit=False)
+            alerts = open_alerts(s, config)
+        return watch_view(summary, alerts, at=utcnow().isoformat(timespec="seconds"))
+
+    shown = 0
+    try:
+        with Live(frame(), console=app.out, refresh_per_second=4, screen=False) as live:
+            shown = 1
+            while count is None or shown < count:
+                time.sleep(interval)
+                live.update(frame())
+                shown += 1
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how a watch ends
 
 
 COMMANDS = (demo, run, status)

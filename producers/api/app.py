@@ -23,6 +23,7 @@ from producers.api import (
     routes_console,
     routes_cpr,
     routes_life,
+    routes_monitoring,
     routes_pki,
     routes_principals,
     routes_users,
@@ -91,6 +92,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
             return summarise(s, verify_audit=False).as_dict()
 
     for module in (
+        routes_monitoring,
         routes_users,
         routes_cards,
         routes_life,

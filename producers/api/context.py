@@ -11,6 +11,7 @@ from fastapi import Query
 
 from db.engine import Store
 from db.secrets import SecretBox
+from schemas.alerts import AlertConfig
 from schemas.cpr import CprConfig
 from schemas.pki import PkiConfig
 from schemas.policy import ApprovalSteps, Policy
@@ -30,6 +31,8 @@ class ApiContext:
     cpr_keys: dict[str, Any] = field(default_factory=dict)
     # ``[approvals]``: the lifecycle processes that wait for an approver.
     approvals: ApprovalSteps = field(default_factory=ApprovalSteps)
+    # ``[alerts]``: the limits of GET /alerts and of the alerts GET /metrics counts.
+    alerts: AlertConfig = field(default_factory=AlertConfig)
 
 
 # A row id in a path: a positive 32-bit integer (larger ones cannot name a row, and

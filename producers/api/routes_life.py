@@ -18,6 +18,7 @@ from schemas.api import (
     IncidentIn,
     IncidentOut,
     LockIn,
+    PinResetOut,
     ReasonIn,
     StateOut,
     StockIn,
@@ -96,6 +97,17 @@ def unblock_card(
     """The response to the card's unblock challenge, from its admin key (audited)."""
     answer = unblock.unblock_response(ctx.store, ctx.box, card, body.challenge, by=who.actor)
     return UnblockOut(card_number=answer.card_number, response=answer.response)
+
+
+@router.post("/cards/{card}/pin-reset", status_code=202, tags=["cards"])
+def pin_reset(
+    card: str, ctx: Ctx, who: Annotated[Caller, Depends(Allow("card.unblock"))]
+) -> PinResetOut:
+    """A PIN reset with the card's PUK, done when the holder next inserts it at an
+    update desk; a new PIN letter follows."""
+    return PinResetOut(
+        update_id=unblock.request_pin_reset(ctx.store, card, by=who.actor), state="pending"
+    )
 
 
 @router.post("/cards/{card}/renew", tags=["cards"], response_model=StateOut, responses=HELD)

@@ -397,3 +397,25 @@ def _start_desk_if_needed(d: Desk) -> None:
     proc = d.line.procs.get("DESK1")
     if proc is None or proc.poll() is not None:
         _start_desk(d)
+
+
+def test_a_forgotten_pin_is_reset_with_the_puk_at_the_desk(desk):
+    d = desk
+    label = d._token_label(1)
+    # The holder changed the PIN and forgot the new one: the store's PIN no longer opens.
+    d.hsm.tool(
+        *("--token-label", label, "--login", "--pin", d.pin(1)),
+        *("--change-pin", "--new-pin", "999111"),
+    )
+    assert d.login_fails(1, d.pin(1))
+    applied = sum(u.state == "applied" for u in d.updates(1))
+    d.as_("hana", ["help_desk"], "card", "reset-pin", "1")
+    with CardSlots() as slots:
+        _start_desk_if_needed(d)
+        card = slots.insert(READER_1, serial=d.card(1).chip_serial or "")
+        d.wait_applied(1, applied + 1)
+        slots.remove(card)
+    assert d.updates(1)[-1].kind == "reset_pin"
+    assert d.login_fails(1, "999111")
+    objects = d.chip(1)  # the store's new PIN opens the card, every key still there
+    assert _cert_serials(objects) == {_norm(c.serial) for c in d.certificates(1) if c.on_chip}

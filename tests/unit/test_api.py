@@ -90,6 +90,8 @@ PUBLIC = None
 USE_CASES: dict[tuple[str, str], str | None] = {
     ("GET", "/health"): PUBLIC,
     ("GET", "/status"): "line.status",
+    ("GET", "/alerts"): "alerts.read",
+    ("GET", "/metrics"): "metrics.read",
     ("POST", "/users"): "user.create",
     ("GET", "/users"): "user.read",
     ("GET", "/users/{user}"): "user.read",
@@ -140,6 +142,7 @@ USE_CASES: dict[tuple[str, str], str | None] = {
     ("GET", "/batches/{batch_id}"): "batch.read",
     ("POST", "/cards/{card}/renew"): "card.renew",
     ("POST", "/cards/{card}/unblock"): "card.unblock",
+    ("POST", "/cards/{card}/pin-reset"): "card.unblock",
     ("PATCH", "/cards/{card}"): "card.edit",
     ("POST", "/cards/{card}/incidents"): "card.incident",
     ("GET", "/incidents"): "incident.read",

@@ -602,3 +602,65 @@ def test_an_assignment_that_ends_without_a_withdrawal_revokes_the_holders_certif
         ).revoked_at_assignment_end
         == 0
     )
+
+
+# --- a PIN reset with the PUK at the desk (point 6) ------------------------------------
+
+
+def _block_pin(world: World, card: Credential) -> None:
+    """The holder typed wrong PINs until the chip blocked it."""
+    chip = chip_of(world, card)
+    while chip.pin_tries_left:
+        chip.verify_pin(Secret("000000"))
+    with pytest.raises(DeviceFault, match="blocked"):
+        chip.verify_pin(Secret("000000"))
+    chip.close()
+
+
+def test_a_blocked_pin_is_reset_with_the_puk_at_the_desk_and_a_new_letter_follows(world):
+    from producers.unblock import request_pin_reset
+
+    card = first_card(world)
+    before = [(c.serial, c.state, c.on_chip) for c in certs(world, card.id)]
+    _block_pin(world, card)
+    update_id = request_pin_reset(world.store, str(card.id), by="helen")
+    assert insert(world, card) == [(update_id, "applied")]
+    reset = _fresh(world, card.id)
+    assert reset.pin_sealed != card.pin_sealed
+    assert reset.puk_sealed == card.puk_sealed  # the PUK is kept
+    chip = chip_of(world, reset)  # the new PIN opens the card
+    assert chip.pin_tries_left > 0
+    assert world.line.wait_drained(timeout_s=60)
+    assert _fresh(world, card.id).pin_letter_path is not None  # the new PIN's letter
+    # Every certificate stays as it was: only the PIN changed.
+    assert [(c.serial, c.state, c.on_chip) for c in certs(world, card.id)] == before
+
+
+def test_a_pin_reset_goes_first_when_the_pin_no_longer_opens_the_card(world):
+    from producers.unblock import request_pin_reset
+
+    card = first_card(world)
+    renew_card(world.store, str(card.id), by="olga")
+    _block_pin(world, card)
+    assert insert(world, card) == []  # the renewal cannot open the card
+    reset_id = request_pin_reset(world.store, str(card.id), by="helen")
+    done = insert(world, card)
+    assert done[0] == (reset_id, "applied")
+    assert [state for _, state in done] == ["applied", "applied"]  # then the renewal
+    renewed = [c for c in certs(world, card.id) if c.update_id is not None]
+    assert renewed
+    assert all(c.on_chip for c in renewed)
+
+
+def test_a_pin_reset_is_refused_twice_and_for_a_card_not_in_use(world):
+    from producers.unblock import request_pin_reset
+
+    card = first_card(world)
+    request_pin_reset(world.store, str(card.id), by="helen")
+    with pytest.raises(StateConflict, match="already waits"):
+        request_pin_reset(world.store, str(card.id), by="helen")
+    with world.store.read() as s:
+        other = s.scalars(select(Credential.id).where(Credential.id != card.id)).first()
+    lifecycle.lock_card(world.store, str(other), by="olga", reason="key_compromise")
+    with pytest.raises(StateConflict, match="reset_pin"):
+        request_pin_reset(world.store, str(other), by="helen")
