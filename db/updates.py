@@ -104,19 +104,46 @@ def _refuse_while_open(session: Session, cred: Credential, action: str) -> None:
         )
 
 
-def request_renewal(session: Session, cred: Credential, *, by: str) -> CardUpdate:
-    """A pending renewal of ``cred``: new keys on the chip for every usage whose key was
-    generated there, new certificates, the old ones erased and then revoked. Refused
-    (``StateConflict``) while another update of the card is open."""
+def request_renewal(
+    session: Session,
+    cred: Credential,
+    *,
+    by: str,
+    usages: Sequence[str] = (),
+    keep_keys: bool = False,
+    recover: Sequence[str] | None = None,
+) -> CardUpdate:
+    """A pending renewal of ``cred`` (seed 002 §5.3.5): for each of ``usages`` (default:
+    every usage whose key was generated on the chip) new keys on the chip, new
+    certificates, the old ones erased and then revoked; with ``keep_keys``, new
+    certificates for the keys the chip has (re-certification). With ``recover`` (escrowed
+    key serials; empty: all of them) the holder's earlier encryption keys are written in
+    the same visit, by a recovery update made in the same transaction. Refused
+    (``StateConflict``) while another update of the card is open; a usage that is not
+    renewable is ``ValidationFailed`` naming ``usages``."""
     _refuse_while_open(session, cred, "renew")
-    usages = generated_usages(session, cred.id)
-    if not usages:
+    renewable = generated_usages(session, cred.id)
+    if not renewable:
         raise StateConflict(
             "card", cred.id, "renew", cred.state, (), detail="the chip carries no key to renew"
         )
-    return _new_update(
-        session, cred, UpdateKind.RENEW, {"usages": usages}, by=by, what=", ".join(usages)
-    )
+    chosen = sorted(dict.fromkeys(usages)) or renewable
+    wrong = [u for u in chosen if u not in renewable]
+    if wrong:
+        raise ValidationFailed(
+            f"not renewable on this card: {', '.join(wrong)} (renewable: "
+            f"{', '.join(renewable)}; the escrowed encryption key is recovered, not renewed)",
+            field="usages",
+        )
+    plan: dict[str, Any] = {"usages": chosen}
+    if keep_keys:
+        plan["keep_keys"] = True
+    what = ", ".join(chosen) + (" (same keys)" if keep_keys else "")
+    row = _new_update(session, cred, UpdateKind.RENEW, plan, by=by, what=what)
+    if recover is not None:
+        session.flush()
+        _recovery(session, cred, by=by, serials=recover)
+    return row
 
 
 @dataclass(frozen=True)
@@ -166,6 +193,11 @@ def request_recovery(
     """A pending update writing the holder's escrowed keys named by certificate serial
     (all of them when ``serials`` is empty) onto the produced card ``cred``, beside its
     own keys. ``ValidationFailed`` naming a serial that is not one of the holder's."""
+    _refuse_while_open(session, cred, "recover_escrow")
+    return _recovery(session, cred, by=by, serials=serials)
+
+
+def _recovery(session: Session, cred: Credential, *, by: str, serials: Sequence[str]) -> CardUpdate:
     known = {k.serial: k for k in holder_escrowed_keys(session, cred)}
     if not known:
         raise PermanentError(f"the holder of card {cred.id} has no escrowed keys to recover")
@@ -175,7 +207,6 @@ def request_recovery(
         raise ValidationFailed(
             f"not an escrowed key of this card's holder: {', '.join(unknown)}", field="keys"
         )
-    _refuse_while_open(session, cred, "recover_escrow")
     keys = [{"credential_id": known[s].credential_id, "serial": s} for s in wanted]
     return _new_update(
         session, cred, UpdateKind.RECOVER, {"keys": keys}, by=by, what=f"{len(keys)} key(s)"

@@ -328,20 +328,43 @@ def search_cards(
     return Page(items=items, total=total, page=page, per_page=per_page)
 
 
-def renew_card(store: Store, card: str, *, by: str) -> str:
+def renew_card(
+    store: Store,
+    card: str,
+    *,
+    by: str,
+    usages: Sequence[str] = (),
+    keep_keys: bool = False,
+    recover: Sequence[str] | None = None,
+) -> str:
     """Renew the card: a pending update (``db.updates``) that, at the next insertion of
     the card at an update desk, generates new keys on the chip, writes their new
     certificates, erases the old keys and only then revokes the old certificates. The
-    PIN and PUK stay. The card stays ``active`` (its old certificates valid) meanwhile."""
+    PIN and PUK stay. The card stays ``active`` (its old certificates valid) meanwhile.
+
+    The options of seed 002 §5.3.5: ``usages`` chooses the certificates delivered
+    (default: every one whose key the chip made), ``keep_keys`` re-certifies the chip's
+    keys instead of making new ones, ``recover`` writes the holder's earlier escrowed
+    encryption keys in the same visit (serials; empty: all)."""
     with store.tx() as s:
-        return renew_card_in(s, card, by=by)
+        return renew_card_in(s, card, by=by, usages=usages, keep_keys=keep_keys, recover=recover)
 
 
-def renew_card_in(session: Session, card: str, *, by: str) -> str:
+def renew_card_in(
+    session: Session,
+    card: str,
+    *,
+    by: str,
+    usages: Sequence[str] = (),
+    keep_keys: bool = False,
+    recover: Sequence[str] | None = None,
+) -> str:
     """``renew_card`` inside the caller's transaction."""
     cred = find_card(session, card, lock=True)
     state = transition(session, cred, "renew", actor=by, reason="renewal requested")
-    updates.request_renewal(session, cred, by=by)
+    updates.request_renewal(
+        session, cred, by=by, usages=usages, keep_keys=keep_keys, recover=recover
+    )
     return state
 
 

@@ -213,7 +213,14 @@ PROCESSES: dict[str, Process] = {
     "card.renew": Process(
         "card",
         _card_key,
-        lambda s, t, _p, by, _policy: cards.renew_card_in(s, t, by=by),
+        lambda s, t, p, by, _policy: cards.renew_card_in(
+            s,
+            t,
+            by=by,
+            usages=p.get("usages") or (),
+            keep_keys=bool(p.get("keep_keys")),
+            recover=p.get("recover"),
+        ),
         lambda t, _p: f"renew the certificates of card {t}",
     ),
     "tempcard.assign": Process(

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.states import RevocationReason
+from schemas.states import CertUsage, RevocationReason
 
 Reason = Field(None, max_length=400)
 
@@ -147,6 +147,19 @@ class UnblockIn(_In):
 class UnblockOut(BaseModel):
     card_number: str
     response: str  # 16 hex digits the holder types into the card
+
+
+class RenewIn(BaseModel):
+    """A renewal's options (seed 002 §5.3.5); all may be left out."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # The certificates to deliver; empty: every one whose key the chip made.
+    usages: list[CertUsage] = Field(default_factory=list, max_length=3)
+    keep_keys: bool = False  # re-certify the chip's keys instead of new ones
+    # Escrowed keys of the holder's to write in the same visit (certificate serials;
+    # an empty list: all of them); null: none.
+    recover: list[str] | None = Field(default=None, max_length=100)
 
 
 class PinResetOut(BaseModel):

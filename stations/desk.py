@@ -315,7 +315,20 @@ class UpdateDesk:
         with self.store.read() as s:
             old = {c.serial: c.usage for c in updates.superseded(s, self._get(s, update_id))}
             card_number = s.get(Credential, cred_id).card_number  # type: ignore[union-attr]
-        # 1. new keys beside the old ones
+        # 1. new keys beside the old ones (or, re-certifying, the chip's own keys)
+        if "keys" not in journal and row["plan"].get("keep_keys"):
+            keys, csrs = {}, {}
+            for obj in self.token.objects():
+                if obj.cert_serial in old and obj.usage in usages and not obj.fresh:
+                    keys[obj.usage.value] = obj.key_id
+                    csrs[obj.usage.value] = self.token.make_csr(
+                        obj.key_id, f"{card_number} {obj.usage.value}"
+                    )
+            missing = [u.value for u in usages if u.value not in keys]
+            if missing:
+                raise DeviceFault(FaultKind.CHIP, f"no key on the chip to re-certify: {missing}")
+            journal = {**journal, "keys": keys, "csrs": csrs}
+            self._step(update_id, journal, "the chip's keys to re-certify: CSRs made")
         if "keys" not in journal:
             for obj in self.token.objects():
                 # Made by a desk killed before it could record them: beside an old key

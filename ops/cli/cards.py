@@ -9,6 +9,7 @@ import click
 
 from ops.cli.context import CliContext, data_dir_option, handle_errors, pass_app, requires
 from ops.cli.lifecycle import add_lifecycle_commands
+from schemas.states import CertUsage
 
 if TYPE_CHECKING:
     from producers.principals import Caller
@@ -120,14 +121,41 @@ def card_activate(app: CliContext, card_ref: str, who: Caller) -> None:
 
 @card.command("renew")
 @click.argument("card_ref", metavar="CARD")
+@click.option(
+    "--usage",
+    "usages",
+    multiple=True,
+    type=click.Choice([u.value for u in CertUsage]),
+    help="A certificate to deliver (repeat) [default: every one whose key the chip made].",
+)
+@click.option("--keep-keys", is_flag=True, help="Re-certify the chip's keys, no new keys.")
+@click.option(
+    "--recover",
+    "recover",
+    multiple=True,
+    metavar="SERIAL",
+    help="Also write this escrowed key of the holder's (repeat; see `escrow keys`).",
+)
+@click.option("--recover-all", is_flag=True, help="Also write every escrowed key of the holder's.")
 @data_dir_option
 @pass_app
 @handle_errors
 @requires("card.renew")
-def card_renew(app: CliContext, card_ref: str, who: Caller) -> None:
+def card_renew(
+    app: CliContext,
+    card_ref: str,
+    usages: tuple[str, ...],
+    keep_keys: bool,
+    recover: tuple[str, ...],
+    recover_all: bool,
+    who: Caller,
+) -> None:
     """Renew the active card CARD: new keys and certificates, written when the card is
     next at an update desk (the old ones stay valid until then; PIN and PUK kept)."""
-    app.perform(who, "card.renew", card_ref, {}, lambda state: state)
+    params: dict[str, object] = {"usages": list(usages), "keep_keys": keep_keys}
+    if recover or recover_all:
+        params["recover"] = [] if recover_all else list(recover)
+    app.perform(who, "card.renew", card_ref, params, lambda state: state)
 
 
 @card.command("unblock")

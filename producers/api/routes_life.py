@@ -20,6 +20,7 @@ from schemas.api import (
     LockIn,
     PinResetOut,
     ReasonIn,
+    RenewIn,
     StateOut,
     StockIn,
     StockOut,
@@ -111,9 +112,21 @@ def pin_reset(
 
 
 @router.post("/cards/{card}/renew", tags=["cards"], response_model=StateOut, responses=HELD)
-def renew(card: str, ctx: Ctx, who: Annotated[Caller, Depends(Allow("card.renew"))]) -> Any:
-    """A renewal: new keys and certificates, written when the card is next at a desk."""
-    return perform(ctx, who, "card.renew", card, {}, _state)
+def renew(
+    card: str,
+    ctx: Ctx,
+    who: Annotated[Caller, Depends(Allow("card.renew"))],
+    body: RenewIn | None = None,
+) -> Any:
+    """A renewal: new keys and certificates, written when the card is next at a desk
+    (options: which certificates, the same keys, escrowed keys recovered with it)."""
+    opts = body or RenewIn()
+    params = {
+        "usages": [u.value for u in opts.usages],
+        "keep_keys": opts.keep_keys,
+        "recover": opts.recover,
+    }
+    return perform(ctx, who, "card.renew", card, params, _state)
 
 
 @router.post("/cards/{card}/incidents", status_code=201, tags=["incidents"])

@@ -419,3 +419,23 @@ def test_a_forgotten_pin_is_reset_with_the_puk_at_the_desk(desk):
     assert d.login_fails(1, "999111")
     objects = d.chip(1)  # the store's new PIN opens the card, every key still there
     assert _cert_serials(objects) == {_norm(c.serial) for c in d.certificates(1) if c.on_chip}
+
+
+def test_a_re_certification_at_the_desk_keeps_the_keys_and_replaces_the_certificate(desk):
+    d = desk
+    before = d.chip(1)
+    applied = sum(u.state == "applied" for u in d.updates(1))
+    d.operator("card", "renew", "1", "--usage", "signature", "--keep-keys")
+    with CardSlots() as slots:
+        _start_desk_if_needed(d)
+        card = slots.insert(READER_1, serial=d.card(1).chip_serial or "")
+        d.wait_applied(1, applied + 1)
+        slots.remove(card)
+    update = d.updates(1)[-1]
+    (new,) = [c for c in d.certificates(1) if c.update_id == update.id]
+    assert new.usage == "signature"
+    after = d.chip(1)
+    assert {o["ID"] for o in _keys(after)} == {o["ID"] for o in _keys(before)}  # same keys
+    assert _cert_serials(after) == {_norm(c.serial) for c in d.certificates(1) if c.on_chip}
+    assert _norm(new.serial) in _cert_serials(after)
+    assert d.verify(new).strip().endswith("OK")

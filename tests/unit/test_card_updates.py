@@ -664,3 +664,109 @@ def test_a_pin_reset_is_refused_twice_and_for_a_card_not_in_use(world):
     lifecycle.lock_card(world.store, str(other), by="olga", reason="key_compromise")
     with pytest.raises(StateConflict, match="reset_pin"):
         request_pin_reset(world.store, str(other), by="helen")
+
+
+# --- the renewal's options (seed 002 §5.3.5): which certificates, same keys, recovery --
+
+
+def test_a_renewal_delivers_only_the_certificates_chosen(world):
+    card = first_card(world)
+    before = {c.usage: c.serial for c in certs(world, card.id) if c.on_chip}
+    renew_card(world.store, str(card.id), by="olga", usages=["signature"])
+    assert insert(world, card) == [(1, "applied")]
+    after = {c.usage: c for c in certs(world, card.id) if c.on_chip}
+    assert after["signature"].serial != before["signature"]
+    assert after["authentication"].serial == before["authentication"]  # untouched
+    assert after["authentication"].state == "valid"
+    chip = chip_of(world, card)
+    assert {o.cert_serial for o in chip.objects()} == {c.serial for c in after.values()}
+
+
+def test_a_re_certification_keeps_the_chips_keys_and_replaces_their_certificates(world):
+    card = first_card(world)
+    keys_before = {o.usage: o.key_id for o in chip_of(world, card).objects()}
+    old = [c for c in certs(world, card.id) if c.on_chip and c.usage != "encryption"]
+    renew_card(world.store, str(card.id), by="olga", keep_keys=True)
+    assert insert(world, card) == [(1, "applied")]
+    chip = chip_of(world, card)
+    assert {o.usage: o.key_id for o in chip.objects()} == keys_before  # the same keys
+    new = [c for c in certs(world, card.id) if c.update_id == 1]
+    assert sorted(c.usage for c in new) == ["authentication", "signature"]
+    assert {o.cert_serial for o in chip.objects() if o.usage != "encryption"} == {
+        c.serial for c in new
+    }
+    by_serial = {c.serial: c for c in certs(world, card.id)}
+    for c in old:
+        assert by_serial[c.serial].state == "revoked"
+        assert by_serial[c.serial].on_chip is False
+    for c in new:  # each new certificate is for the key the chip already had
+        key = next(o for o in chip.objects() if o.cert_serial == c.serial)
+        assert _spki(c.pem) == _spki_of_key(key.public_key_pem)
+
+
+def _spki_of_key(pem: str) -> bytes:
+    return serialization.load_pem_public_key(pem.encode()).public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def test_a_renewal_with_recovery_writes_the_holders_earlier_keys_in_the_same_visit(world):
+    _, second = _second_card(world)
+    renew_card(world.store, str(second.id), by="olga", recover=[])
+    with world.store.read() as s:
+        kinds = [(u.kind, u.state) for u in updates.open_updates(s, second.id)]
+    assert kinds == [("renew", "pending"), ("recover", "pending")]
+    done = insert(world, second)
+    assert [state for _, state in done] == ["applied", "applied"]
+    chip = chip_of(world, second)
+    assert sum(1 for o in chip.objects() if o.origin == "recovered") == 1
+
+
+def test_a_renewal_of_a_usage_the_chip_did_not_make_is_refused_naming_the_field(world):
+    card = first_card(world)
+    with pytest.raises(ValidationFailed) as err:
+        renew_card(world.store, str(card.id), by="olga", usages=["encryption"])
+    assert err.value.field == "usages"
+    with world.store.read() as s:
+        assert updates.open_updates(s, card.id) == []
+        assert s.get(Credential, card.id).state == "active"  # nothing half-done
+
+
+def test_the_renewal_options_work_from_the_cli(world):
+    card = first_card(world)
+    token = token_for(world.store, "olga", ["operator"])
+    result = CliRunner().invoke(
+        main,
+        [
+            *("card", "renew", str(card.id), "--usage", "signature", "--keep-keys"),
+            *("--data-dir", str(world.tmp / "data")),
+        ],
+        env={"CARDLINE_TOKEN": token},
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    with world.store.read() as s:
+        (row,) = updates.open_updates(s, card.id)
+        assert row.plan == {"usages": ["signature"], "keep_keys": True}
+
+
+def test_the_renewal_options_work_over_http_and_a_wrong_usage_names_the_field(world):
+    from tests.unit.test_api import _app
+
+    card = first_card(world)
+    client = _app(world.store, world.tmp)
+    headers = {"Authorization": f"Bearer {token_for(world.store, 'olga', ['operator'])}"}
+    wrong = client.post(f"/cards/{card.id}/renew", json={"usages": ["signing"]}, headers=headers)
+    assert wrong.status_code == 422
+    assert "usages" in wrong.text
+    done = client.post(
+        f"/cards/{card.id}/renew",
+        json={"usages": ["authentication"], "recover": None},
+        headers=headers,
+    )
+    assert done.status_code == 200, done.text
+    with world.store.read() as s:
+        (row,) = updates.open_updates(s, card.id)
+        assert row.plan == {"usages": ["authentication"]}
+    again = client.post(f"/cards/{card.id}/renew", headers=headers)
+    assert again.status_code == 409  # one update at a time
