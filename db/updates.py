@@ -54,13 +54,25 @@ def on_chip(session: Session, credential_id: int) -> Sequence[Certificate]:
 
 
 def generated_usages(session: Session, credential_id: int) -> list[str]:
-    """The usages whose keys were generated on the chip (not the escrowed key)."""
+    """The usages whose keys were generated on the chip (not the escrowed key, even
+    once re-certified by an update)."""
+    escrowed = session.scalar(
+        select(Credential.escrow_key_sealed.is_not(None)).where(Credential.id == credential_id)
+    )
     return sorted(
         {
             c.usage
             for c in on_chip(session, credential_id)
-            if c.attempt_id is not None or c.update_id is not None
+            if (c.attempt_id is not None or c.update_id is not None)
+            and not (escrowed and c.usage == CertUsage.ENCRYPTION)
         }
+    )
+
+
+def _escrowed_on_chip(session: Session, cred: Credential) -> bool:
+    """The card carries its escrowed encryption key (with a certificate on the chip)."""
+    return cred.escrow_key_sealed is not None and any(
+        c.usage == CertUsage.ENCRYPTION for c in on_chip(session, cred.id)
     )
 
 
@@ -128,11 +140,20 @@ def request_renewal(
             "card", cred.id, "renew", cred.state, (), detail="the chip carries no key to renew"
         )
     chosen = sorted(dict.fromkeys(usages)) or renewable
+    if keep_keys and _escrowed_on_chip(session, cred):
+        # The escrowed key is re-certified (a new certificate for the same key, which
+        # stays in escrow); a new escrowed key is not something a renewal makes.
+        renewable = sorted({*renewable, CertUsage.ENCRYPTION.value})
     wrong = [u for u in chosen if u not in renewable]
     if wrong:
+        hint = (
+            "; the escrowed encryption key is re-certified with keep_keys, never replaced"
+            if CertUsage.ENCRYPTION.value in wrong and not keep_keys
+            else ""
+        )
         raise ValidationFailed(
             f"not renewable on this card: {', '.join(wrong)} (renewable: "
-            f"{', '.join(renewable)}; the escrowed encryption key is recovered, not renewed)",
+            f"{', '.join(renewable)}{hint})",
             field="usages",
         )
     plan: dict[str, Any] = {"usages": chosen}
@@ -172,8 +193,8 @@ def holder_escrowed_keys(session: Session, cred: Credential) -> list[EscrowedKey
             Credential.id != cred.id,
             Credential.escrow_key_sealed.is_not(None),
             Certificate.attempt_id.is_(None),
-            Certificate.update_id.is_(None),
             Certificate.usage == CertUsage.ENCRYPTION,
+            # (a re-certified key's newest certificate is an update's)
         )
         .order_by(Credential.id, Certificate.id)
     ).all()

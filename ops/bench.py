@@ -33,6 +33,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import func, select
 
+from db import keys
 from db.engine import open_store
 from db.models import AuditEvent, Credential, User
 from db.secrets import SecretBox
@@ -51,7 +52,6 @@ from producers.batch_import import import_batch
 from producers.generate import write_users_csv
 from schemas.policy import Policy
 from schemas.states import CertUsage
-from workers import keys
 from workers.broker import WORKER_QUEUES, make_broker
 from workers.ca import CertificateAuthority, Holder
 

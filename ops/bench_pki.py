@@ -36,6 +36,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import func, select
 
+from db import keys
 from db.engine import Store
 from db.models import Certificate, Credential, User
 from db.secrets import SecretBox
@@ -47,7 +48,6 @@ from ops.store import open_migrated
 from schemas.messages import IssueCertificate
 from schemas.pki import CaConfig
 from schemas.states import CertUsage
-from workers import keys
 from workers.ca import ISSUING_KEY_CONTEXT, CertificateAuthority, hash_for
 from workers.pki import issue_certificate
 

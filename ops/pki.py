@@ -65,9 +65,9 @@ def export_escrow_pfx(
     under a one-time password generated here, returned once and stored nowhere. Under
     ``[approvals] escrow_export`` only as the collection of ``by``'s approved request
     ``request_id`` (spent by this export)."""
+    from db.keys import PrivateKey
     from producers.escrow import escrowed_key
     from workers.ca import CertificateAuthority
-    from workers.keys import PrivateKey
     from workers.p12 import build_p12, generate_passphrase
 
     box = settings.secret_box()

@@ -36,11 +36,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
+from cryptography.hazmat.primitives import serialization
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from db import outbox, production, updates, wakeups
+from db import keys, outbox, production, updates, wakeups
 from db.engine import Store, is_transient
 from db.models import CardUpdate, Certificate, Credential
 from db.secrets import Secret, SecretBox, context, random_digits
@@ -321,8 +322,11 @@ class UpdateDesk:
             for obj in self.token.objects():
                 if obj.cert_serial in old and obj.usage in usages and not obj.fresh:
                     keys[obj.usage.value] = obj.key_id
-                    csrs[obj.usage.value] = self.token.make_csr(
-                        obj.key_id, f"{card_number} {obj.usage.value}"
+                    name = f"{card_number} {obj.usage.value}"
+                    csrs[obj.usage.value] = (
+                        self._escrow_csr(cred_id, name)
+                        if obj.usage == CertUsage.ENCRYPTION
+                        else self.token.make_csr(obj.key_id, name)
                     )
             missing = [u.value for u in usages if u.value not in keys]
             if missing:
@@ -402,6 +406,18 @@ class UpdateDesk:
                     s, row_, station_id=self.config.station_id, secrets=secrets
                 )
         log_.info("desk.rekeyed", kind=kind, usages=[u.value for u in usages], revoked=revoked)
+
+    def _escrow_csr(self, cred_id: int, common_name: str) -> str:
+        """A CSR for the card's escrowed key, made with the escrowed copy (a key imported
+        for decryption need not sign on the chip)."""
+        with self.store.read() as s:
+            sealed = s.get(Credential, cred_id).escrow_key_sealed  # type: ignore[union-attr]
+        if sealed is None:
+            raise DeviceFault(FaultKind.CHIP, "the card has no escrowed key to re-certify")
+        pem = self.box.open(sealed, context=context("credential", cred_id, "escrow_key"))
+        key = serialization.load_pem_private_key(pem.reveal().encode(), password=None)
+        assert isinstance(key, keys.PrivateKey)  # escrowed keys are made by db.keys
+        return keys.csr_pem(key, common_name)
 
     def _wipe(self, update_id: int, row: dict[str, Any], log_: Any) -> None:
         """Erase every key and certificate from the chip and give it a new PIN and PUK

@@ -20,8 +20,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
+from db.keys import PrivateKey
 from db.secrets import Secret
-from workers.keys import PrivateKey
 
 _ALPHABET = "abcdefghjkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/l/I
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db import outbox
+from db import keys, outbox
 from db.models import Certificate, Credential, utcnow
 from db.secrets import context, random_digits
 from db.transition import transition
@@ -19,7 +19,6 @@ from schemas.card_numbers import mask_card_number
 from schemas.errors import PermanentError
 from schemas.messages import IssueCertificate, JobMessage, PrepareCard, ProduceCard
 from schemas.states import CardState, CertState, CertUsage
-from workers import keys
 from workers.context import WorkerContext
 
 log = structlog.get_logger(__name__)

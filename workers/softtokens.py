@@ -18,13 +18,13 @@ import datetime as dt
 import structlog
 from cryptography.hazmat.primitives import serialization
 
+from db import keys
 from db.files import atomic_write
 from db.models import Certificate, SoftToken, utcnow
 from db.secrets import context
 from db.transition import create, record, transition
 from schemas.messages import DeliverSoftToken, IssueSoftToken
 from schemas.states import CertState, SoftTokenState
-from workers import keys
 from workers.ca import Holder
 from workers.context import WorkerContext
 from workers.p12 import build_p12, generate_passphrase, hash_passphrase

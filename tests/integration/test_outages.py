@@ -237,9 +237,9 @@ def test_a_stray_certificate_that_does_not_fit_the_chip_is_revoked_and_costs_no_
     must not become the certificate a station writes to its chip."""
     from cryptography.hazmat.primitives import serialization
 
+    from db import keys
     from db.models import Certificate
     from db.transition import create
-    from workers import keys
     from workers.ca import Holder
 
     store = sqlite_store
@@ -285,8 +285,8 @@ def test_a_stray_certificate_that_does_not_fit_the_chip_is_revoked_and_costs_no_
 
 
 def test_a_request_naming_another_card_than_its_attempt_is_never_answered(ctx, sqlite_store):
+    from db import keys
     from db.models import Certificate
-    from workers import keys
 
     store = sqlite_store
     with store.tx() as s:

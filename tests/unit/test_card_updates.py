@@ -770,3 +770,27 @@ def test_the_renewal_options_work_over_http_and_a_wrong_usage_names_the_field(wo
         assert row.plan == {"usages": ["authentication"]}
     again = client.post(f"/cards/{card.id}/renew", headers=headers)
     assert again.status_code == 409  # one update at a time
+
+
+def test_the_escrowed_encryption_key_is_re_certified_never_replaced(world):
+    card = first_card(world)
+    with pytest.raises(ValidationFailed, match="re-certified with keep_keys"):
+        renew_card(world.store, str(card.id), by="olga", usages=["encryption"])
+    (old,) = [c for c in certs(world, card.id) if c.usage == "encryption"]
+    key_before = {o.usage: o.key_id for o in chip_of(world, card).objects()}
+    renew_card(world.store, str(card.id), by="olga", usages=["encryption"], keep_keys=True)
+    assert insert(world, card) == [(1, "applied")]
+    (new,) = [c for c in certs(world, card.id) if c.update_id == 1]
+    assert new.usage == "encryption"
+    assert _spki(new.pem) == _spki(old.pem)  # the same escrowed key
+    chip = chip_of(world, card)
+    assert {o.usage: o.key_id for o in chip.objects()} == key_before
+    enc = next(o for o in chip.objects() if o.usage == "encryption")
+    assert enc.cert_serial == new.serial
+    after = {c.serial: c for c in certs(world, card.id)}
+    assert after[old.serial].state == "revoked"
+    assert after[old.serial].on_chip is False
+    # The key stays escrowed and is no chip-made key: a plain renewal leaves it alone.
+    with world.store.read() as s:
+        assert updates.generated_usages(s, card.id) == ["authentication", "signature"]
+        assert s.get(Credential, card.id).escrow_key_sealed == card.escrow_key_sealed

@@ -10,13 +10,13 @@ from cryptography.hazmat.primitives import serialization
 from sqlalchemy import func, select
 from structlog.testing import capture_logs
 
+from db import keys
 from db.models import AuditEvent, Certificate, Credential, OutboxMessage, utcnow
 from db.secrets import context
 from schemas.messages import IssueCertificate, PrepareCard, SendPinLetter
 from schemas.policy import Policy
 from schemas.states import CertUsage
 from tests import factories
-from workers import keys
 from workers.ca import CertificateAuthority
 from workers.context import WorkerContext
 from workers.letters import mask_card_number

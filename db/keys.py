@@ -1,4 +1,5 @@
-"""Server-side key generation (escrowed encryption keys) and CSRs for them."""
+"""Server-side key generation (escrowed encryption keys) and CSRs for them (shared: the
+workers make escrowed keys, an update desk re-certifies one)."""
 
 from __future__ import annotations
 
