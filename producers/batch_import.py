@@ -55,6 +55,7 @@ from db.transition import record as record_change  # here a ``record`` is a CSV 
 from producers.approvals import approve_changing_cards
 from producers.users import EDITABLE
 from schemas.batch import LINE_NAME, BatchRow, describe_errors, header_columns, ignored_columns
+from schemas.csvcells import safe_row
 from schemas.errors import RETRY_AFTER_S, StateConflict, TransientError, ValidationFailed
 from schemas.messages import JobMessage, PrepareCard
 from schemas.policy import Policy
@@ -469,7 +470,8 @@ class _RejectSink:
     import commits); never created when no row is rejected.
 
     Columns: line, field, reason, then the file's own columns. UTF-8 with a BOM, so a
-    spreadsheet shows accented names right. Readable by the owner only: it holds
+    spreadsheet shows accented names right; a cell a spreadsheet would run as a formula
+    gets a leading quote (``schemas.csvcells``). Readable by the owner only: it holds
     personal data.
     """
 
@@ -488,9 +490,10 @@ class _RejectSink:
                     )
                 )
                 self._writer = csv.writer(fh)
-                self._writer.writerow(["line", "field", "reason", *self.header])
+                self._writer.writerow(safe_row(["line", "field", "reason", *self.header]))
             cells = [row.raw.get(name, "") for name in self.header]
-            self._writer.writerow([row.line, row.field or "", row.reason, *cells])
+            # The file's own cells are echoed: a spreadsheet must not run them.
+            self._writer.writerow(safe_row([row.line, row.field or "", row.reason, *cells]))
 
 
 class _NoReport(_RejectSink):

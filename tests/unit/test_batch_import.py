@@ -876,3 +876,26 @@ def test_the_api_answers_503_with_retry_after_when_the_store_is_busy(sqlite_stor
     assert response.json()["error"]["code"] == "unavailable"
     assert counts(sqlite_store)["users"] == 0
     assert _post(client, headers, _csv_bytes([person(1)])).status_code == 201
+
+
+def test_a_reject_report_never_hands_a_spreadsheet_a_formula_and_the_store_keeps_the_value(
+    store, tmp_path
+):
+    formulas = ["=cmd|' /C calc'!A0", "+1+1", "-2+3", "@SUM(A1)", "\tx", "\rx"]
+    rows = [
+        person(1, first_name=formulas[0], email="bad"),  # rejected: echoed in the report
+        person(2, org_unit="=HYPERLINK(\"http://x\")"),  # imported as it came
+        *(person(n + 3, title=f, email="also-bad") for n, f in enumerate(formulas[1:])),
+    ]
+    path = write_csv(tmp_path / "evil.csv", rows)
+
+    report = run(store, path)
+
+    assert report.cards_requested == 1
+    rejects = read_rejects(report.reject_report)
+    assert rejects[0]["first_name"] == "'" + formulas[0]
+    assert [r["title"] for r in rejects[1:]] == ["'" + f for f in formulas[1:]]
+    for row in rejects:
+        for cell in row.values():
+            assert not cell.startswith(("=", "+", "-", "@", "\t", "\r")), cell
+    assert users(store)["person2@example.org"].org_unit == '=HYPERLINK("http://x")'
