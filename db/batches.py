@@ -30,6 +30,14 @@ SETTLE: dict[str, str] = {
     BatchState.APPROVED: "approve",
     BatchState.REJECTED: "reject",
     BatchState.FAILED: "reject",
+    BatchState.CANCELLED: "cancel",
+}
+# The cards each settling takes: a cancelled batch also takes back its cards approved
+# or ready (not yet at a station); a card at a station finishes.
+SETTLES: dict[str, tuple[str, ...]] = {
+    "approve": (CardState.REQUESTED,),
+    "reject": (CardState.REQUESTED,),
+    "cancel": (CardState.REQUESTED, CardState.APPROVED, CardState.READY),
 }
 
 
@@ -49,7 +57,7 @@ def settle_chunk(session: Session, batch: BatchOrder, *, limit: int = CHUNK) -> 
         return 0
     stmt = (
         select(Credential.id)
-        .where(Credential.batch_id == batch.id, Credential.state == CardState.REQUESTED)
+        .where(Credential.batch_id == batch.id, Credential.state.in_(SETTLES[action]))
         .order_by(Credential.id)
         .limit(limit)
         # Two settlers (the decider and the reconciler) take different cards.
@@ -63,7 +71,7 @@ def settle_chunk(session: Session, batch: BatchOrder, *, limit: int = CHUNK) -> 
     actor = (
         (batch.approved_by or batch.requested_by)
         if action == "approve"
-        else _rejecter(session, batch)
+        else _decider(session, batch)
     )
     return transition_many(
         session,
@@ -71,14 +79,14 @@ def settle_chunk(session: Session, batch: BatchOrder, *, limit: int = CHUNK) -> 
         ids,
         action,
         actor=actor,
-        reason=batch.reason if action == "reject" else None,
+        reason=batch.reason if action != "approve" else None,
         changes={"user_changes": None} if action == "approve" else None,
         messages=_prepare if action == "approve" else None,
     )
 
 
-def _rejecter(session: Session, batch: BatchOrder) -> str:
-    # The batch's own rejection event names who rejected it (or the import that failed).
+def _decider(session: Session, batch: BatchOrder) -> str:
+    # The batch's own event names who rejected or cancelled it (or the import that failed).
     actor = session.scalar(
         select(AuditEvent.actor)
         .where(

@@ -30,6 +30,7 @@ from schemas.states import (
     APPROVAL_REQUEST,
     ATTEMPT,
     BATCH,
+    BUREAU_LINE,
     CARD,
     CARD_UPDATE,
     CERTIFICATE,
@@ -134,6 +135,8 @@ class User(Stateful, Base):
         # the uniqueness checks): indexed as they are compared.
         Index("ix_users_lower_email", text("lower(email)")),
         Index("ix_users_lower_upn", text("lower(upn)")),
+        # The console finds a card by its holder's name (migration 0019).
+        Index("ix_users_lower_last_name", text("lower(last_name)")),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -181,6 +184,9 @@ class BatchOrder(Stateful, Base):
     # Why the batch was rejected or its import failed: its cards still ``requested``
     # are rejected with it, a chunk at a time, with this reason (workers.waits).
     reason: Mapped[str | None] = mapped_column(String(500))
+    # Higher goes first at the stations; its cards carry a copy (``Credential.priority``)
+    # so a station's pick is one index read (``db.line_control``, migration 0019).
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
 
     credentials: Mapped[list[Credential]] = relationship(back_populates="batch")
 
@@ -203,6 +209,10 @@ class Credential(Stateful, Base):
     __table_args__ = (
         state_check(kinds=CREDENTIAL_KINDS),
         Index("ix_credentials_state_updated_at", "state", "updated_at"),
+        # A station's pick: the oldest ready card of the highest priority of its line;
+        # a batch's cards counted by state (migration 0019).
+        Index("ix_credentials_line_queue", "state", "line", "priority", "id"),
+        Index("ix_credentials_batch_state", "batch_id", "state"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -215,6 +225,11 @@ class Credential(Stateful, Base):
     valid_from: Mapped[dt.datetime | None]
     valid_until: Mapped[dt.datetime | None]
     attempt_count: Mapped[int] = mapped_column(Integer, default=0)
+    # The attempts made before the card's last retry (``retry``: failed -> approved):
+    # only the attempts after them count against ``max_attempts``.
+    attempt_base: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    # Copied from the batch (``cardline batch priority``): higher is claimed first.
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     # What a batch row asked to change on its holder, made when this card's request is
     # approved (never at import, never on reject).
     # None is SQL NULL (not JSON null): "no changes" is found with IS NULL.
@@ -277,6 +292,8 @@ class ProductionAttempt(Stateful, Base):
         # station (a station works on one blank at a time).
         _live_attempt_index("uq_live_attempt_per_credential", "credential_id"),
         _live_attempt_index("uq_live_attempt_per_station", "station_id"),
+        # The console's station page: blanks per station by outcome and fault (0019).
+        Index("ix_production_attempts_station_state", "station_id", "state", "fault"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -405,6 +422,20 @@ class Station(Base):
     heartbeat_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     cards_done: Mapped[int] = mapped_column(Integer, default=0)
     cards_spoiled: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class LinePause(Base):
+    """A line or a station paused by an operator (``db.line_control``): its stations
+    finish the card in hand and claim no new one until it is resumed (the row deleted).
+    Pausing and resuming are audited (``record``); this row is the flag they check."""
+
+    __tablename__ = "line_pauses"
+
+    scope: Mapped[str] = mapped_column(String(16), primary_key=True)  # "line" or "station"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    paused_by: Mapped[str] = mapped_column(String(100))
+    paused_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    reason: Mapped[str | None] = mapped_column(String(500))
 
 
 class AuditEvent(Base):
@@ -721,3 +752,62 @@ class CardUpdate(Stateful, Base):
     @property
     def machine(self) -> Machine:
         return CARD_UPDATE
+
+
+class BureauFile(Base):
+    """An order file sent to a service bureau or a delivery file received from one
+    (``schemas.bureau``): its id, its place in the bureau's sequence, its digest and its
+    counts. Never deleted: the sequence and the digests are how a replay is refused."""
+
+    __tablename__ = "bureau_files"
+    __table_args__ = (
+        UniqueConstraint("bureau", "kind", "sequence", name="uq_bureau_file_sequence"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    bureau: Mapped[str] = mapped_column(String(32))
+    kind: Mapped[str] = mapped_column(String(16))  # "order" or "delivery"
+    file_id: Mapped[str] = mapped_column(String(64), unique=True)
+    sequence: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    record_count: Mapped[int] = mapped_column(Integer)
+    produced_count: Mapped[int] = mapped_column(Integer, default=0)
+    rejected_count: Mapped[int] = mapped_column(Integer, default=0)
+    spoiled_blanks: Mapped[int] = mapped_column(Integer, default=0)
+    created_by: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    path: Mapped[str | None] = mapped_column(String(500))
+
+
+class BureauLine(Stateful, Base):
+    """One card in an order file: ``ordered`` until a delivery file says it was
+    produced (with its chip serial) or rejected (with a reason code)."""
+
+    __tablename__ = "bureau_lines"
+    __table_args__ = (
+        state_check(BUREAU_LINE),
+        # One order outstanding per card: exporting again never orders a card twice.
+        Index(
+            "uq_bureau_line_outstanding",
+            "credential_id",
+            unique=True,
+            sqlite_where=text("state = 'ordered'"),
+            postgresql_where=text("state = 'ordered'"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    order_line_id: Mapped[str] = mapped_column(String(64), unique=True)
+    bureau: Mapped[str] = mapped_column(String(32), index=True)
+    credential_id: Mapped[int] = mapped_column(ForeignKey("credentials.id"), index=True)
+    order_file_id: Mapped[int] = mapped_column(ForeignKey("bureau_files.id"), index=True)
+    delivery_file_id: Mapped[int | None] = mapped_column(ForeignKey("bureau_files.id"))
+    chip_serial: Mapped[str | None] = mapped_column(String(64))
+    card_serial: Mapped[str | None] = mapped_column(String(64))
+    atr: Mapped[str | None] = mapped_column(String(66))
+    reason: Mapped[str | None] = mapped_column(String(32))
+    delivered_at: Mapped[dt.datetime | None]
+
+    @property
+    def machine(self) -> Machine:
+        return BUREAU_LINE

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from db import outbox
+from db import line_control, outbox
 from db.models import Certificate, Credential, ProductionAttempt, Station, utcnow
 from db.transition import create, transition
+from schemas.errors import StateConflict
 from schemas.messages import ProduceCard, PublishCrl, SendPinLetter
 from schemas.states import (
     AttemptState,
@@ -41,10 +42,22 @@ def claim(
 
     Returns None when the credential is not ``ready`` (already produced, claimed by
     another station, cancelled): a duplicate or stale message, which is not an error.
+    A station paused, or on a paused line, is refused (``StateConflict``): it takes no
+    new card (``db.line_control``).
     """
     cred = session.get(Credential, credential_id, with_for_update=True)
     if cred is None or cred.state != CardState.READY:
         return None
+    paused = line_control.pause_of(session, station_id=station_id, line=cred.line)
+    if paused is not None:
+        raise StateConflict(
+            "station",
+            station_id,
+            "claim",
+            "paused",
+            ("running",),
+            detail=f"{paused.scope} {paused.name} paused by {paused.paused_by}",
+        )
     number = cred.attempt_count + 1
     transition(
         session,
@@ -190,8 +203,10 @@ def spoil(
     )
     if cred.state != CardState.PRODUCING:
         return cred.state
-    card_faults = _card_faults(session, cred.id)
-    if card_faults >= max_attempts or cred.attempt_count >= max_attempts * ATTEMPTS_CAP_FACTOR:
+    # Only the attempts since the card's last retry count (a retry is a new budget).
+    card_faults = _card_faults(session, cred.id, after=cred.attempt_base)
+    spent = cred.attempt_count - cred.attempt_base
+    if card_faults >= max_attempts or spent >= max_attempts * ATTEMPTS_CAP_FACTOR:
         # A failed card will never carry its escrowed encryption certificate either.
         revoke_all(
             session,
@@ -204,8 +219,7 @@ def spoil(
             cred,
             "fail",
             actor=actor,
-            reason=f"{card_faults} card or device faults in {cred.attempt_count} attempts;"
-            f" last: {fault}",
+            reason=f"{card_faults} card or device faults in {spent} attempts; last: {fault}",
         )
     return transition(
         session,
@@ -228,13 +242,14 @@ CARD_FAULTS = frozenset(
 ATTEMPTS_CAP_FACTOR = 4
 
 
-def _card_faults(session: Session, credential_id: int) -> int:
+def _card_faults(session: Session, credential_id: int, *, after: int = 0) -> int:
     return int(
         session.scalar(
             select(func.count())
             .select_from(ProductionAttempt)
             .where(
                 ProductionAttempt.credential_id == credential_id,
+                ProductionAttempt.number > after,
                 ProductionAttempt.state == AttemptState.SPOILED,
                 ProductionAttempt.fault.in_([str(f) for f in CARD_FAULTS]),
             )

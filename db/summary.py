@@ -115,6 +115,19 @@ def progress(session: Session) -> tuple[dict[str, int], int, int]:
     )
 
 
+def waiting_for_bureau(session: Session, lines: tuple[str, ...]) -> int:
+    """Ready cards on lines a service bureau makes: they wait for its next order file,
+    not for the line."""
+    if not lines:
+        return 0
+    stmt = (
+        select(func.count())
+        .select_from(Credential)
+        .where(Credential.state == CardState.READY, Credential.line.in_(lines))
+    )
+    return int(session.scalar(stmt) or 0)
+
+
 def blocked_in_production(session: Session) -> int:
     """Cards in production that wait for a person (an open attention item), not the line."""
     stmt = (

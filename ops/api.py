@@ -35,6 +35,8 @@ def build_app(settings: Settings) -> FastAPI:
         cpr_keys=load_identity_systems(settings.cpr),
         approvals=settings.approvals,
         alerts=settings.alerts,
+        bureaus=settings.bureaus,
+        bureau_dir=settings.data_dir / "bureaus",
     )
     return create_app(ctx)
 

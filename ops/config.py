@@ -13,6 +13,7 @@ silently leaving a default in force.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from pydantic_core import ErrorDetails
 from db.engine import sqlite_url
 from db.secrets import Secret, SecretBox
 from schemas.alerts import AlertConfig
+from schemas.bureau import BureauConfig
 from schemas.cpr import CprConfig
 from schemas.errors import ConfigurationError
 from schemas.expiry import ExpiryConfig
@@ -152,6 +154,23 @@ class ConfigFile(BaseModel):
     expiry: ExpiryConfig = Field(default_factory=ExpiryConfig)
     approvals: ApprovalSteps = Field(default_factory=ApprovalSteps)
     alerts: AlertConfig = Field(default_factory=AlertConfig)
+    bureaus: dict[str, BureauConfig] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _bureau_lines(self) -> ConfigFile:
+        if self.policy.bureau_lines:
+            raise ValueError("policy.bureau_lines: set by the lines of [bureaus.NAME]")
+        seen: dict[str, str] = {}
+        for name, bureau in self.bureaus.items():
+            if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,31}", name):
+                raise ValueError(f"bureaus.{name}: a name of a-z, 0-9, '-' or '_'")
+            for line in bureau.lines:
+                if line in seen:
+                    raise ValueError(
+                        f"bureaus.{name}.lines: line {line!r} is already {seen[line]}'s"
+                    )
+                seen[line] = name
+        return self
 
     @classmethod
     def read(cls, path: Path) -> ConfigFile:
@@ -230,8 +249,16 @@ class Settings(BaseModel):
 
     @property
     def policy(self) -> Policy:
-        """``[policy]``: the issuance options."""
-        return self.file.policy
+        """``[policy]``: the issuance options (with the lines routed to bureaus)."""
+        lines = tuple(line for b in self.file.bureaus.values() for line in b.lines)
+        if not lines:
+            return self.file.policy
+        return self.file.policy.model_copy(update={"bureau_lines": lines})
+
+    @property
+    def bureaus(self) -> dict[str, BureauConfig]:
+        """``[bureaus.NAME]``: the service bureaus Cardline orders cards from."""
+        return self.file.bureaus
 
     @property
     def pki(self) -> PkiConfig:

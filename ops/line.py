@@ -21,7 +21,7 @@ from db.checkpoints import CheckpointKey
 from db.engine import Store
 from db.files import atomic_write
 from db.secrets import SecretBox
-from db.summary import LineSummary, blocked_in_production, progress, summarise
+from db.summary import LineSummary, blocked_in_production, progress, summarise, waiting_for_bureau
 from ops.config import Settings
 from ops.store import open_checked
 from schemas.policy import Policy
@@ -239,7 +239,7 @@ class EmbeddedLine:
         while True:
             with self.store.read() as s:
                 cards, unsent, letters = progress(s)
-                blocked = blocked_in_production(s)
+                blocked = blocked_in_production(s) + waiting_for_bureau(s, self.policy.bureau_lines)
                 waiting_updates = self.options.desk and bool(updates.card_with_pending(s, limit=1))
             elapsed = time.monotonic() - start
             if on_progress:

@@ -9,7 +9,9 @@ set -euo pipefail
 demo=(python3-venv fonts-dejavu-core)
 stations=(gcc swig libpcsclite-dev pcscd libcups2-dev)
 # prometheus: for its promtool, which checks ops/monitoring/alerts.yml (test_monitoring).
-test=(softhsm2 opensc vsmartcard-vpcd cups printer-driver-cups-pdf poppler-utils prometheus)
+# chromium, chromium-driver: the console's browser test (tests/unit/test_console_browser.py).
+test=(softhsm2 opensc vsmartcard-vpcd cups printer-driver-cups-pdf poppler-utils prometheus
+  chromium chromium-driver)
 case "${1:-test}" in
   demo) packages=("${demo[@]}") ;;
   stations) packages=("${demo[@]}" "${stations[@]}") ;;

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from db import outbox, updates
 from db.engine import Store
-from db.models import BatchOrder, CardUpdate, Certificate, Credential, User
+from db.models import BatchOrder, BureauLine, CardUpdate, Certificate, Credential, User
 from db.transition import create, record, transition
 from producers.lookup import find_card, find_user
 from producers.principals import check_four_eyes
@@ -285,9 +285,26 @@ def cancel_card(store: Store, card: str, *, by: str, reason: str | None = None) 
 
 
 def activate_card(store: Store, card: str, *, by: str) -> str:
-    """``issued -> active``: the separate activation step, when the policy has one."""
+    """``issued -> active``: the separate activation step, when the policy has one. A
+    card a service bureau delivered is refused: its chip carries nothing of Cardline's
+    until a desk personalises it, and the store must not say otherwise."""
     with store.tx() as s:
         cred = find_card(s, card, lock=True)
+        from_bureau = s.scalar(
+            select(BureauLine.id).where(
+                BureauLine.credential_id == cred.id, BureauLine.state == "produced"
+            )
+        )
+        if from_bureau is not None and not updates.on_chip(s, cred.id):
+            raise StateConflict(
+                cred.machine.name,
+                cred.id,
+                "activate",
+                cred.state,
+                (),
+                detail="a bureau's card is activated at an update desk, which writes its "
+                "chip (not built yet)",
+            )
         return transition(s, cred, "activate", actor=by, reason="card activated")
 
 

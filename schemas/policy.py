@@ -79,6 +79,10 @@ class Policy(BaseModel):
     deactivation_reasons: tuple[str, ...] = ()
     # PIN letters: written as PDF for printing, or also mailed to the holder.
     pin_letter_delivery: Literal["print", "mail"] = "print"
+    # Production lines whose cards a service bureau makes (the lines of [bureaus.NAME],
+    # filled in from there: not set in [policy]). Their ready cards go into order
+    # files, never to a station's queue.
+    bureau_lines: tuple[str, ...] = ()
 
     @property
     def on_card_usages(self) -> tuple[CertUsage, ...]:

@@ -15,6 +15,7 @@ class CardState(StrEnum):
     APPROVED = "approved"
     READY = "ready"
     PRODUCING = "producing"
+    AT_BUREAU = "at_bureau"  # in an order file a service bureau is producing
     ISSUED = "issued"
     ACTIVE = "active"
     INACTIVE = "inactive"
@@ -68,6 +69,9 @@ class BatchState(StrEnum):
     # An import that did not finish (refused part-way or interrupted): its cards are
     # rejected and the file may be imported again.
     FAILED = "failed"
+    # Withdrawn by an operator: its cards not yet at a station are cancelled with it
+    # (those at a station finish).
+    CANCELLED = "cancelled"
 
 
 class SoftTokenState(StrEnum):
@@ -93,6 +97,14 @@ class UpdateState(StrEnum):
     APPLIED = "applied"  # the chip carries it, read back
     FAILED = "failed"  # the chip refused it (a fault of the card): nothing half-done kept
     CANCELLED = "cancelled"  # no longer wanted (the card was locked, the holder left)
+
+
+class BureauLineState(StrEnum):
+    """One card in a service bureau's order file (schemas.bureau)."""
+
+    ORDERED = "ordered"  # in an order file, not yet in a delivery file
+    PRODUCED = "produced"  # delivered: the card exists, bound to its chip serial
+    REJECTED = "rejected"  # the bureau could not make it (a reason code)
 
 
 class UpdateKind(StrEnum):
@@ -254,7 +266,17 @@ CARD = Machine(
         _e("complete_issued", C.PRODUCING, C.ISSUED),
         _e("fault", C.PRODUCING, C.READY),
         _e("fail", C.PRODUCING, C.FAILED),
+        # An operator gives a failed card a new attempt budget: it is prepared again
+        # (its certificates were revoked when it failed) and queued on a new blank.
+        _e("retry", C.FAILED, C.APPROVED),
         _e("activate", C.ISSUED, C.ACTIVE),
+        # A service bureau (schemas.bureau): ordered in an order file, then delivered
+        # (bound to its chip serial, issued: activated at a desk), or rejected by the
+        # bureau and ordered again or failed, per the reason's policy.
+        _e("export", C.READY, C.AT_BUREAU),
+        _e("deliver", C.AT_BUREAU, C.ISSUED),
+        _e("reorder", C.AT_BUREAU, C.READY),
+        _e("bureau_fail", C.AT_BUREAU, C.FAILED),
         _e("deactivate", C.ACTIVE, C.INACTIVE),
         _e("reactivate", C.INACTIVE, C.ACTIVE),
         _e("lock", (C.ISSUED, C.ACTIVE, C.INACTIVE), C.LOCKED),
@@ -280,6 +302,7 @@ TEMP_CARD = Machine(
         _e("complete", T.PRODUCING, T.UNASSIGNED),
         _e("fault", T.PRODUCING, T.READY),
         _e("fail", T.PRODUCING, T.FAILED),
+        _e("retry", T.FAILED, T.APPROVED),
         _e("assign", T.UNASSIGNED, T.ASSIGNED),
         _e("withdraw", T.ASSIGNED, T.UNASSIGNED),
         _e("extend", T.ASSIGNED, T.ASSIGNED),
@@ -335,6 +358,7 @@ BATCH = Machine(
         _e("abandon", B.IMPORTING, B.FAILED),
         _e("approve", B.REQUESTED, B.APPROVED),
         _e("reject", B.REQUESTED, B.REJECTED),
+        _e("cancel", (B.REQUESTED, B.APPROVED), B.CANCELLED),
     ),
 )
 
@@ -396,6 +420,17 @@ CARD_UPDATE = Machine(
     ),
 )
 
+BL = BureauLineState
+BUREAU_LINE = Machine(
+    name="bureau_line",
+    states=frozenset(BL),
+    initial=frozenset({BL.ORDERED}),
+    edges=(
+        _e("deliver", BL.ORDERED, BL.PRODUCED),
+        _e("reject", BL.ORDERED, BL.REJECTED),
+    ),
+)
+
 MACHINES: dict[str, Machine] = {
     m.name: m
     for m in (
@@ -409,6 +444,7 @@ MACHINES: dict[str, Machine] = {
         INCIDENT,
         APPROVAL_REQUEST,
         CARD_UPDATE,
+        BUREAU_LINE,
     )
 }
 
@@ -416,5 +452,5 @@ MACHINES: dict[str, Machine] = {
 IN_PRODUCTION = frozenset({C.APPROVED, C.READY, C.PRODUCING})
 # States in which a credential counts against the per-user card limit.
 LIVE_CARD_STATES = frozenset(
-    {C.REQUESTED, C.APPROVED, C.READY, C.PRODUCING, C.ISSUED, C.ACTIVE, C.INACTIVE}
+    {C.REQUESTED, C.APPROVED, C.READY, C.PRODUCING, C.AT_BUREAU, C.ISSUED, C.ACTIVE, C.INACTIVE}
 )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import threading
 import time
 import uuid
@@ -28,7 +29,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from db import attention, outbox, production, wakeups
+from db import attention, line_control, outbox, production, wakeups
 from db.engine import Store, is_transient
 from db.models import Certificate, Credential, ProductionAttempt
 from db.secrets import Secret, SecretBox, context
@@ -99,12 +100,13 @@ class NotFinishable(Exception):
 
 
 # What a station is doing, as ``cardline status`` shows it.
-IDLE, BUSY, WAITING_FOR_PKI, WAITING_FOR_STORE, OFFLINE = (
+IDLE, BUSY, WAITING_FOR_PKI, WAITING_FOR_STORE, OFFLINE, PAUSED = (
     "idle",
     "busy",
     "waiting_for_pki",
     "waiting_for_store",
     "offline",
+    "paused",
 )
 
 
@@ -184,9 +186,17 @@ class Station:
         consumer = self.broker.consume(queue, prefetch=1, timeout=200)
         try:
             while not stop.is_set():
+                # A paused station (or line) takes nothing from its queue; a message
+                # taken just before the pause is held until it is resumed.
+                if self._wait_while_paused(stop):
+                    continue
                 message = next(consumer)
                 if message is None:
                     continue
+                while self._wait_while_paused(stop) and not stop.is_set():
+                    pass
+                if stop.is_set():
+                    break  # not acked: the broker (or the reconciler) gives it to another
                 self._handle(message.args[0])
                 # Acked whatever happened: the store, not the broker, remembers
                 # unfinished work, and the reconciler re-drives it.
@@ -195,10 +205,52 @@ class Station:
             with contextlib.suppress(Exception):  # the connection may be gone already
                 consumer.close()
 
+    def _paused(self) -> bool:
+        with self.store.read() as s:
+            held = line_control.pause_of(
+                s, station_id=self.config.station_id, line=self.config.line
+            )
+            return held is not None
+
+    def _wait_while_paused(self, stop: threading.Event) -> bool:
+        """True (after waiting ``poll_s``) while the station or its line is paused: it
+        shows ``paused`` and takes no card; False at once when it is not."""
+        try:
+            paused = self._with_store(self._paused, deadline=None)
+        except Exception:
+            self._log.exception("station.pause_check_failed")
+            paused = False
+        if not paused:
+            if self.status == PAUSED:
+                self.status = IDLE
+                self._log.info("station.resumed")
+                with contextlib.suppress(DBAPIError):
+                    self._beat()
+            return False
+        if self.status != PAUSED:
+            self.status = PAUSED
+            self._log.info("station.paused")
+            with contextlib.suppress(DBAPIError):
+                self._beat()  # show it now, not at the next heartbeat
+        stop.wait(self.config.poll_s)
+        return True
+
+    def _next_card(self, credential_id: int) -> int:
+        """The card to produce for a message about ``credential_id``: the highest
+        priority ready card of the line (``db.line_control``), that one when equal."""
+        with self.store.read() as s:
+            found = line_control.next_card(s, self.config.line, preferred=credential_id)
+        return credential_id if found is None else found
+
     def _handle(self, payload: dict[str, object]) -> None:
         try:
             job = PRODUCE_JOB.validate_python(payload)
-            self.produce(job.credential_id)
+            # A lost race for the picked card: pick again (another card may be ready).
+            for _ in range(3):
+                pick = functools.partial(self._next_card, job.credential_id)
+                picked = self._with_store(pick, deadline=None)
+                if self.produce(picked) is not None or picked == job.credential_id:
+                    break
         except Exception:
             # A bug or a store outage: the card (if claimed) keeps its lease until it
             # expires and the reconciler queues it again; the station carries on.

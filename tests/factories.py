@@ -10,6 +10,8 @@ from sqlalchemy.orm import Session
 from db.models import (
     ApprovalRequest,
     BatchOrder,
+    BureauFile,
+    BureauLine,
     CardUpdate,
     Certificate,
     Credential,
@@ -142,6 +144,31 @@ def card_update(session: Session, state: str = "pending") -> CardUpdate:
     return row
 
 
+def bureau_line(session: Session, state: str = "ordered") -> BureauLine:
+    n = next(_seq)
+    order = BureauFile(
+        bureau="east",
+        kind="order",
+        file_id=f"order-{n}",
+        sequence=n,
+        sha256=f"{n:064x}",
+        record_count=1,
+        created_by="tests",
+    )
+    session.add(order)
+    session.flush()
+    row = BureauLine(
+        state=state,
+        order_line_id=f"line-{n}",
+        bureau="east",
+        credential_id=credential(session, "at_bureau").id,
+        order_file_id=order.id,
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
 def entity(session: Session, machine: str, state: str) -> Stateful:
     """A row governed by ``machine`` in ``state``."""
     makers = {
@@ -155,5 +182,6 @@ def entity(session: Session, machine: str, state: str) -> Stateful:
         "incident": lambda: incident(session, state),
         "approval_request": lambda: approval_request(session, state),
         "card_update": lambda: card_update(session, state),
+        "bureau_line": lambda: bureau_line(session, state),
     }
     return makers[machine]()

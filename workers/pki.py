@@ -109,7 +109,13 @@ def issue_certificate(ctx: WorkerContext, job: IssueCertificate) -> None:
             # The escrowed key was the last server-side part: the card is ready now.
             cred = s.get(Credential, job.credential_id, with_for_update=True)
             if cred is not None and cred.state == CardState.APPROVED:
-                make_ready(s, cred, actor="worker:pki", reason="escrow certificate issued")
+                make_ready(
+                    s,
+                    cred,
+                    actor="worker:pki",
+                    reason="escrow certificate issued",
+                    policy=ctx.policy,
+                )
     log.info(
         "pki.issued",
         credential_id=job.credential_id,

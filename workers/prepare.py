@@ -18,6 +18,7 @@ from db.transition import transition
 from schemas.card_numbers import mask_card_number
 from schemas.errors import PermanentError
 from schemas.messages import IssueCertificate, JobMessage, PrepareCard, ProduceCard
+from schemas.policy import Policy
 from schemas.states import CardState, CertState, CertUsage
 from workers.context import WorkerContext
 
@@ -118,7 +119,8 @@ def _prepare(ctx: WorkerContext, cid: int) -> None:
                 messages=messages,
             )
         else:
-            messages.append(ProduceCard(credential_id=cid, line=cred.line))
+            if cred.line not in ctx.policy.bureau_lines:  # a bureau's: in its next order
+                messages.append(ProduceCard(credential_id=cid, line=cred.line))
             transition(
                 s, cred, "prepare", actor="worker:prepare", changes=changes, messages=messages
             )
@@ -155,16 +157,18 @@ def _make_ready(ctx: WorkerContext, cid: int, *, reason: str) -> None:
     with ctx.store.tx() as s:
         cred = s.get(Credential, cid, with_for_update=True)
         if cred is not None and cred.state == CardState.APPROVED:
-            make_ready(s, cred, actor="worker:prepare", reason=reason)
+            make_ready(s, cred, actor="worker:prepare", reason=reason, policy=ctx.policy)
 
 
-def make_ready(s: Session, cred: Credential, *, actor: str, reason: str) -> None:
-    """approved -> ready, and the card goes to its line's queue."""
+def make_ready(s: Session, cred: Credential, *, actor: str, reason: str, policy: Policy) -> None:
+    """approved -> ready, and the card goes to its line's queue (a bureau's line: to the
+    bureau's next order file, ``producers.bureaus``)."""
+    to_line = cred.line not in policy.bureau_lines
     transition(
         s,
         cred,
         "prepare",
         actor=actor,
         reason=reason,
-        messages=[ProduceCard(credential_id=cred.id, line=cred.line)],
+        messages=[ProduceCard(credential_id=cred.id, line=cred.line)] if to_line else [],
     )

@@ -218,6 +218,8 @@ def _escrow(r: Reconcile) -> int:
 
 def _ready(r: Reconcile) -> int:
     where = [Credential.state == CardState.READY]
+    if r.policy.bureau_lines:  # a bureau's cards wait for its next order file
+        where.append(Credential.line.not_in(r.policy.bureau_lines))
     if not r.everything:
         # Lost, not merely queued: a station of the card's line is idle while the card
         # waits. While every station is busy the card is most likely in the queue, and
@@ -300,10 +302,14 @@ def _batch_import(r: Reconcile) -> int:
 
 def _batch_decision(r: Reconcile) -> int:
     """Settle the cards still ``requested`` of every decided batch whose decider did
-    not finish (approved, rejected, or failed with the batch)."""
+    not finish (approved, rejected, or failed with the batch), and the cards not yet at
+    a station of a cancelled one."""
     cutoff = r.cutoff(r.stall.approved_s)
     waiting = select(Credential.batch_id).where(
         Credential.state == CardState.REQUESTED, Credential.batch_id.is_not(None)
+    )
+    cancelling = select(Credential.batch_id).where(
+        Credential.state.in_(batches.SETTLES["cancel"]), Credential.batch_id.is_not(None)
     )
     with r.store.read() as s:
         ids = list(
@@ -312,7 +318,13 @@ def _batch_decision(r: Reconcile) -> int:
                 .where(
                     BatchOrder.state.in_(sorted(batches.SETTLE)),
                     BatchOrder.updated_at < cutoff,
-                    BatchOrder.id.in_(waiting),
+                    or_(
+                        BatchOrder.id.in_(waiting),
+                        and_(
+                            BatchOrder.state == BatchState.CANCELLED,
+                            BatchOrder.id.in_(cancelling),
+                        ),
+                    ),
                 )
                 .order_by(BatchOrder.id)
                 .limit(BATCH)
@@ -508,12 +520,13 @@ WAITS: tuple[Wait, ...] = (
     ),
     Wait(
         "batch decision",
-        "batch approved, rejected or `failed` with cards still `requested`",
+        "batch approved, rejected or `failed` with cards still `requested`, or"
+        " `cancelled` with cards not yet at a station",
         "none: whoever decided the batch settles its cards a thousand per transaction",
-        "the approver's (or importer's) process",
+        "the approver's (or importer's, or canceller's) process",
         f"the batch unchanged for `approved_s` ({StallPolicy.approved_s:g} s)",
-        "settles the rest (`db.batches.settle`): approved with PrepareCard, or rejected"
-        " with the batch's reason",
+        "settles the rest (`db.batches.settle`): approved with PrepareCard, rejected"
+        " with the batch's reason, or cancelled",
         _batch_decision,
     ),
     Wait(

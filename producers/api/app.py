@@ -19,16 +19,19 @@ from producers.api import (
     errors,
     routes_approvals,
     routes_batches,
+    routes_bureaus,
     routes_cards,
     routes_console,
     routes_cpr,
     routes_life,
+    routes_line,
     routes_monitoring,
     routes_pki,
     routes_principals,
     routes_users,
 )
 from producers.api.auth import Allow, context
+from producers.api.console import pages as console_pages
 from producers.api.context import ApiContext
 from producers.principals import Caller
 from schemas.roles import Role
@@ -97,13 +100,17 @@ def create_app(ctx: ApiContext) -> FastAPI:
         routes_cards,
         routes_life,
         routes_batches,
+        routes_bureaus,
         routes_pki,
         routes_cpr,
         routes_console,
         routes_approvals,
+        routes_line,
+        console_pages,
         routes_principals,
     ):
         _mark_roles(api_routes(module.router.routes))
         app.include_router(module.router)
+    console_pages.install(app)  # the console's static files and its login redirect
     _mark_roles(r for r in app.router.routes if isinstance(r, APIRoute))
     return app

@@ -12,6 +12,7 @@ from fastapi import Query
 from db.engine import Store
 from db.secrets import SecretBox
 from schemas.alerts import AlertConfig
+from schemas.bureau import BureauConfig
 from schemas.cpr import CprConfig
 from schemas.pki import PkiConfig
 from schemas.policy import ApprovalSteps, Policy
@@ -33,6 +34,9 @@ class ApiContext:
     approvals: ApprovalSteps = field(default_factory=ApprovalSteps)
     # ``[alerts]``: the limits of GET /alerts and of the alerts GET /metrics counts.
     alerts: AlertConfig = field(default_factory=AlertConfig)
+    # ``[bureaus.NAME]`` and where their files and Cardline's signing identity live.
+    bureaus: dict[str, BureauConfig] = field(default_factory=dict)
+    bureau_dir: Path | None = None
 
 
 # A row id in a path: a positive 32-bit integer (larger ones cannot name a row, and

@@ -884,7 +884,7 @@ def test_a_reject_report_never_hands_a_spreadsheet_a_formula_and_the_store_keeps
     formulas = ["=cmd|' /C calc'!A0", "+1+1", "-2+3", "@SUM(A1)", "\tx", "\rx"]
     rows = [
         person(1, first_name=formulas[0], email="bad"),  # rejected: echoed in the report
-        person(2, org_unit="=HYPERLINK(\"http://x\")"),  # imported as it came
+        person(2, org_unit='=HYPERLINK("http://x")'),  # imported as it came
         *(person(n + 3, title=f, email="also-bad") for n, f in enumerate(formulas[1:])),
     ]
     path = write_csv(tmp_path / "evil.csv", rows)

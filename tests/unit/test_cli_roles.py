@@ -44,6 +44,8 @@ HOST_COMMANDS = {
     "logout",
     "whoami",
     "softtoken types",
+    "bureau certificate",  # Cardline's order-signing identity: made with the master key
+    "bureau schema",  # the published file formats
 }
 
 

@@ -29,7 +29,7 @@ from db.models import (
 )
 from db.secrets import SecretBox, context
 from ops.cli import main
-from producers import cards, escrow, incidents, lifecycle, pending, tempcards
+from producers import cards, escrow, incidents, lifecycle, line_control, pending, tempcards
 from producers.api.app import create_app
 from producers.api.context import ApiContext
 from producers.tokens import create_token
@@ -162,6 +162,7 @@ OPERATIONS: dict[str, Operation] = {
     ),
     "cancel": Operation(lambda st, c, by: cards.cancel_card(st, c, by=by), _edge("cancel")),
     "activate": Operation(lambda st, c, by: cards.activate_card(st, c, by=by), _edge("activate")),
+    "retry": Operation(lambda st, c, by: line_control.retry_card(st, c, by=by), _edge("retry")),
     "edit": Operation(
         lambda st, c, by: cards.edit_card(st, c, by=by, line="other", policy=POLICY),
         _stays({"card": _EDITABLE, "temp_card": _EDITABLE}),
@@ -348,6 +349,9 @@ def test_the_matrix_covers_every_action_a_card_operation_can_take():
     """A new edge of either card machine that operators may take is a new row here."""
     station_and_worker = {"escrow", "prepare", "claim", "complete", "complete_issued"}
     station_and_worker |= {"fault", "fail", "expire"}
+    # The bureau exchange's edges: taken by an order file exported or a delivery file
+    # imported (producers.bureaus), not by an operation on one card.
+    station_and_worker |= {"export", "deliver", "reorder", "bureau_fail"}
     taken = set(CARD.actions) | set(TEMP_CARD.actions)
     assert taken - station_and_worker <= set(OPERATIONS)
 

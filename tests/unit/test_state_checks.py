@@ -18,20 +18,21 @@ from schemas.states import MACHINES
 from tests import factories
 
 # The states each table's CHECK allows, as migration 0009 (0012 for approval requests,
-# 0016 for batches, 0017 for card updates) wrote them. A machine that
+# 0019 for batches, 0017 for card updates) wrote them. A machine that
 # gains a state fails this test: add a migration that re-creates that table's CHECK
 # (the stores already migrated would refuse the new state), then update this table.
 STATES_AT_0009 = {
     "users": "active deleted inactive locked",
-    "batch_orders": "approved failed importing rejected requested",
-    "credentials": "active approved assigned cancelled expired failed inactive issued locked "
-    "producing ready rejected requested unassigned",
+    "batch_orders": "approved cancelled failed importing rejected requested",
+    "credentials": "active approved assigned at_bureau cancelled expired failed inactive issued "
+    "locked producing ready rejected requested unassigned",
     "production_attempts": "in_progress spoiled succeeded",
     "certificates": "expired hold revoked valid",
     "soft_tokens": "approved cancelled issued rejected requested revoked",
     "incidents": "cancelled closed open",
     "approval_requests": "approved cancelled failed pending rejected",
     "card_updates": "applied cancelled failed in_progress pending",
+    "bureau_lines": "ordered produced rejected",
 }
 STATEFUL_TABLES = sorted(
     m.local_table.name for m in Base.registry.mappers if issubclass(m.class_, Stateful)
@@ -58,6 +59,7 @@ def test_every_stateful_table_has_a_state_check_for_the_states_it_was_migrated_w
         ("incidents", "incident"),
         ("approval_requests", "approval_request"),
         ("card_updates", "card_update"),
+        ("bureau_lines", "bureau_line"),
     ]:
         assert machine_states[machine] == STATES_AT_0009[table].split(), table
 
