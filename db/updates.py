@@ -24,10 +24,19 @@ from sqlalchemy.orm import Session
 
 from db import outbox
 from db.models import CardUpdate, Certificate, Credential, utcnow
+from db.production import revoke_all
 from db.transition import create, record, transition
 from schemas.errors import PermanentError, StateConflict, ValidationFailed
 from schemas.messages import PublishCrl, SendPinLetter
-from schemas.states import CertState, CertUsage, RevocationReason, UpdateKind, UpdateState
+from schemas.states import (
+    CardState,
+    CertState,
+    CertUsage,
+    CredentialKind,
+    RevocationReason,
+    UpdateKind,
+    UpdateState,
+)
 
 _LIVE_CERTS = (CertState.VALID, CertState.HOLD)
 
@@ -236,8 +245,82 @@ def _recovery(session: Session, cred: Credential, *, by: str, serials: Sequence[
 
 # Updates that write new keys and certificates for the card's holder (a renewal's
 # procedure), and those that also give the card a new PIN.
-REKEYING = frozenset({UpdateKind.RENEW, UpdateKind.ASSIGN, UpdateKind.EXTEND})
+REKEYING = frozenset({UpdateKind.RENEW, UpdateKind.ASSIGN, UpdateKind.EXTEND, UpdateKind.ACTIVATE})
 NEW_PIN = frozenset({UpdateKind.ASSIGN, UpdateKind.EXTEND, UpdateKind.RESET_PIN})
+
+
+def request_activation(
+    session: Session, cred: Credential, usages: Sequence[str], *, by: str, replaces: bool
+) -> CardUpdate:
+    """A pending activation of ``cred``, a card a service bureau delivered (``issued``,
+    its chip serial bound): at the desk the chip is personalised (``usages``' keys made
+    on it, the escrowed key imported) and the card becomes ``active``; with ``replaces``
+    the holder's other cards are terminated then."""
+    plan: dict[str, Any] = {"usages": sorted(usages), "replaces": replaces}
+    return _new_update(session, cred, UpdateKind.ACTIVATE, plan, by=by, what="personalise")
+
+
+def apply_activation(session: Session, row: CardUpdate, *, station_id: str) -> int:
+    """The delivered card's chip is personalised and read back: the update ``applied``,
+    its certificates and the escrowed one on the chip, the card ``active`` (a PIN
+    letter follows), and, when the plan says so, the holder's previous cards locked and
+    their certificates revoked (superseded). Returns how many cards were terminated."""
+    actor = f"station:{station_id}"
+    cred = session.get(Credential, row.credential_id, with_for_update=True)
+    assert cred is not None  # a foreign key guarantees it
+    session.execute(
+        update(Certificate)
+        .where(
+            Certificate.credential_id == cred.id,
+            Certificate.attempt_id.is_(None),
+            or_(Certificate.update_id == row.id, Certificate.update_id.is_(None)),
+            Certificate.state.in_(_LIVE_CERTS),
+        )
+        .values(on_chip=True)
+        .execution_options(synchronize_session=False)
+    )
+    _applied(session, row, reason="personalised at the desk, read back", station_id=station_id)
+    transition(
+        session,
+        cred,
+        "activate",
+        actor=actor,
+        reason="personalised at an update desk",
+        messages=[SendPinLetter(credential_id=cred.id)],
+    )
+    if not row.plan.get("replaces") or cred.user_id is None:
+        return 0
+    previous = session.scalars(
+        select(Credential)
+        .where(
+            Credential.user_id == cred.user_id,
+            Credential.id != cred.id,
+            Credential.kind == CredentialKind.CARD,
+            Credential.state.in_((CardState.ISSUED, CardState.ACTIVE, CardState.INACTIVE)),
+        )
+        .with_for_update()
+    ).all()
+    for old in previous:
+        transition(
+            session,
+            old,
+            "lock",
+            actor=actor,
+            reason=f"replaced by card {cred.card_number or cred.id}, now active",
+        )
+        certs = session.scalars(
+            select(Certificate).where(
+                Certificate.credential_id == old.id, Certificate.state.in_(_LIVE_CERTS)
+            )
+        ).all()
+        revoke_all(
+            session,
+            certs,
+            actor=actor,
+            reason=f"card {old.id} replaced",
+            code=RevocationReason.SUPERSEDED,
+        )
+    return len(previous)
 
 
 def request_pin_reset(session: Session, cred: Credential, *, by: str) -> CardUpdate:

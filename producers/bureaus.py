@@ -11,7 +11,9 @@ accounted for.
   record (an order line of this bureau still outstanding, once, a chip serial bound to
   no other card) and its counts. Any refusal names the record and changes nothing.
   Then, in one transaction: a produced card is bound to its chip serial and
-  ``issued``; a rejected one is ordered again (``ready``) or ``failed`` per the reason.
+  ``issued``, with an ``activate`` card update waiting for it at a desk (which
+  personalises the chip and makes it ``active``, terminating the holder's previous
+  card then); a rejected one is ordered again (``ready``) or ``failed`` per the reason.
 - ``report``: per order file, ordered = produced + rejected + outstanding, the cards
   outstanding too long, the blanks the bureau reported spoiled.
 
@@ -39,6 +41,7 @@ from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from db import updates
 from db.engine import Store
 from db.files import atomic_write
 from db.models import BureauFile, BureauLine, Credential, utcnow
@@ -320,6 +323,7 @@ def import_delivery(
     data: bytes,
     *,
     by: str,
+    policy: Policy,
     keep_dir: Path | None = None,
 ) -> Imported:
     """Check the delivery file ``data`` of bureau ``name`` whole, then apply it in one
@@ -432,6 +436,13 @@ def import_delivery(
                     reason=f"produced by bureau {name} (delivery file {header.sequence}): "
                     "waiting for activation at a desk",
                     changes={"chip_serial": record.chip_serial},
+                )
+                updates.request_activation(
+                    s,
+                    cred,
+                    [u.value for u in policy.on_card_usages],
+                    by=by,
+                    replaces=config.replaces_previous,
                 )
                 result.produced += 1
                 continue

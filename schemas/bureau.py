@@ -185,6 +185,9 @@ class BureauConfig(_Strict):
     face_layout: str = Field("standard", min_length=1, max_length=64)
     # A card outstanding (ordered, not delivered) longer than this is named by the report.
     outstanding_days: int = Field(14, ge=1, le=365)
+    # A delivered card replaces its holder's other cards: they are terminated when it is
+    # activated at a desk, and not before (seed 000); false: it is an extra card.
+    replaces_previous: bool = True
     # What a rejection does, per reason code (default: REJECT_REASONS' own).
     on_reject: dict[str, Literal["reorder", "fail"]] = Field(default_factory=dict)
 

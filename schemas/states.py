@@ -118,6 +118,10 @@ class UpdateKind(StrEnum):
     # A PIN forgotten, changed and forgotten, or blocked: reset with the card's PUK at a
     # desk, and a new PIN letter (seed 002 §5.3.10).
     RESET_PIN = "reset_pin"
+    # A card a service bureau delivered: personalised at the desk (PIN and PUK set, keys
+    # made, certificates written, the escrowed key imported), then active; the holder's
+    # previous card is terminated at that moment and not before (seed 000).
+    ACTIVATE = "activate"
 
 
 class RequestState(StrEnum):

@@ -49,7 +49,7 @@ from schemas.errors import ConflictError, DeviceFault
 from schemas.messages import IssueCertificate
 from schemas.policy import Policy
 from schemas.states import CertState, CertUsage, FaultKind, UpdateKind
-from stations.drivers import ChipInfo
+from stations.drivers import AdminKeyHolder, ChipInfo
 from stations.sim import TokenObject
 
 log = structlog.get_logger(__name__)
@@ -65,6 +65,8 @@ class DeskToken(Protocol):
     """What a desk needs of the card's middleware."""
 
     def open_card(self, serial: str, pin: Secret, *, card_number: str | None = None) -> None: ...
+
+    def initialise(self, *, label: str, so_pin: Secret, pin: Secret) -> None: ...
 
     def generate_key(self, usage: CertUsage, key_type: str, *, keep_old: bool = False) -> str: ...
 
@@ -211,6 +213,11 @@ class UpdateDesk:
             pin_sealed, cred_id, number = cred.pin_sealed, cred.id, cred.card_number
         if not todo:
             return []
+        # A delivered card not yet personalised has no PIN to open it with: its
+        # activation initialises the chip first.
+        fresh = open_rows[0].kind == UpdateKind.ACTIVATE and not open_rows[0].journal.get(
+            "initialised"
+        )
         if pin_sealed is None:
             self._log.error("desk.card_without_pin", credential_id=cred_id)
             return []
@@ -220,7 +227,10 @@ class UpdateDesk:
         self.status = "updating"
         try:
             try:
-                self._open(chip.serial, pins, number)
+                if fresh:
+                    todo = todo[:1]
+                else:
+                    self._open(chip.serial, pins, number)
             except DeviceFault as fault:
                 # The PIN does not open the card (forgotten and changed, or blocked): a
                 # PIN reset needs only the PUK, so it goes first; the rest waits for it.
@@ -316,6 +326,11 @@ class UpdateDesk:
         with self.store.read() as s:
             old = {c.serial: c.usage for c in updates.superseded(s, self._get(s, update_id))}
             card_number = s.get(Credential, cred_id).card_number  # type: ignore[union-attr]
+        # 0. a delivered card: personalised (PIN, PUK, admin key) before anything else
+        if kind == UpdateKind.ACTIVATE and not journal.get("initialised"):
+            self._initialise(cred_id, card_number or str(cred_id))
+            journal = {**journal, "initialised": True}
+            self._step(update_id, journal, "chip personalised: PIN and PUK set")
         # 1. new keys beside the old ones (or, re-certifying, the chip's own keys)
         if "keys" not in journal and row["plan"].get("keep_keys"):
             keys, csrs = {}, {}
@@ -389,9 +404,21 @@ class UpdateDesk:
                 raise DeviceFault(FaultKind.CHIP, f"old certificates still on the chip: {left}")
             journal = {**journal, "erased": True}
             self._step(update_id, journal, "old keys and certificates erased from the chip")
+        # 4b. a delivered card: its escrowed encryption key, unless the chip lists it
+        if kind == UpdateKind.ACTIVATE and not journal.get("escrow_imported"):
+            self._import_escrow(cred_id)
+            journal = {**journal, "escrow_imported": True}
+            self._step(update_id, journal, "escrowed key written")
         # 5. a new PIN for the holder (assign, extend): kept sealed in the journal
         # before the chip takes it, so a desk killed in between still knows it.
         secrets: dict[str, str] = {}
+        if kind == UpdateKind.ACTIVATE:
+            with self.store.tx() as s:
+                ended = updates.apply_activation(
+                    s, self._get(s, update_id), station_id=self.config.station_id
+                )
+            log_.info("desk.activated", usages=[u.value for u in usages], replaced=ended)
+            return
         if kind in updates.NEW_PIN:
             journal = self._new_secrets(update_id, cred_id, journal, ("pin",))
             pin = self._open_pending(update_id, journal["new_pin_sealed"], "pin")
@@ -406,6 +433,56 @@ class UpdateDesk:
                     s, row_, station_id=self.config.station_id, secrets=secrets
                 )
         log_.info("desk.rekeyed", kind=kind, usages=[u.value for u in usages], revoked=revoked)
+
+    def _initialise(self, cred_id: int, card_number: str) -> None:
+        """Personalise a delivered card: its PIN and PUK (the store's), its admin key."""
+        with self.store.read() as s:
+            cred = s.get(Credential, cred_id)
+            assert cred is not None
+            sealed = {
+                "pin": cred.pin_sealed,
+                "puk": cred.puk_sealed,
+                "admin_key": cred.admin_key_sealed,
+            }
+        if sealed["pin"] is None or sealed["puk"] is None:
+            raise DeviceFault(FaultKind.CHIP, "the card was never prepared: no PIN to set")
+        pin, puk = (
+            self.box.open(sealed[w] or "", context=context("credential", cred_id, w))
+            for w in ("pin", "puk")
+        )
+        self.token.initialise(label=card_number, so_pin=puk, pin=pin)
+        if sealed["admin_key"] is not None and isinstance(self.token, AdminKeyHolder):
+            admin = self.box.open(
+                sealed["admin_key"], context=context("credential", cred_id, "admin_key")
+            )
+            self.token.store_admin_key(admin)
+
+    def _import_escrow(self, cred_id: int) -> None:
+        """The card's escrowed encryption key with its certificate, unless the chip
+        already lists that certificate."""
+        with self.store.read() as s:
+            cred = s.get(Credential, cred_id)
+            assert cred is not None
+            sealed = cred.escrow_key_sealed
+            cert = s.scalars(
+                select(Certificate)
+                .where(
+                    Certificate.credential_id == cred_id,
+                    Certificate.attempt_id.is_(None),
+                    Certificate.update_id.is_(None),
+                    Certificate.usage == CertUsage.ENCRYPTION,
+                    Certificate.state.in_((CertState.VALID, CertState.HOLD)),
+                )
+                .order_by(Certificate.id.desc())
+            ).first()
+        if sealed is None:
+            return  # the policy escrows nothing
+        if cert is None:
+            raise Postponed("the escrowed key has no valid certificate yet")
+        if cert.serial in {o.cert_serial for o in self.token.objects()}:
+            return
+        key = self.box.open(sealed, context=context("credential", cred_id, "escrow_key"))
+        self.token.import_key(CertUsage.ENCRYPTION, key, cert.pem)
 
     def _escrow_csr(self, cred_id: int, common_name: str) -> str:
         """A CSR for the card's escrowed key, made with the escrowed copy (a key imported

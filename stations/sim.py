@@ -440,6 +440,8 @@ class SimToken:
         self.chips = chips
         self._serial: str | None = None
         self._write_through = False
+        # At a desk every change is kept as it is made, a card personalised there too.
+        self.keep_every_write = False
         self._blank()
 
     def _blank(self) -> None:
@@ -467,7 +469,7 @@ class SimToken:
         """Wipe the chip to a fresh blank, label it, set SO PIN and PIN, open a session."""
         self.clock.sleep(self._timings.token_init + self._timings.set_pin)
         self._blank()
-        self._serial, self._write_through = self.slot.serial, False
+        self._serial, self._write_through = self.slot.serial, self.keep_every_write
         self._label, self._so_pin, self._pin = label, so_pin, pin
         self._session = True
         # The chip's fate for this card is decided here; it shows at the first key operation.
@@ -809,4 +811,5 @@ def make_sim_desk(
     token = SimToken(
         timings, SimFaults(fault_rate=0.0), clock, random.Random(seed), slot=slot, chips=chips
     )
+    token.keep_every_write = True
     return SimDeskReader(timings, clock, slot), token

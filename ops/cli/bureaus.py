@@ -104,6 +104,7 @@ def bureau_import(app: CliContext, file: Path, name: str, as_json: bool, who: Ca
         _config(app, name),
         file.read_bytes(),
         by=who.actor,
+        policy=app.settings.policy,
         keep_dir=bureau_dir(app) / name / "deliveries",
     )
     if as_json:

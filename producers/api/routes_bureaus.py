@@ -80,7 +80,14 @@ async def deliver(
     assert ctx.bureau_dir is not None
     keep = ctx.bureau_dir / name / "deliveries"
     done = await run_in_threadpool(
-        bureaus.import_delivery, ctx.store, name, config, bytes(data), by=who.actor, keep_dir=keep
+        bureaus.import_delivery,
+        ctx.store,
+        name,
+        config,
+        bytes(data),
+        by=who.actor,
+        policy=ctx.policy,
+        keep_dir=keep,
     )
     return done.__dict__
 

@@ -70,7 +70,9 @@ class Bureau:
         return bureau_sim.sign_delivery(delivery, self.keys)
 
     def deliver(self, data: bytes) -> bureaus.Imported:
-        return bureaus.import_delivery(self.store, "east", self.config, data, by="olga")
+        return bureaus.import_delivery(
+            self.store, "east", self.config, data, by="olga", policy=self.settings.policy
+        )
 
     def states(self) -> dict[str, int]:
         with self.store.read() as s:
@@ -465,3 +467,144 @@ def test_a_delivered_card_is_not_activated_before_a_desk_has_written_its_chip(ea
     with pytest.raises(StateConflict, match="activated at an update desk"):
         activate_card(east.store, "1", by="olga")
     assert east.states() == {"issued": CARDS}
+
+
+def test_a_delivered_card_is_personalised_at_a_desk_and_only_then_replaces_the_old_card(east):
+    import random
+
+    from db.models import Certificate
+    from db.secrets import context
+    from producers.cards import approve_card, request_cards
+    from stations.sim import SimFaults, SimTimings, SimToken
+
+    with east.store.read() as s:
+        first = s.scalars(select(Credential).order_by(Credential.id)).first()
+        email = first.user.email
+    (old_id,) = request_cards(
+        east.store, [email], by="rita", policy=east.settings.policy, line="default"
+    )
+    approve_card(east.store, str(old_id), by="bob")
+    assert east.line.wait_drained(timeout_s=60)
+    done = east.export()
+    assert done is not None
+    east.deliver(east.signed(east.delivery(done, 1, seed=3)))
+
+    def card(card_id: int) -> Credential:
+        with east.store.read() as s:
+            row = s.get(Credential, card_id)
+            s.expunge(row)
+            return row
+
+    def certs(card_id: int) -> list[Certificate]:
+        with east.store.read() as s:
+            rows = list(s.scalars(select(Certificate).where(Certificate.credential_id == card_id)))
+            for r in rows:
+                s.expunge(r)
+            return rows
+
+    # Delivered, not yet at a desk: the old card is fully in force.
+    assert card(old_id).state == "active"
+    assert all(c.state == "valid" for c in certs(old_id))
+    assert card(first.id).state == "issued"
+    assert not any(c.on_chip for c in certs(first.id))
+
+    new = card(first.id)
+    east.line.desk_reader.insert(new.chip_serial or "")  # the holder brings it to the desk
+    result = east.line.desk.serve(east.line.desk_reader.read_chip(1.0))
+    assert [state for _, state in result] == ["applied"]
+
+    assert card(first.id).state == "active"
+    mine = [c for c in certs(first.id) if c.state == "valid"]
+    assert sorted(c.usage for c in mine) == ["authentication", "encryption", "signature"]
+    assert all(c.on_chip for c in mine)
+    # The chip carries exactly those, and opens with the PIN the store keeps.
+    chip = SimToken(
+        SimTimings(),
+        SimFaults(fault_rate=0.0),
+        east.line.desk_reader.clock,
+        random.Random(1),
+        chips=east.line.chips,
+    )
+    fresh = card(first.id)
+    pin = east.line.box.open(fresh.pin_sealed, context=context("credential", fresh.id, "pin"))
+    chip.open_card(fresh.chip_serial, pin)
+    assert {o.cert_serial for o in chip.objects()} == {c.serial for c in mine}
+    # Only now is the holder's previous card terminated.
+    assert card(old_id).state == "locked"
+    assert {c.state for c in certs(old_id)} == {"revoked"}
+    assert east.line.wait_drained(timeout_s=60)
+    assert card(first.id).pin_letter_path is not None
+
+
+class Killed(BaseException):
+    """The desk process dies here (BaseException: nothing catches it on the way)."""
+
+
+ACTIVATION_STEPS = ["initialise", "generate_key", "write_certificate", "import_key"]
+
+
+@pytest.mark.parametrize("n", range(1, 7))
+def test_a_desk_killed_at_any_chip_step_of_an_activation_completes_it_exactly_once(
+    east, monkeypatch, n
+):
+    from db.models import CardUpdate, Certificate
+
+    done = east.export()
+    assert done is not None
+    east.deliver(east.signed(east.delivery(done, 1, seed=3, only=1)))
+    with east.store.read() as s:
+        card = s.scalars(select(Credential).where(Credential.state == "issued")).one()
+        serial = card.chip_serial or ""
+    desk, reader = east.line.desk, east.line.desk_reader
+    calls = {"n": 0}
+    with monkeypatch.context() as m:
+        for name in ACTIVATION_STEPS:
+            real = getattr(desk.token, name)
+
+            def wrapped(*args: Any, _real: Any = real, **kw: Any) -> Any:
+                result = _real(*args, **kw)
+                calls["n"] += 1
+                if calls["n"] == n:
+                    raise Killed(f"after chip step {n}")
+                return result
+
+            m.setattr(desk.token, name, wrapped)
+        reader.insert(serial)
+        with pytest.raises(Killed):
+            desk.serve(reader.read_chip(1.0))
+    reader.insert(serial)  # the desk restarted, the card inserted again
+    assert [state for _, state in desk.serve(reader.read_chip(1.0))] == ["applied"]
+    with east.store.read() as s:
+        assert s.get(Credential, card.id).state == "active"
+        live = s.scalars(
+            select(Certificate).where(
+                Certificate.credential_id == card.id, Certificate.state == "valid"
+            )
+        ).all()
+        assert sorted(c.usage for c in live) == ["authentication", "encryption", "signature"]
+        assert all(c.on_chip for c in live)
+        applied = s.scalar(
+            select(func.count()).where(
+                AuditEvent.entity == "card_update", AuditEvent.action == "apply"
+            )
+        )
+        assert applied == 1
+        assert s.scalars(select(CardUpdate.state)).all() == ["applied"]
+        pin_sealed = s.get(Credential, card.id).pin_sealed
+    # The chip: exactly those certificates, no key left over from the killed desk.
+    import random
+
+    from db.secrets import context
+    from stations.sim import SimFaults, SimTimings, SimToken
+
+    chip = SimToken(
+        SimTimings(),
+        SimFaults(fault_rate=0.0),
+        reader.clock,
+        random.Random(1),
+        chips=east.line.chips,
+    )
+    chip.open_card(
+        serial, east.line.box.open(pin_sealed, context=context("credential", card.id, "pin"))
+    )
+    assert sorted(o.cert_serial or "" for o in chip.objects()) == sorted(c.serial for c in live)
