@@ -18,12 +18,27 @@ from sqlalchemy.orm import Session
 
 from db import outbox, updates
 from db.engine import Store
-from db.models import BatchOrder, BureauLine, CardUpdate, Certificate, Credential, User
+from db.models import (
+    AuditEvent,
+    BatchOrder,
+    BureauLine,
+    CardUpdate,
+    Certificate,
+    Credential,
+    ProductionAttempt,
+    User,
+)
 from db.transition import create, record, transition
 from producers.lookup import find_card, find_user
 from producers.principals import check_four_eyes
 from producers.users import MAX_PAGE, Page, apply_requested_changes
-from schemas.api import CardCertificateOut, CardOut, CardUpdateOut
+from schemas.api import (
+    CardAttemptOut,
+    CardCertificateOut,
+    CardEventOut,
+    CardOut,
+    CardUpdateOut,
+)
 from schemas.batch import LINE_NAME
 from schemas.errors import ApprovalRequired, PermanentError, StateConflict, ValidationFailed
 from schemas.messages import PrepareCard
@@ -309,8 +324,48 @@ def activate_card(store: Store, card: str, *, by: str) -> str:
 
 
 def get_card(store: Store, card: str) -> CardOut:
+    """One card with its timeline: every audit event of it (the newest 500) and every
+    production attempt, beside its certificates and updates."""
     with store.read() as s:
-        return views(s, [find_card(s, card)])[0]
+        cred = find_card(s, card)
+        shown = views(s, [cred])[0]
+        events = s.scalars(
+            select(AuditEvent)
+            .where(AuditEvent.entity == cred.machine.name, AuditEvent.entity_id == str(cred.id))
+            .order_by(AuditEvent.seq.desc())
+            .limit(500)
+        ).all()
+        attempts = s.scalars(
+            select(ProductionAttempt)
+            .where(ProductionAttempt.credential_id == cred.id)
+            .order_by(ProductionAttempt.number)
+        ).all()
+        shown.events = [
+            CardEventOut(
+                seq=e.seq,
+                at=e.at.isoformat(timespec="seconds"),
+                actor=e.actor,
+                action=e.action,
+                from_state=e.from_state,
+                to_state=e.to_state,
+                reason=e.reason,
+            )
+            for e in reversed(events)
+        ]
+        shown.attempt_list = [
+            CardAttemptOut(
+                number=a.number,
+                state=a.state,
+                station_id=a.station_id,
+                chip_serial=a.chip_serial,
+                fault=a.fault,
+                detail=a.fault_detail,
+                started_at=a.created_at.isoformat(timespec="seconds"),
+                finished_at=a.finished_at.isoformat(timespec="seconds") if a.finished_at else None,
+            )
+            for a in attempts
+        ]
+        return shown
 
 
 def search_cards(

@@ -194,6 +194,31 @@ class CardUpdateOut(BaseModel):
     error: str | None = None
 
 
+class CardEventOut(BaseModel):
+    """One audit event of the card: its timeline."""
+
+    seq: int
+    at: str
+    actor: str
+    action: str
+    from_state: str | None
+    to_state: str | None
+    reason: str | None
+
+
+class CardAttemptOut(BaseModel):
+    """One production attempt: where, which chip, how it ended."""
+
+    number: int
+    state: str
+    station_id: str | None
+    chip_serial: str | None
+    fault: str | None
+    detail: str | None
+    started_at: str
+    finished_at: str | None
+
+
 class CardOut(BaseModel):
     id: int
     kind: str
@@ -210,6 +235,9 @@ class CardOut(BaseModel):
     certificates: dict[str, str]  # serial -> state
     certificate_list: list[CardCertificateOut] = []
     updates: list[CardUpdateOut] = []
+    # The timeline (one card only: ``GET /cards/{card}``, ``cardline card show``).
+    events: list[CardEventOut] = []
+    attempt_list: list[CardAttemptOut] = []
 
 
 class CardPage(BaseModel):

@@ -200,8 +200,9 @@ def card_reset_pin(app: CliContext, card_ref: str, who: Caller) -> None:
 @handle_errors
 @requires("card.read")
 def card_show(app: CliContext, card_ref: str, as_json: bool, who: Caller) -> None:
-    """CARD (number or id): its certificates, whether each is on the chip, and its
-    updates (a renewal is pending until the card is next at an update desk)."""
+    """CARD (number or id): its certificates, whether each is on the chip, its updates
+    (a renewal is pending until the card is next at an update desk), its production
+    attempts and its timeline (every audited event)."""
     from rich.table import Table
 
     from producers.cards import get_card
@@ -225,6 +226,28 @@ def card_show(app: CliContext, card_ref: str, as_json: bool, who: Caller) -> Non
             done = u.applied_at or ", ".join(u.steps_done) or u.error or ""
             table.add_row(str(u.id), u.kind, u.state, u.requested_by, u.requested_at, done)
         app.out.print(table)
+    if shown.attempt_list:
+        table = Table(
+            "#", "station", "chip", "state", "fault", "started", "ended", title="attempts"
+        )
+        for a in shown.attempt_list:
+            fault = f"{a.fault}: {a.detail}" if a.fault else ""
+            table.add_row(
+                str(a.number),
+                a.station_id or "",
+                a.chip_serial or "",
+                a.state,
+                fault,
+                a.started_at,
+                a.finished_at or "",
+            )
+        app.out.print(table)
+    timeline = Table("at", "who", "what", "from", "to", "why", title="timeline")
+    for e in shown.events:
+        timeline.add_row(
+            e.at, e.actor, e.action, e.from_state or "", e.to_state or "", e.reason or ""
+        )
+    app.out.print(timeline)
 
 
 @card.command("edit")

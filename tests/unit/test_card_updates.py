@@ -794,3 +794,26 @@ def test_the_escrowed_encryption_key_is_re_certified_never_replaced(world):
     with world.store.read() as s:
         assert updates.generated_usages(s, card.id) == ["authentication", "signature"]
         assert s.get(Credential, card.id).escrow_key_sealed == card.escrow_key_sealed
+
+
+def test_card_show_gives_the_cards_timeline_and_its_attempts(world):
+    card = first_card(world)
+    shown = _show(world, card)
+    actions = [e["action"] for e in shown["events"]]
+    assert actions[0] == "create"
+    assert "complete" in actions
+    assert actions.index("claim") < actions.index("complete")
+    assert [e["seq"] for e in shown["events"]] == sorted(e["seq"] for e in shown["events"])
+    (attempt,) = [a for a in shown["attempt_list"] if a["state"] == "succeeded"]
+    assert attempt["station_id"] == "ST1"
+    assert attempt["chip_serial"] == card.chip_serial
+    token = token_for(world.store, "audrey", ["auditor"])
+    text = CliRunner().invoke(
+        main,
+        ["card", "show", str(card.id), "--data-dir", str(world.tmp / "data")],
+        env={"CARDLINE_TOKEN": token, "COLUMNS": "200"},
+        catch_exceptions=False,
+    )
+    assert text.exit_code == 0, text.output
+    assert "timeline" in text.output
+    assert "attempts" in text.output
