@@ -19,6 +19,8 @@ Ctx = Annotated[ApiContext, Depends(context)]
 MAX_DELIVERY = 200 * 1024 * 1024
 
 _CMS = {"application/pkcs7-mime": {"schema": {"type": "string", "format": "binary"}}}
+# The delivery file as sent: its bytes (DER CMS), whatever the Content-Type says.
+_BYTES = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
 
 
 def _bureau(ctx: ApiContext, name: str) -> BureauConfig:
@@ -61,7 +63,7 @@ def export(name: str, ctx: Ctx, who: Annotated[Caller, Depends(Allow("bureau.exp
 
 @router.post(
     "/bureaus/{name}/deliveries",
-    openapi_extra={"requestBody": {"required": True, "content": _CMS}},
+    openapi_extra={"requestBody": {"required": True, "content": _BYTES}},
 )
 async def deliver(
     name: str,
