@@ -55,6 +55,8 @@ class LineOptions:
     stall: StallPolicy = field(default_factory=StallPolicy)
     # The simulated holders bring cards with pending updates to the line's desk.
     desk: bool = True
+    # The stations' encoders also apply the updates of cards put in them by hand.
+    station_updates: bool = False
 
 
 @dataclass(frozen=True)
@@ -188,6 +190,18 @@ class EmbeddedLine:
             output_dir=self.paths.printed / station_id,
             chips=self.chips,
         )
+        desk = (
+            UpdateDesk(
+                self.store,
+                self.box,
+                DeskConfig(station_id=station_id, cert_resend_s=self.options.cert_resend_s),
+                reader,
+                token,
+                self.policy,
+            )
+            if self.options.station_updates
+            else None
+        )
         return Station(
             StationConfig(
                 station_id=station_id,
@@ -203,6 +217,7 @@ class EmbeddedLine:
             policy=self.policy,
             broker=self.broker,
             faces_dir=self.paths.faces,
+            desk=desk,
         )
 
     def start(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import signal
 import threading
 from collections.abc import Iterable
+from typing import cast
 
 import dramatiq
 import structlog
@@ -22,7 +23,7 @@ from ops.line import DataPaths, worker_context
 from ops.store import master_key_check, open_checked
 from schemas.station import StationEntry
 from stations.chips import SimChipStore
-from stations.desk import DeskConfig, UpdateDesk
+from stations.desk import DeskConfig, DeskToken, UpdateDesk
 from stations.runtime import Station, StationConfig
 from stations.setup import build_desk_drivers, build_drivers
 from workers import actors
@@ -125,6 +126,18 @@ def run_station(
     )
     store = open_checked(settings)
     broker = make_broker(settings.broker_url)
+    desk = (
+        UpdateDesk(
+            store,
+            settings.secret_box(),
+            DeskConfig(station_id=config.station_id, lease_s=config.lease_s),
+            drivers.reader,
+            cast(DeskToken, drivers.token),
+            settings.policy,
+        )
+        if entry.updates
+        else None
+    )
     station = Station(
         config,
         printer=drivers.printer,
@@ -135,6 +148,7 @@ def run_station(
         policy=settings.policy,
         broker=broker,
         faces_dir=paths.faces,
+        desk=desk,
     )
     log.info(
         "station.started",

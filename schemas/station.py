@@ -112,6 +112,9 @@ class StationEntry(_Strict):
     # "production": prints and encodes blanks from its line's queue; "update": an update
     # desk (no printer) applying pending updates to the produced cards inserted.
     role: Literal["production", "update"] = "production"
+    # A production station whose encoder also applies pending updates to a produced
+    # card put in by hand between print jobs (as a desk would).
+    updates: bool = False
     line: str = Field("default", pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")
     lease_s: float = Field(30.0, gt=0)
     heartbeat_s: float = Field(5.0, gt=0)

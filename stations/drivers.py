@@ -56,6 +56,15 @@ class Reader(Protocol):
         reader since (a card removed mid-encode)."""
 
 
+class ManualFeed(Protocol):
+    """An encoder that also takes a card put in by hand between print jobs (a holder's
+    card brought back for its pending updates: ``StationEntry.updates``)."""
+
+    def read_inserted(self, timeout_s: float) -> ChipInfo:
+        """The card put in by hand, if one is there within ``timeout_s`` (else a CHIP
+        ``DeviceFault``)."""
+
+
 class Token(Protocol):
     def initialise(self, *, label: str, so_pin: Secret, pin: Secret) -> None:
         """Personalise a blank chip: label it, set the SO PIN (the PUK) and the user PIN."""

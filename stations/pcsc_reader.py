@@ -181,6 +181,11 @@ class PcscReader:
             self.close()
             raise
 
+    def read_inserted(self, timeout_s: float) -> ChipInfo:
+        """A card in the reader while no print job fed one: put in by hand (a holder's
+        card brought back for its updates)."""
+        return self.read_chip(timeout_s)
+
     def check_present(self) -> None:
         """Raise a CHIP fault unless the card ``read_chip`` connected to is still in.
 

@@ -37,6 +37,7 @@ from schemas.errors import ConflictError, DeviceFault, StateConflict
 from schemas.messages import PRODUCE_JOB, IssueCertificate, line_queue
 from schemas.policy import Policy
 from schemas.states import AttemptState, CardState, CertState, CertUsage, FaultKind
+from stations.desk import UpdateDesk
 from stations.drivers import AdminKeyHolder, CardFaces, ChipInfo, Printer, Reader, Token
 from stations.faces import render_faces
 
@@ -100,13 +101,14 @@ class NotFinishable(Exception):
 
 
 # What a station is doing, as ``cardline status`` shows it.
-IDLE, BUSY, WAITING_FOR_PKI, WAITING_FOR_STORE, OFFLINE, PAUSED = (
+IDLE, BUSY, WAITING_FOR_PKI, WAITING_FOR_STORE, OFFLINE, PAUSED, UPDATING = (
     "idle",
     "busy",
     "waiting_for_pki",
     "waiting_for_store",
     "offline",
     "paused",
+    "updating",  # applying a hand-inserted card's pending updates (StationEntry.updates)
 )
 
 
@@ -137,8 +139,12 @@ class Station:
         policy: Policy,
         broker: dramatiq.Broker,
         faces_dir: Path,
+        desk: UpdateDesk | None = None,
     ) -> None:
         self.config, self.policy = config, policy
+        # With a desk on the same reader and token, the encoder also applies pending
+        # updates to a produced card put in by hand between print jobs.
+        self.desk = desk
         self.printer, self.reader, self.token = printer, reader, token
         self.store, self.box, self.broker = store, box, broker
         self.faces_dir = faces_dir
@@ -192,6 +198,8 @@ class Station:
                     continue
                 message = next(consumer)
                 if message is None:
+                    if self.desk is not None:
+                        self._serve_inserted()
                     continue
                 while self._wait_while_paused(stop) and not stop.is_set():
                     pass
@@ -204,6 +212,26 @@ class Station:
         finally:
             with contextlib.suppress(Exception):  # the connection may be gone already
                 consumer.close()
+
+    def _serve_inserted(self) -> None:
+        """Apply the pending updates of a produced card put in the encoder by hand."""
+        read = getattr(self.reader, "read_inserted", None)
+        if read is None or self.desk is None:
+            return
+        try:
+            chip = read(0.05)
+        except DeviceFault:
+            return  # none
+        self.status = UPDATING
+        try:
+            done = self.desk.serve(chip)
+            self._log.info("station.updates_applied", updates=[state for _, state in done])
+        except DBAPIError as exc:
+            if not is_transient(exc):
+                raise
+            self._log.warning("station.store_away_during_update")
+        finally:
+            self.status = IDLE
 
     def _paused(self) -> bool:
         with self.store.read() as s:

@@ -301,6 +301,23 @@ class SimReader:
         self._serials: set[str] = set()
         self.slot = slot or SimSlot()
         self.chips = chips
+        self._manual: list[str] = []
+        self._manual_lock = threading.Lock()
+
+    def insert(self, serial: str) -> None:
+        """A holder puts the produced card ``serial`` in the encoder by hand."""
+        with self._manual_lock:
+            self._manual.append(serial)
+
+    def read_inserted(self, timeout_s: float) -> ChipInfo:
+        """The card put in by hand (``insert``), if any; else a CHIP fault at once."""
+        with self._manual_lock:
+            serial = self._manual.pop(0) if self._manual else None
+        if serial is None:
+            raise DeviceFault(FaultKind.CHIP, "no card put in by hand", code="SCARD_E_TIMEOUT")
+        self.clock.sleep(min(self._timings.chip_read, timeout_s))
+        self.slot.serial = serial
+        return ChipInfo(atr=SIM_ATR, serial=serial)
 
     def read_chip(self, timeout_s: float) -> ChipInfo:
         """The chip's ATR and a 16-hex-digit serial never returned before by this reader."""

@@ -85,10 +85,12 @@ def produced_with_stock(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _produce(tmp_path_factory.mktemp("produced_stock"), temp_stock=True)
 
 
-def _world(template: Path, tmp_path: Path) -> Iterator[World]:
+def _world(template: Path, tmp_path: Path, **options: Any) -> Iterator[World]:
     shutil.copytree(template, tmp_path / "data")
     settings = Settings(data_dir=tmp_path / "data")
-    line = EmbeddedLine(settings, POLICY, LineOptions(stations=1, time_scale=0, seed=7, desk=False))
+    line = EmbeddedLine(
+        settings, POLICY, LineOptions(stations=1, time_scale=0, seed=7, desk=False, **options)
+    )
     line.start()
     try:
         yield World(line, tmp_path)
@@ -817,3 +819,37 @@ def test_card_show_gives_the_cards_timeline_and_its_attempts(world):
     assert text.exit_code == 0, text.output
     assert "timeline" in text.output
     assert "attempts" in text.output
+
+
+def test_a_stations_encoder_applies_the_updates_of_a_card_put_in_by_hand(produced, tmp_path):
+    import time
+
+    for world in _world(produced, tmp_path, station_updates=True):
+        card = first_card(world)
+        renew_card(world.store, str(card.id), by="olga")
+        station = world.line.stations[0]
+        station.reader.insert(card.chip_serial)  # between print jobs, by hand
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with world.store.read() as s:
+                (row,) = s.scalars(select(CardUpdate)).all()
+                if row.state == "applied":
+                    break
+            time.sleep(0.05)
+        assert row.state == "applied"
+        assert row.station_id == "ST1"  # the encoder did it, no desk
+        new = [c for c in certs(world, card.id) if c.update_id == row.id]
+        assert sorted(c.usage for c in new) == ["authentication", "signature"]
+        assert all(c.on_chip for c in new)
+        chip = chip_of(world, card)
+        assert {o.cert_serial for o in chip.objects() if o.usage != "encryption"} == {
+            c.serial for c in new
+        }
+        # And the station goes on producing blanks as before.
+        with world.store.read() as s:
+            email = s.get(Credential, card.id).user.email  # type: ignore[union-attr]
+        (next_id,) = request_cards(world.store, [email], by="rita", policy=POLICY)
+        approve_card(world.store, str(next_id), by="bob")
+        assert world.line.wait_drained(timeout_s=60)
+        with world.store.read() as s:
+            assert s.get(Credential, next_id).state == "active"  # type: ignore[union-attr]
