@@ -15,6 +15,7 @@ from db.checkpoints import CheckpointKey
 from db.models import (
     Attention,
     AuditHead,
+    CardUpdate,
     Certificate,
     Credential,
     ProductionAttempt,
@@ -29,6 +30,8 @@ from schemas.states import (
     CertState,
     SoftTokenState,
     TempCardState,
+    UpdateKind,
+    UpdateState,
 )
 
 # A card in these states has a holder who gets a PIN letter.
@@ -185,11 +188,27 @@ def _softtokens_pending(session: Session) -> int:
     return int(session.scalar(stmt) or 0)
 
 
+def awaiting_activation() -> Any:
+    """A card a service bureau delivered whose chip a desk has not personalised yet:
+    its PIN letter goes with the activation, not before."""
+    return exists(
+        select(CardUpdate.id).where(
+            CardUpdate.credential_id == Credential.id,
+            CardUpdate.kind == UpdateKind.ACTIVATE,
+            CardUpdate.state.in_((UpdateState.PENDING, UpdateState.IN_PROGRESS)),
+        )
+    )
+
+
 def _letters_pending(session: Session) -> int:
     stmt = (
         select(func.count())
         .select_from(Credential)
-        .where(Credential.state.in_(PIN_LETTER_STATES), Credential.pin_letter_path.is_(None))
+        .where(
+            Credential.state.in_(PIN_LETTER_STATES),
+            Credential.pin_letter_path.is_(None),
+            ~awaiting_activation(),
+        )
     )
     return int(session.scalar(stmt) or 0)
 

@@ -36,7 +36,7 @@ from db.models import (
     Station,
     utcnow,
 )
-from db.summary import PIN_LETTER_STATES
+from db.summary import PIN_LETTER_STATES, awaiting_activation
 from db.transition import transition
 from schemas.errors import ConflictError
 from schemas.messages import (
@@ -387,6 +387,7 @@ def _pin_letter(r: Reconcile) -> int:
             Credential.user_id.is_not(None),
             Credential.pin_letter_path.is_(None),
             Credential.recertify_requested_at.is_(None),  # the letter follows the recert
+            ~awaiting_activation(),  # a bureau's card: the letter follows its activation
         ],
         lambda c: SendPinLetter(credential_id=c.id),
         r.stall.letter_s,

@@ -534,6 +534,11 @@ def test_a_delivered_card_is_personalised_at_a_desk_and_only_then_replaces_the_o
     assert {c.state for c in certs(old_id)} == {"revoked"}
     assert east.line.wait_drained(timeout_s=60)
     assert card(first.id).pin_letter_path is not None
+    # A delivered card not yet at a desk gets no PIN letter: it follows the activation.
+    with east.store.read() as s:
+        waiting = s.scalars(select(Credential).where(Credential.state == "issued")).all()
+        assert waiting
+        assert all(c.pin_letter_path is None for c in waiting)
 
 
 class Killed(BaseException):
