@@ -451,6 +451,13 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 )
 @click.option("--intake", is_flag=True, help="Run the batch intake bench instead.")
 @click.option(
+    "--idle",
+    "idle_s",
+    type=click.FloatRange(min=1),
+    default=None,
+    help="Run the idle-station bench instead, for this many seconds.",
+)
+@click.option(
     "--intake-sizes",
     default=",".join(map(str, INTAKE_SIZES)),
     show_default=True,
@@ -471,8 +478,14 @@ def main(
     intake: bool,
     intake_sizes: str,
     intake_backends: str,
+    idle_s: float | None,
 ) -> None:
     """Benchmark the line on each backend against its floors; a table and one JSON line."""
+    if idle_s is not None:
+        from ops import bench_idle
+
+        bench_idle.emit(bench_idle.run(idle_s))
+        return
     if pki:
         bench_pki.emit(bench_pki.run(bench_pki.DEFAULT_COUNT))
         return

@@ -154,6 +154,7 @@ class Station:
         self.produced = 0
         self.spoiled = 0
         self.not_finishable = 0
+        self._pause_checked = -1e9  # monotonic time of the last look at the pause flags
         self._log = log.bind(station=config.station_id)
 
     # --- the loop ---------------------------------------------------------------
@@ -201,7 +202,7 @@ class Station:
                     if self.desk is not None:
                         self._serve_inserted()
                     continue
-                while self._wait_while_paused(stop) and not stop.is_set():
+                while self._wait_while_paused(stop, fresh=True) and not stop.is_set():
                     pass
                 if stop.is_set():
                     break  # not acked: the broker (or the reconciler) gives it to another
@@ -240,9 +241,15 @@ class Station:
             )
             return held is not None
 
-    def _wait_while_paused(self, stop: threading.Event) -> bool:
+    def _wait_while_paused(self, stop: threading.Event, *, fresh: bool = False) -> bool:
         """True (after waiting ``poll_s``) while the station or its line is paused: it
-        shows ``paused`` and takes no card; False at once when it is not."""
+        shows ``paused`` and takes no card; False at once when it is not. An idle
+        station asks the store at most once per ``poll_s`` (``fresh``: now, as before
+        taking a card; the store refuses a paused station's claim anyway)."""
+        now = time.monotonic()
+        if not fresh and self.status != PAUSED and now - self._pause_checked < self.config.poll_s:
+            return False
+        self._pause_checked = now
         try:
             paused = self._with_store(self._paused, deadline=None)
         except Exception:
