@@ -48,7 +48,7 @@ class LineOptions:
     worker_threads: int = 4
     # How long an idle worker thread waits for a message before it looks at the stop
     # flag: stopping the line takes about twice this (dramatiq's default is 1000 ms).
-    worker_timeout_ms: int = 200
+    worker_timeout_ms: int = 100
     line: str = "default"
     lease_s: float = 30.0
     cert_resend_s: float = 5.0
@@ -245,7 +245,7 @@ class EmbeddedLine:
         self,
         on_progress: Callable[[Progress], None] | None = None,
         *,
-        poll_s: float = 0.2,
+        poll_s: float = 0.1,
         timeout_s: float | None = None,
     ) -> bool:
         """Block until no card waits for the line; False if ``timeout_s`` ran out."""

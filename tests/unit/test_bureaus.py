@@ -4,6 +4,7 @@ for. The bureau is ``ops.bureau_sim``, written from the published format alone."
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -92,11 +93,8 @@ class Bureau:
             )
 
 
-@pytest.fixture
-def east(tmp_path: Path) -> Iterator[Bureau]:
-    keys = tmp_path / "bureau"
-    bureau_sim.make_keys(keys)
-    config = tmp_path / "cardline.toml"
+def _settings(root: Path, keys: Path) -> Settings:
+    config = root / "cardline.toml"
     config.write_text(
         f"""
 [bureaus.east]
@@ -105,26 +103,53 @@ encryption_certificate = "{keys / "enc.pem"}"
 lines = ["east"]
 """
     )
-    settings = Settings(data_dir=tmp_path / "data", config=config)
-    open_migrated(settings).dispose()
-    line = EmbeddedLine(
+    return Settings(data_dir=root / "data", config=config)
+
+
+def _line(settings: Settings) -> EmbeddedLine:
+    return EmbeddedLine(
         settings, settings.policy, LineOptions(stations=1, time_scale=0, seed=5, desk=False)
     )
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data dir whose cards wait ready for the bureau, and the bureau's keys: made
+    once, copied for each test (preparing is the slow part)."""
+    root = tmp_path_factory.mktemp("bureau")
+    keys = root / "bureau"
+    bureau_sim.make_keys(keys)
+    settings = _settings(root, keys)
+    open_migrated(settings).dispose()
+    line = _line(settings)
     line.start()
     try:
-        csv = write_users_csv(tmp_path / "users.csv", CARDS, seed=11)
+        csv = write_users_csv(root / "users.csv", CARDS, seed=11)
         report = import_batch(
             line.store,
             csv,
             policy=settings.policy,
             requested_by="alice",
-            reject_dir=tmp_path,
+            reject_dir=root,
             line="east",
         )
         assert report.batch_id is not None
         approve_batch(line.store, report.batch_id, by="bob")
         assert line.wait_drained(timeout_s=60)
-        yield Bureau(settings, line, keys, tmp_path)
+    finally:
+        line.stop()
+    return root
+
+
+@pytest.fixture
+def east(prepared: Path, tmp_path: Path) -> Iterator[Bureau]:
+    shutil.copytree(prepared / "data", tmp_path / "data")
+    shutil.copytree(prepared / "bureau", tmp_path / "bureau")
+    settings = _settings(tmp_path, tmp_path / "bureau")
+    line = _line(settings)
+    line.start()
+    try:
+        yield Bureau(settings, line, tmp_path / "bureau", tmp_path)
     finally:
         line.stop()
 
