@@ -32,7 +32,9 @@ from schemas.states import BatchState
 EXAMPLE_CSV = Path(__file__).parent / "examples" / "users.csv"
 # States in which a card has left the production line for good (or for now).
 DONE_STATES = ("active", "issued", "unassigned", "failed")
-DATA_DIR_MARKERS = ("cardline.db", "master.key")
+# What only a Cardline data dir holds; its log alone is enough (a process that logged
+# into it, such as a test run's, but never made a store there).
+DATA_DIR_MARKERS = ("cardline.db", "master.key", "logs/cardline.log")
 
 
 @dataclass(frozen=True)

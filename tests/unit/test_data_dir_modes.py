@@ -62,3 +62,24 @@ def test_the_store_and_its_wal_are_private_while_the_store_is_open(tmp_path, lax
         assert {name: mode for name, mode in modes.items() if mode & 0o077} == {}
     finally:
         store.dispose()
+
+
+def test_the_demo_reuses_a_data_dir_that_holds_only_cardlines_log_and_refuses_any_other(
+    tmp_path,
+):
+    import pytest
+
+    from ops.demo import fresh_data_dir
+    from schemas.errors import ConfigurationError
+
+    logged = tmp_path / "var"
+    (logged / "logs").mkdir(parents=True)
+    (logged / "logs" / "cardline.log").write_text('{"event": "migration"}\n')
+    fresh_data_dir(logged)  # a process logged there, no store: still Cardline's
+    assert list(logged.iterdir()) == []
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigurationError, match="not a Cardline data dir"):
+        fresh_data_dir(other)
+    assert (other / "notes.txt").read_text() == "mine"
