@@ -119,8 +119,15 @@ def test_a_station_holds_its_card_while_the_pki_is_away_and_finishes_it_when_it_
     while station.status != "waiting_for_pki" and time.monotonic() < deadline:
         time.sleep(0.05)
     assert station.status == "waiting_for_pki"
+    # Visible to operators: the station writes it right after it decides it (a read
+    # between the two sees the old status, so look until the deadline).
+    shown = None
+    while shown != "waiting_for_pki" and time.monotonic() < deadline:
+        with store.read() as s:
+            shown = s.get(Station, "ST1").status
+        time.sleep(0.02)
+    assert shown == "waiting_for_pki"
     with store.read() as s:
-        assert s.get(Station, "ST1").status == "waiting_for_pki"  # visible to operators
         assert s.get(Credential, cid).state == "producing"  # the card stays in the encoder
     time.sleep(1.0)  # the PKI stays away a while; the station asks again meanwhile
     requests = _pki_requests(store, attempts=True)
