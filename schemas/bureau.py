@@ -20,7 +20,6 @@ simulator in ``ops/bureau_sim.py`` uses only this module).
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import hmac
 import json
@@ -36,8 +35,6 @@ from cryptography.hazmat.primitives.ciphers import algorithms
 from cryptography.hazmat.primitives.serialization import pkcs7
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
-ORDER_FORMAT = "cardline-bureau-order/1"
-DELIVERY_FORMAT = "cardline-bureau-delivery/1"
 _NAME = r"^[a-z0-9][a-z0-9_-]{0,31}$"
 
 # Why a bureau could not produce a card, and what Cardline does about it: "reorder"
@@ -314,17 +311,3 @@ def verify(data: bytes, signer: x509.Certificate) -> bytes:
     except InvalidSignature:
         raise CmsError("the signature does not verify") from None
     return content
-
-
-def signing_time(data: bytes) -> dt.datetime | None:
-    """The signing time a SignedData file carries, if any (for reports)."""
-    try:
-        info = acms.ContentInfo.load(data)
-        attrs = info["content"]["signer_infos"][0]["signed_attrs"]
-        for attr in attrs:
-            if attr["type"].native == "signing_time":
-                value = attr["values"][0].native
-                return value if isinstance(value, dt.datetime) else None
-    except Exception:
-        return None
-    return None
